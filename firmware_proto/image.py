@@ -1,0 +1,146 @@
+"""The image payload a label stores and shows: packed framebuffer, compression, hash, regions.
+
+The framebuffer is the panel's scan order (after the model's rotation), row-major, most
+significant bits first, ``bits_per_pixel`` per pixel, each row padded to whole bytes. Both the
+renderer (which produces it) and the label (which checks and displays it) use this module,
+so the hash the server expects is by construction the hash the label reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+from firmware_proto.models import LabelModel
+
+__all__ = [
+    "HASH_SIZE", "ImageFormat", "ImageError", "Region", "image_hash", "row_stride",
+    "compress", "decompress", "extract_region", "apply_region",
+]
+
+HASH_SIZE = 8
+"""Bytes of content hash carried on the air (truncated SHA-256; labels have SHA-256 hardware)."""
+
+
+class ImageError(ValueError):
+    """An image payload or region that does not fit the label it is meant for."""
+
+
+class ImageFormat(IntEnum):
+    """How a payload is compressed; the byte travels with the image so the label can decode it."""
+
+    RAW = 0
+    DEFLATE = 1  # raw DEFLATE (RFC 1951, no zlib header) of the packed framebuffer
+
+
+def image_hash(packed: bytes) -> bytes:
+    """Content hash of a packed (uncompressed) framebuffer or whole-screen result."""
+    return hashlib.sha256(packed).digest()[:HASH_SIZE]
+
+
+def row_stride(model: LabelModel) -> int:
+    """Bytes per framebuffer row in the panel's scan order."""
+    width, _ = model.panel_size
+    return (width * model.bits_per_pixel + 7) // 8
+
+
+def compress(fmt: ImageFormat, packed: bytes) -> bytes:
+    """Encode a packed framebuffer (or region) in `fmt`."""
+    if fmt is ImageFormat.RAW:
+        return bytes(packed)
+    if fmt is ImageFormat.DEFLATE:
+        c = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
+        return c.compress(packed) + c.flush()
+    raise ImageError(f"unknown image format {fmt!r}")
+
+
+def decompress(fmt: int, data: bytes, expected_size: int) -> bytes:
+    """Decode a payload that must expand to exactly `expected_size` bytes.
+
+    Never produces more than `expected_size` bytes, whatever the input claims, so a hostile
+    or corrupt payload cannot make a label (or the simulator) allocate without bound.
+    """
+    try:
+        f = ImageFormat(fmt)
+    except ValueError:
+        raise ImageError(f"unknown image format {fmt}") from None
+    if f is ImageFormat.RAW:
+        out = bytes(data)
+    else:
+        d = zlib.decompressobj(-15)
+        try:
+            out = d.decompress(data, expected_size + 1)
+            if len(out) <= expected_size:
+                out += d.flush(expected_size + 1 - len(out))
+        except zlib.error as exc:
+            raise ImageError(f"corrupt DEFLATE payload: {exc}") from None
+        if not d.eof and len(out) <= expected_size:
+            raise ImageError("truncated DEFLATE payload")
+    if len(out) != expected_size:
+        raise ImageError(f"payload expands to {len(out)} bytes, expected {expected_size}")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A rectangle of the framebuffer in panel coordinates (scan order, after rotation).
+
+    ``x`` and ``w`` are whole bytes of a row (multiples of 8 // bits_per_pixel pixels) so a
+    region is a set of row slices and a label can patch its buffer without bit shifting.
+    """
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def check(self, model: LabelModel) -> None:
+        """Raise `ImageError` unless this region lies on byte boundaries inside the panel."""
+        pw, ph = model.panel_size
+        ppb = 8 // model.bits_per_pixel
+        if min(self.x, self.y) < 0 or self.w <= 0 or self.h <= 0:
+            raise ImageError(f"region {self} must have x, y >= 0 and w, h > 0")
+        if self.x + self.w > pw or self.y + self.h > ph:
+            raise ImageError(f"region {self} exceeds the {pw}x{ph} panel of {model.name}")
+        if self.x % ppb or (self.w % ppb and self.x + self.w != pw):
+            raise ImageError(f"region {self} must start and end on a {ppb}-pixel byte boundary")
+
+    def byte_span(self, model: LabelModel) -> tuple[int, int]:
+        """(first byte, byte count) of the region within one framebuffer row."""
+        bpp = model.bits_per_pixel
+        start = self.x * bpp // 8
+        end = ((self.x + self.w) * bpp + 7) // 8
+        return start, end - start
+
+    def size(self, model: LabelModel) -> int:
+        """Bytes of packed pixels the region carries."""
+        return self.byte_span(model)[1] * self.h
+
+
+def extract_region(framebuffer: bytes, region: Region, model: LabelModel) -> bytes:
+    """The packed bytes of `region`, row after row."""
+    region.check(model)
+    stride = row_stride(model)
+    start, count = region.byte_span(model)
+    return b"".join(
+        framebuffer[(region.y + r) * stride + start:(region.y + r) * stride + start + count]
+        for r in range(region.h)
+    )
+
+
+def apply_region(framebuffer: bytes, region: Region, pixels: bytes, model: LabelModel) -> bytes:
+    """A copy of `framebuffer` with `region` replaced by `pixels` (as from `extract_region`)."""
+    region.check(model)
+    stride = row_stride(model)
+    if len(framebuffer) != stride * model.panel_size[1]:
+        raise ImageError(f"framebuffer is {len(framebuffer)} bytes, expected {stride * model.panel_size[1]}")
+    start, count = region.byte_span(model)
+    if len(pixels) != count * region.h:
+        raise ImageError(f"region pixels are {len(pixels)} bytes, expected {count * region.h}")
+    buf = bytearray(framebuffer)
+    for r in range(region.h):
+        off = (region.y + r) * stride + start
+        buf[off:off + count] = pixels[r * count:(r + 1) * count]
+    return bytes(buf)
