@@ -13,11 +13,13 @@ import zlib
 from dataclasses import dataclass
 from enum import IntEnum
 
+import numpy as np
+
 from firmware_proto.models import LabelModel
 
 __all__ = [
     "HASH_SIZE", "ImageFormat", "ImageError", "Region", "image_hash", "row_stride",
-    "compress", "decompress", "extract_region", "apply_region",
+    "compress", "decompress", "extract_region", "apply_region", "to_planes", "from_planes",
 ]
 
 HASH_SIZE = 8
@@ -33,6 +35,29 @@ class ImageFormat(IntEnum):
 
     RAW = 0
     DEFLATE = 1  # raw DEFLATE (RFC 1951, no zlib header) of the packed framebuffer
+    DEFLATE_PLANES = 2  # raw DEFLATE of the bytes split into bit planes (see `to_planes`)
+
+
+def to_planes(packed: bytes) -> bytes:
+    """2-bit pixels regrouped as two bit planes: all high bits, then all low bits.
+
+    Text and line art on a mostly black-and-white label compress better this way (the colour
+    plane is nearly empty); dithered photos may not, so the sender picks the smaller format.
+    Works on any byte string of 2-bit pixels (a framebuffer or a region's rows).
+    """
+    bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8)).reshape(-1, 2)
+    return np.packbits(bits[:, 0]).tobytes() + np.packbits(bits[:, 1]).tobytes()
+
+
+def from_planes(planes: bytes, size: int) -> bytes:
+    """Inverse of `to_planes` for a `size`-byte result."""
+    half = (size * 4 + 7) // 8
+    if len(planes) != 2 * half:
+        raise ImageError(f"bit planes are {len(planes)} bytes, expected {2 * half} for {size} bytes")
+    arr = np.frombuffer(planes, dtype=np.uint8)
+    hi = np.unpackbits(arr[:half])[:size * 4]
+    lo = np.unpackbits(arr[half:])[:size * 4]
+    return np.packbits(np.stack((hi, lo), axis=1).reshape(-1)).tobytes()
 
 
 def image_hash(packed: bytes) -> bytes:
@@ -50,9 +75,10 @@ def compress(fmt: ImageFormat, packed: bytes) -> bytes:
     """Encode a packed framebuffer (or region) in `fmt`."""
     if fmt is ImageFormat.RAW:
         return bytes(packed)
-    if fmt is ImageFormat.DEFLATE:
+    if fmt is ImageFormat.DEFLATE or fmt is ImageFormat.DEFLATE_PLANES:
+        data = to_planes(packed) if fmt is ImageFormat.DEFLATE_PLANES else packed
         c = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
-        return c.compress(packed) + c.flush()
+        return c.compress(data) + c.flush()
     raise ImageError(f"unknown image format {fmt!r}")
 
 
@@ -68,6 +94,9 @@ def decompress(fmt: int, data: bytes, expected_size: int) -> bytes:
         raise ImageError(f"unknown image format {fmt}") from None
     if f is ImageFormat.RAW:
         out = bytes(data)
+    elif f is ImageFormat.DEFLATE_PLANES:
+        planes = decompress(ImageFormat.DEFLATE, data, 2 * ((expected_size * 4 + 7) // 8))
+        return from_planes(planes, expected_size)
     else:
         d = zlib.decompressobj(-15)
         try:

@@ -44,8 +44,9 @@ class LabelModel:
 
     @property
     def max_image_bytes(self) -> int:
-        """The label's image buffer: one uncompressed packed frame."""
-        return (self.width * self.height * self.bits_per_pixel + 7) // 8
+        """The label's image buffer: one uncompressed packed frame, rows padded to bytes."""
+        width, height = self.panel_size
+        return (width * self.bits_per_pixel + 7) // 8 * height
 
     @property
     def panel_size(self) -> tuple[int, int]:

@@ -1,1 +1,16 @@
-"""Simulated labels and store radios, built on the label side of `firmware_proto`."""
+"""Simulated labels and store radios, built on the label side of `firmware_proto`.
+
+Modules, one concept each:
+
+- `simulator.label`: `SimLabel`, one label (protocol session, screen, battery, LED, reboots);
+- `simulator.store`: `SimStore`, many labels on one radio channel, one wake-up scheduler;
+- `simulator.faults`: seeded, reproducible fault injection (`FaultConfig`);
+- `simulator.battery`: the power model and `estimate_life_days`;
+- `simulator.screen`: framebuffer → upright indices → PNG in the panel's colours;
+- `simulator.links`: in-memory `Link` / `Radio` for tests (whole, byte-by-byte, lossy, delayed);
+- `simulator.radio_server`: the loopback TCP store radio behind ``esl simulate``;
+- `simulator.gateway`: a minimal gateway side (pair, push an image) for tests and benchmarks;
+- `simulator.snapshots`, `simulator.run`: PNG snapshots on change, the ``esl simulate`` runner.
+
+Never imports `eslserver`: the simulator meets the server only over the radio interface.
+"""

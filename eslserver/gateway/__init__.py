@@ -1,0 +1,1 @@
+"""The gateway process: MQTT jobs in, radio links out."""

@@ -1,0 +1,1 @@
+"""Links that carry protocol frames to labels (BLE, loopback, in-memory)."""
