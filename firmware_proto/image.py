@@ -19,7 +19,8 @@ from firmware_proto.models import LabelModel
 
 __all__ = [
     "HASH_SIZE", "ImageFormat", "ImageError", "Region", "image_hash", "row_stride",
-    "compress", "decompress", "extract_region", "apply_region", "to_planes", "from_planes",
+    "COMPRESS_LEVEL", "compress", "best_payload", "decompress", "extract_region", "apply_region",
+    "to_planes", "from_planes",
 ]
 
 HASH_SIZE = 8
@@ -38,15 +39,39 @@ class ImageFormat(IntEnum):
     DEFLATE_PLANES = 2  # raw DEFLATE of the bytes split into bit planes (see `to_planes`)
 
 
+def _plane_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-byte lookups: the nibble of high bits, the nibble of low bits, and the inverse."""
+    b = np.arange(256, dtype=np.uint16)
+    hi = np.zeros(256, dtype=np.uint8)
+    lo = np.zeros(256, dtype=np.uint8)
+    for pixel in range(4):  # pixel 0 is the most significant pair
+        shift = 6 - 2 * pixel
+        hi |= (((b >> (shift + 1)) & 1) << (3 - pixel)).astype(np.uint8)
+        lo |= (((b >> shift) & 1) << (3 - pixel)).astype(np.uint8)
+    join = np.zeros(256, dtype=np.uint8)
+    join[(hi.astype(np.uint16) << 4) | lo] = np.arange(256, dtype=np.uint8)
+    return hi, lo, join
+
+
+_HI_NIBBLE, _LO_NIBBLE, _JOIN_NIBBLES = _plane_tables()
+
+
 def to_planes(packed: bytes) -> bytes:
     """2-bit pixels regrouped as two bit planes: all high bits, then all low bits.
 
     Text and line art on a mostly black-and-white label compress better this way (the colour
     plane is nearly empty); dithered photos may not, so the sender picks the smaller format.
-    Works on any byte string of 2-bit pixels (a framebuffer or a region's rows).
+    Works on any byte string of 2-bit pixels (a framebuffer or a region's rows); an odd length
+    leaves the last nibble of each plane zero.
     """
-    bits = np.unpackbits(np.frombuffer(packed, dtype=np.uint8)).reshape(-1, 2)
-    return np.packbits(bits[:, 0]).tobytes() + np.packbits(bits[:, 1]).tobytes()
+    arr = np.frombuffer(packed, dtype=np.uint8)
+    if arr.size % 2:
+        arr = np.append(arr, np.uint8(0))
+    planes = []
+    for table in (_HI_NIBBLE, _LO_NIBBLE):
+        nib = table[arr]
+        planes.append(((nib[0::2] << 4) | nib[1::2]).tobytes())
+    return planes[0] + planes[1]
 
 
 def from_planes(planes: bytes, size: int) -> bytes:
@@ -55,9 +80,11 @@ def from_planes(planes: bytes, size: int) -> bytes:
     if len(planes) != 2 * half:
         raise ImageError(f"bit planes are {len(planes)} bytes, expected {2 * half} for {size} bytes")
     arr = np.frombuffer(planes, dtype=np.uint8)
-    hi = np.unpackbits(arr[:half])[:size * 4]
-    lo = np.unpackbits(arr[half:])[:size * 4]
-    return np.packbits(np.stack((hi, lo), axis=1).reshape(-1)).tobytes()
+    hi = np.empty(2 * half, dtype=np.uint16)
+    lo = np.empty(2 * half, dtype=np.uint16)
+    hi[0::2], hi[1::2] = arr[:half] >> 4, arr[:half] & 0x0F
+    lo[0::2], lo[1::2] = arr[half:] >> 4, arr[half:] & 0x0F
+    return _JOIN_NIBBLES[(hi << 4) | lo][:size].tobytes()
 
 
 def image_hash(packed: bytes) -> bytes:
@@ -71,15 +98,30 @@ def row_stride(model: LabelModel) -> int:
     return (width * model.bits_per_pixel + 7) // 8
 
 
-def compress(fmt: ImageFormat, packed: bytes) -> bytes:
+COMPRESS_LEVEL = 6
+"""zlib level for payloads: level 9 costs 6-8x the CPU for 1-3 % fewer bytes on labels."""
+
+
+def compress(fmt: ImageFormat, packed: bytes, level: int = COMPRESS_LEVEL) -> bytes:
     """Encode a packed framebuffer (or region) in `fmt`."""
     if fmt is ImageFormat.RAW:
         return bytes(packed)
     if fmt is ImageFormat.DEFLATE or fmt is ImageFormat.DEFLATE_PLANES:
         data = to_planes(packed) if fmt is ImageFormat.DEFLATE_PLANES else packed
-        c = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
+        c = zlib.compressobj(level, zlib.DEFLATED, -15, 9)
         return c.compress(data) + c.flush()
     raise ImageError(f"unknown image format {fmt!r}")
+
+
+def best_payload(packed: bytes) -> tuple[bytes, ImageFormat]:
+    """The smallest encoding of `packed` (a framebuffer or region) among our formats.
+
+    Every label gets whichever format suits its content (planes for text and line art, plain
+    DEFLATE for dithered photos, RAW when nothing helps); ties go to the lower format number.
+    """
+    options = [(compress(f, packed), f) for f in (ImageFormat.DEFLATE, ImageFormat.DEFLATE_PLANES)]
+    options.append((bytes(packed), ImageFormat.RAW))
+    return min(options, key=lambda o: (len(o[0]), int(o[1])))
 
 
 def decompress(fmt: int, data: bytes, expected_size: int) -> bytes:

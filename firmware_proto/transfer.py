@@ -35,7 +35,7 @@ from firmware_proto.frames import (
     ImageStatus, ImageStatusRequest, TransferState,
 )
 from firmware_proto.image import (
-    HASH_SIZE, ImageError, ImageFormat, Region, apply_region, compress, decompress,
+    HASH_SIZE, ImageError, ImageFormat, Region, apply_region, best_payload, decompress,
     extract_region, image_hash, row_stride,
 )
 from firmware_proto.models import LabelModel
@@ -117,13 +117,6 @@ class _Plan:
     def of(cls, offer: ImageOffer) -> _Plan:
         return cls(offer.image_format, offer.image_hash, offer.total_size, offer.part_size,
                    offer.region, offer.base_hash, offer.delta)
-
-
-def best_payload(packed: bytes) -> tuple[bytes, ImageFormat]:
-    """The smallest encoding of `packed` (a framebuffer or region) among our formats."""
-    options = [(compress(f, packed), f) for f in (ImageFormat.DEFLATE, ImageFormat.DEFLATE_PLANES)]
-    options.append((bytes(packed), ImageFormat.RAW))
-    return min(options, key=lambda o: (len(o[0]), int(o[1])))
 
 
 def changed_region(old: bytes, new: bytes, model: LabelModel) -> Region | None:
