@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageDraw, ImageFont
 
+from firmware_proto.image import COMPRESS_LEVEL
 from firmware_proto.models import LabelModel, get_model
 from render.context import Product, Store, build_context
 from render.layout import QR, Barcode, Image, Label, Line, Price, Rect, Text, ean13_check_digit
@@ -247,7 +248,7 @@ class PillowBaseline:
         px = np.pad(px, ((0, 0), (0, (-w) % 4)))
         packed = (px[:, 0::4] << 6) | (px[:, 1::4] << 4) | (px[:, 2::4] << 2) | px[:, 3::4]
         raw = packed.astype(np.uint8).tobytes()
-        data = zlib.compress(raw, 9)
+        data = zlib.compress(raw, COMPRESS_LEVEL)
         hashlib.sha256(raw).digest()
         return data
 
@@ -270,18 +271,6 @@ def _time(fn: Callable[[], Any]) -> float:
     t0 = time.process_time()
     fn()
     return time.process_time() - t0
-
-
-def _encode_at(level: int, fb: bytes) -> int:
-    """What `encode_payload` would cost at zlib `level`: both DEFLATE formats and the hash."""
-    from firmware_proto.image import image_hash, to_planes
-
-    sizes = []
-    for data in (fb, to_planes(fb)):
-        c = zlib.compressobj(level, zlib.DEFLATED, -15, 8)
-        sizes.append(len(c.compress(data) + c.flush()))
-    image_hash(fb)
-    return min(sizes)
 
 
 def _variant(recs: list[dict[str, Any]], variant: str) -> list[dict[str, Any]]:
@@ -336,12 +325,9 @@ def bench_template(name: str, n: int, baseline_n: int, variant: str = "") -> dic
     fbs: list[bytes] = []
     t_pack = _time(lambda: fbs.extend(to_framebuffers(np.stack(drawn), model)))
     t_encode = _time(lambda: [encode_payload(fb) for fb in fbs])
-    sub = fbs[:100]
-    t_encode6 = _time(lambda: [_encode_at(6, fb) for fb in sub]) / len(sub) * len(fbs)
     k = 1000 / len(recs)
     stages = {"layout_ms": round(t_layout * k, 3), "draw_ms": round(t_draw * k, 3),
-              "pack_ms": round(t_pack * k, 3), "encode_ms": round(t_encode * k, 3),
-              "encode_zlib6_ms": round(t_encode6 * k, 3)}
+              "pack_ms": round(t_pack * k, 3), "encode_ms": round(t_encode * k, 3)}
     layout_ms = t_layout * k
     del drawn, fbs, rests
 
@@ -357,9 +343,6 @@ def bench_template(name: str, n: int, baseline_n: int, variant: str = "") -> dic
         "template": name + (f" ({variant})" if variant else ""), "model": model.name, "n": n, "failed": failed,
         "ours_ms": round(ours_ms, 3), "ours_layout_ms": round(layout_ms, 3), "stages": stages,
         "baseline_ms": round(base_ms, 3), "speedup": round(base_ms / ours_ms, 1),
-        # What-if: the same pipeline with encode_payload's DEFLATE at zlib level 6 instead of 9.
-        "ours_zlib6_ms": round(ours_ms - stages["encode_ms"] + stages["encode_zlib6_ms"], 3),
-        "speedup_zlib6": round(base_ms / max(1e-6, ours_ms - stages["encode_ms"] + stages["encode_zlib6_ms"]), 1),
         "payload_bytes_mean": round(sum(payload) / max(1, len(payload))),
         "payload_bytes_max": max(payload, default=0),
         "baseline_bytes_mean": round(sum(base_bytes) / max(1, len(base_bytes))),
@@ -429,20 +412,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"render benchmark: {args.n} distinct products per template, baseline on "
           f"{args.baseline_n}, one core ({core})")
     print(f"{'template':<19} {'model':<9} {'ours ms':>8} {'pillow ms':>9} {'speedup':>7}"
-          f" | {'layout':>6} {'draw':>6} {'pack':>6} {'encode':>6} {'enc@6':>6} | {'@6 x':>5}"
+          f" | {'layout':>6} {'draw':>6} {'pack':>6} {'encode':>6}"
           f" | {'bytes':>6} {'pillow B':>8} {'raw B':>6} {'failed':>6}")
     for r in rows:
         st = r["stages"]
         print(f"{r['template']:<19} {r['model']:<9} {r['ours_ms']:>8.3f} {r['baseline_ms']:>9.2f}"
               f" {r['speedup']:>6.1f}x | {st['layout_ms']:>6.3f} {st['draw_ms']:>6.3f}"
-              f" {st['pack_ms']:>6.3f} {st['encode_ms']:>6.3f} {st['encode_zlib6_ms']:>6.3f}"
-              f" | {r['speedup_zlib6']:>4.1f}x | {r['payload_bytes_mean']:>6}"
+              f" {st['pack_ms']:>6.3f} {st['encode_ms']:>6.3f}"
+              f" | {r['payload_bytes_mean']:>6}"
               f" {r['baseline_bytes_mean']:>8} {r['raw_bytes']:>6} {r['failed']:>6}")
     print("(CPU ms per label. Stages timed separately on up to 500 of the products: layout = "
           "record -> context -> template -> markup -> Label; draw = render.canvas from the "
           "static-prefix base; pack = render.pack.to_framebuffers; encode = "
-          "render.pack.encode_payload (DEFLATE and DEFLATE_PLANES at zlib 9, SHA-256); enc@6 = "
-          "the same at zlib level 6; '@6 x' = the speedup if encode used level 6)")
+          "render.pack.encode_payload (smallest of DEFLATE / DEFLATE_PLANES / RAW, SHA-256). The "
+          "Pillow pipeline compresses at the same zlib level, COMPRESS_LEVEL)")
 
     dither_rows: list[dict[str, Any]] | None = None
     try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
+from zlib_ng import zlib_ng
 
 from firmware_proto.models import LabelModel
 
@@ -99,7 +100,10 @@ def row_stride(model: LabelModel) -> int:
 
 
 COMPRESS_LEVEL = 6
-"""zlib level for payloads: level 9 costs 6-8x the CPU for 1-3 % fewer bytes on labels."""
+"""DEFLATE level for payloads: level 9 costs 4-8x the CPU for 1-3 % fewer bytes on labels.
+
+Compression uses zlib-ng (the same DEFLATE stream, about twice as fast as zlib at the same
+level and ratio); decompression, as on a label, uses plain zlib."""
 
 
 def compress(fmt: ImageFormat, packed: bytes, level: int = COMPRESS_LEVEL) -> bytes:
@@ -107,10 +111,13 @@ def compress(fmt: ImageFormat, packed: bytes, level: int = COMPRESS_LEVEL) -> by
     if fmt is ImageFormat.RAW:
         return bytes(packed)
     if fmt is ImageFormat.DEFLATE or fmt is ImageFormat.DEFLATE_PLANES:
-        data = to_planes(packed) if fmt is ImageFormat.DEFLATE_PLANES else packed
-        c = zlib.compressobj(level, zlib.DEFLATED, -15, 9)
-        return c.compress(data) + c.flush()
+        return _deflate(to_planes(packed) if fmt is ImageFormat.DEFLATE_PLANES else packed, level)
     raise ImageError(f"unknown image format {fmt!r}")
+
+
+def _deflate(data: bytes, level: int) -> bytes:
+    c = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15, 9)
+    return c.compress(data) + c.flush()
 
 
 def best_payload(packed: bytes) -> tuple[bytes, ImageFormat]:
@@ -119,8 +126,9 @@ def best_payload(packed: bytes) -> tuple[bytes, ImageFormat]:
     Every label gets whichever format suits its content (planes for text and line art, plain
     DEFLATE for dithered photos, RAW when nothing helps); ties go to the lower format number.
     """
-    options = [(compress(f, packed), f) for f in (ImageFormat.DEFLATE, ImageFormat.DEFLATE_PLANES)]
-    options.append((bytes(packed), ImageFormat.RAW))
+    raw = bytes(packed)
+    options = [(compress(f, raw), f) for f in (ImageFormat.DEFLATE, ImageFormat.DEFLATE_PLANES)]
+    options.append((raw, ImageFormat.RAW))
     return min(options, key=lambda o: (len(o[0]), int(o[1])))
 
 
