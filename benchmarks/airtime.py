@@ -24,9 +24,11 @@ What is counted
   GATT write: 17 bytes (preamble 1, access address 4, LL header 2, CRC 3, L2CAP 4, ATT 3).
   Link-layer acknowledgements are left out on both sides.
 
-Images are synthesised (text set in DejaVu fonts, a QR-like module grid, a red price, a
-yellow promo band; the 7.5" one adds an ordered-dithered photo area), so compression ratios are
-realistic. A price-only change redraws the price and sends that region (a 128x96 label area).
+Two sets of images. Synthesised ones (text set in DejaVu fonts, a QR-like module grid, a red
+price, a yellow promo band; the 7.5" one adds an ordered-dithered photo area), where a
+price-only change redraws the price and sends that region (a 128x96 label area). And labels
+drawn by our shipped templates (`shelf-2.9` for a sample product, then the same product 20 %
+cheaper; `talker-7.5` with its dithered photo), sent exactly as the renderer packs them.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from firmware_proto import (
     GatewaySession, ImageUpdate, LabelFlash, LabelModel, LabelSession, Region, best_payload,
     changed_region, derive_factory_key, get_model, image_hash, plan_update,
 )
-from firmware_proto.image import row_stride
+from render.pack import to_framebuffer
 
 MTU = 244
 BLE_LINK_OVERHEAD = 17
@@ -155,18 +157,6 @@ def label_75(seed: int = 11) -> np.ndarray:
 def to_panel(img: np.ndarray, model: LabelModel) -> np.ndarray:
     """Label orientation → panel scan order (rotate by the model's mounting)."""
     return np.rot90(img, k=-(model.rotation // 90)).copy()
-
-
-def pack(panel: np.ndarray, model: LabelModel) -> bytes:
-    """Palette indices → packed framebuffer (image.py layout: MSB first, rows padded)."""
-    bpp = model.bits_per_pixel
-    h, w = panel.shape
-    bits = np.zeros((h, w * bpp), dtype=np.uint8)
-    for b in range(bpp):
-        bits[:, b::bpp] = (panel >> (bpp - 1 - b)) & 1
-    packed = np.packbits(bits, axis=1)
-    assert packed.shape[1] == row_stride(model)
-    return packed.tobytes()
 
 
 def oepl_payload(panel: np.ndarray) -> bytes:
@@ -279,11 +269,11 @@ def cases() -> list[Case]:
     m29, m75 = get_model("2.9-bwry"), get_model("7.5-bwry")
     old29, new29 = label_29("4.99"), label_29("3.79")
     p_old, p_new = to_panel(old29, m29), to_panel(new29, m29)
-    blank29 = bytes(len(pack(p_old, m29)))
-    fb_old, fb_new = pack(p_old, m29), pack(p_new, m29)
+    fb_old, fb_new = to_framebuffer(old29, m29), to_framebuffer(new29, m29)
+    blank29 = bytes(len(fb_old))
     region = _price_region(m29)
-    img75 = to_panel(label_75(), m75)
-    fb75 = pack(img75, m75)
+    label75 = label_75()
+    img75, fb75 = to_panel(label75, m75), to_framebuffer(label75, m75)
     return [
         Case('2.9" full', m29, blank29, fb_old, None, oepl_payload(p_old)),
         Case('7.5" full', m75, bytes(len(fb75)), fb75, None, oepl_payload(img75)),
@@ -291,6 +281,36 @@ def cases() -> list[Case]:
         Case('2.9" price-diff', m29, fb_old, fb_new, changed_region(fb_old, fb_new, m29) or region,
              oepl_payload(p_new)),
     ]
+
+
+def rendered_cases() -> list[Case]:
+    """The same measurements on labels our shipped templates draw (render/, sample catalogue):
+    a 2.9" shelf label in full, then the same label after a price change, and a 7.5" talker."""
+    from datetime import datetime, timezone
+
+    from render.batch import render_batch
+    from render.samples import image_resolver, sample_catalogue
+    from render.templates import load_template
+
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+    product = next(p for p in sample_catalogue(now) if not p.get("promo"))
+    repriced = dict(product, price=str(round(float(product["price"]) * 0.8, 2)))
+    images = image_resolver()
+    out = []
+    for name, tmpl_name, records in (('2.9" shelf-2.9', "shelf-2.9", [product, repriced]),
+                                      ('7.5" talker-7.5', "talker-7.5", [product])):
+        tmpl = load_template(tmpl_name)
+        model = get_model(tmpl.info.model)
+        res = render_batch(tmpl, records, images=images, now=now, keep_indices=True)
+        panels = [to_panel(r.indices, model) for r in res]
+        blank = bytes(len(res[0].framebuffer))
+        out.append(Case(f"{name} full", model, blank, res[0].framebuffer, None, oepl_payload(panels[0])))
+        if len(res) > 1:
+            region = changed_region(res[0].framebuffer, res[1].framebuffer, model)
+            assert region is not None
+            out.append(Case(f"{name} price", model, res[0].framebuffer, res[1].framebuffer, region,
+                            oepl_payload(panels[1])))
+    return out
 
 
 def _price_region(model: LabelModel) -> Region:
@@ -326,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     losses = (0.0, 0.1, 0.3)
     results: dict[str, dict[str, float | int | bool | str]] = {}
     rows = []
-    for case in cases():
+    for case in cases() + rendered_cases():
         update = update_for(case)
         for loss in losses:
             n = 1 if loss == 0 else args.trials
@@ -361,19 +381,22 @@ def main(argv: list[str] | None = None) -> int:
     full0 = float(results['2.9" full@0%']["ours"])
     price_vs_full = round(float(results['2.9" price@0%']["ours"]) / full0, 3)
     diff_vs_full = round(float(results['2.9" price-diff@0%']["ours"]) / full0, 3)
+    rendered_vs_full = round(float(results['2.9" shelf-2.9 price@0%']["ours"])
+                             / float(results['2.9" shelf-2.9 full@0%']["ours"]), 3)
 
-    hdr = (f"{'case':<18}{'payload':>8}{'ours':>8}{'+phy':>8}{'oepl':>9}{'+phy':>9}{'oepl-sel':>9}"
+    hdr = (f"{'case':<26}{'payload':>8}{'ours':>8}{'+phy':>8}{'oepl':>9}{'+phy':>9}{'oepl-sel':>9}"
            f"{'ours/oepl':>10}{'(+phy)':>8}{'/sel':>7}{'vs 0%':>7}")
     print(hdr)
     print("-" * len(hdr))
     for key, r in rows:
         oepl = f"{r['oepl']}" + ("" if r["oepl_ok"] else "*")
-        print(f"{key:<18}{r['payload']:>8}{r['ours']:>8}{r['ours_phy']:>8}{oepl:>9}{r['oepl_phy']:>9}"
+        print(f"{key:<26}{r['payload']:>8}{r['ours']:>8}{r['ours_phy']:>8}{oepl:>9}{r['oepl_phy']:>9}"
               f"{r['oepl_sel']:>9}{r['ratio_vs_oepl']:>10.3f}{r['ratio_vs_oepl_phy']:>8.3f}"
               f"{r['ratio_vs_oepl_sel']:>7.3f}{r['loss_overhead']:>7.3f}")
     print("* OEPL whole-block resend gave up after", OEPL_MAX_ATTEMPTS, "attempts on a block")
     print(f"price-only update / full 2.9\" image (ours, 0% loss): 128x96 price area {price_vs_full:.3f}, "
-          f"changed-bytes region {diff_vs_full:.3f}")
+          f"changed-bytes region {diff_vs_full:.3f}; shelf-2.9 template (price and unit price "
+          f"change) {rendered_vs_full:.3f}")
     battery = _battery(results)
     if battery:
         print(f"battery life at four updates a day, check-in every {WAKE_INTERVAL_S:.0f} s "
@@ -381,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("battery life: simulator.battery.estimate_life_days not available")
     print(json.dumps({"benchmark": "airtime", "mtu": MTU, "seed": args.seed, "trials": args.trials,
-                      "price_vs_full": price_vs_full, "price_diff_vs_full": diff_vs_full, "battery_days_4_updates": battery,
+                      "price_vs_full": price_vs_full, "price_diff_vs_full": diff_vs_full,
+                      "rendered_price_vs_full": rendered_vs_full, "battery_days_4_updates": battery,
                       "results": results}, sort_keys=True))
     return 0 if all(r["ours_ok"] for r in results.values()) else 1
 

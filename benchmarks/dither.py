@@ -6,9 +6,13 @@ For 296x128, 400x300 and 800x480 photo-like pictures (seeded gradients, noise an
 and batches of 1 and 16, megapixels per second of every method of `render.dither.reduce` to
 the four BWRY inks, and of Pillow's ``Image.quantize(palette=..., dither=FLOYDSTEINBERG)``
 and ``dither=NONE`` to the same four colours (one image after another; Pillow has no batch).
+Error diffusion is measured twice: ``floyd-steinberg`` and ``atkinson`` as `reduce` runs them
+(the numba kernel when numba imports), and ``floyd-steinberg-numpy`` / ``atkinson-numpy``
+with the numpy wavefront that `reduce` falls back to without numba (same indices, bit for bit).
 ``vs_pillow_fs`` is each row's throughput over Pillow Floyd–Steinberg's at the same size.
 Each figure is the best of ``repeat`` timed runs after one warm-up run (which also builds
-the cached colour tables and masks). A table goes to stdout, then one JSON line.
+the cached colour tables and masks and compiles or loads the numba kernel). A table goes to
+stdout, then one JSON line, which also names the backend `reduce` diffused with.
 """
 
 from __future__ import annotations
@@ -22,13 +26,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+import render.dither as render_dither
 from render.dither import METHODS, reduce
+from render.layout import Dither
 from render.palette import PANEL_RGB
 
 __all__ = ["SIZES", "BATCHES", "photo_like", "run", "summary", "main"]
 
 SIZES: tuple[tuple[int, int], ...] = ((296, 128), (400, 300), (800, 480))  # (width, height)
 BATCHES: tuple[int, ...] = (1, 16)
+NUMPY_SUFFIX = "-numpy"  # error diffusion forced onto the numpy wavefront
+DIFFUSION: tuple[Dither, ...] = ("floyd-steinberg", "atkinson")
 
 
 def photo_like(seed: int, width: int, height: int) -> np.ndarray:
@@ -100,12 +108,34 @@ def run(repeat: int = 3) -> list[dict[str, Any]]:
             chunk = np.ascontiguousarray(images[:batch])
             for method in METHODS:
                 ours.append((batch, method, _best(lambda: reduce(chunk, "bwry", method), repeat) / batch))
+            for kind in DIFFUSION:
+                ours.append((batch, kind + NUMPY_SUFFIX, _best(lambda: _numpy_reduce(chunk, kind), repeat) / batch))
         fs = baseline["pillow-fs"]
         for name, per_image in baseline.items():
             rows.append(_row(width, height, len(pil_images), name, per_image, mpx, fs))
         for size, name, per_image in ours:
             rows.append(_row(width, height, size, name, per_image, mpx, fs))
     return rows
+
+
+def _numpy_reduce(batch: np.ndarray, method: Dither) -> np.ndarray:
+    """`reduce` as it runs where numba does not import: on the numpy wavefront."""
+    saved = render_dither._USE_NUMBA
+    render_dither._USE_NUMBA = False
+    try:
+        return reduce(batch, "bwry", method)
+    finally:
+        render_dither._USE_NUMBA = saved
+
+
+def _diffusion_backend() -> str:
+    """What `reduce` error-diffuses with here: "numba <version>", or "numpy" without numba."""
+    compiled = render_dither._numba_kernel(render_dither._KERNELS["floyd-steinberg"])
+    if compiled is None:
+        return "numpy"
+    import numba
+
+    return f"numba {numba.__version__}"
 
 
 def _row(width: int, height: int, batch: int, method: str, per_image: float, mpx: float, fs: float) -> dict[str, Any]:
@@ -124,10 +154,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per figure (best is kept)")
     args = parser.parse_args()
     rows = run(args.repeat)
-    print(f"{'size':>8} {'batch':>5} {'method':>16} {'MPx/s':>8} {'ms/image':>9} {'vs Pillow FS':>12}")
+    backend = _diffusion_backend()
+    print(f"error diffusion in reduce: {backend}")
+    print(f"{'size':>8} {'batch':>5} {'method':>21} {'MPx/s':>8} {'ms/image':>9} {'vs Pillow FS':>12}")
     for r in rows:
-        print(f"{r['size']:>8} {r['batch']:>5} {r['method']:>16} {r['mpx_s']:>8} {r['ms_per_image']:>9} {r['vs_pillow_fs']:>12}")
-    print(json.dumps({"benchmark": "dither", "repeat": args.repeat, "summary": summary(rows), "results": rows}))
+        print(f"{r['size']:>8} {r['batch']:>5} {r['method']:>21} {r['mpx_s']:>8} {r['ms_per_image']:>9} {r['vs_pillow_fs']:>12}")
+    print(json.dumps({"benchmark": "dither", "repeat": args.repeat, "diffusion_backend": backend,
+                      "summary": summary(rows), "results": rows}))
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -137,6 +170,10 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {
         "fs_batched_vs_pillow_fs": at[(big, batch, "floyd-steinberg")],
         "atkinson_batched_vs_pillow_fs": at[(big, batch, "atkinson")],
+        "fs_single_vs_pillow_fs": at[(big, 1, "floyd-steinberg")],
+        "atkinson_single_vs_pillow_fs": at[(big, 1, "atkinson")],
+        "fs_numpy_batched_vs_pillow_fs": at[(big, batch, "floyd-steinberg" + NUMPY_SUFFIX)],
+        "fs_numpy_single_vs_pillow_fs": at[(big, 1, "floyd-steinberg" + NUMPY_SUFFIX)],
         "bayer_single_vs_pillow_fs": at[(big, 1, "bayer")],
         "blue_noise_single_vs_pillow_fs": at[(big, 1, "blue-noise")],
         "bayer_batched_vs_pillow_fs": at[(big, batch, "bayer")],

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+import render.dither as dither
 from firmware_proto.models import ColourMode
 from render.bluenoise import MaskError, bayer_matrix, blue_noise_mask
 from render.dither import COLOUR_METRIC, METHODS, DitherError, nearest_index, reduce
@@ -127,11 +130,11 @@ def test_batch_equals_single(method: Dither, mode: ColourMode) -> None:
 
 
 def test_batch_equals_single_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Error diffusion splits big batches into chunks; the result must not depend on it."""
-    import render.dither as dither
-
+    """The numpy wavefront splits big batches into chunks; the result must not depend on it."""
     batch = np.stack([photo(seed, 17, 29) for seed in range(5)])
     whole = reduce(batch, "bwry", "floyd-steinberg")
+    monkeypatch.setattr(dither, "_USE_NUMBA", False)
+    assert (reduce(batch, "bwry", "floyd-steinberg") == whole).all()
     monkeypatch.setattr(dither, "_ED_CHUNK_PIXELS", 17 * 29 * 2)
     assert (reduce(batch, "bwry", "floyd-steinberg") == whole).all()
 
@@ -271,14 +274,104 @@ def reference_diffusion(image: np.ndarray, mode: ColourMode, method: str) -> np.
     return out
 
 
-@pytest.mark.parametrize("method", ["floyd-steinberg", "atkinson"])
+DIFFUSION: tuple[Dither, ...] = ("floyd-steinberg", "atkinson")
+BACKENDS = ("numba", "numpy")
+
+
+def diffuse(batch: np.ndarray, mode: ColourMode, method: Dither, backend: str) -> np.ndarray:
+    """Error diffusion of a (N, H, W, 3) batch by one named implementation of render.dither."""
+    kernel = dither._KERNELS[method]
+    if backend == "numpy":
+        return dither._diffuse_wavefront(batch, indices_for(mode), kernel)
+    compiled = dither._numba_kernel(kernel)
+    if compiled is None:
+        pytest.skip("numba does not import here")
+    return dither._diffuse_numba(batch, indices_for(mode), compiled)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", DIFFUSION)
 @settings(max_examples=20, deadline=None)
 @given(image=images, mode=st.sampled_from(MODES))
-def test_wavefront_equals_raster_order_reference(method: Dither, image: np.ndarray, mode: ColourMode) -> None:
-    assert (reduce(image, mode, method) == reference_diffusion(image, mode, method)).all()
+def test_diffusion_equals_raster_order_reference(backend: str, method: Dither, image: np.ndarray, mode: ColourMode) -> None:
+    got = diffuse(image[None], mode, method, backend)[0]
+    assert (got == reference_diffusion(image, mode, method)).all()
 
 
-@pytest.mark.parametrize("method", ["floyd-steinberg", "atkinson"])
-def test_wavefront_equals_reference_on_a_photo(method: Dither) -> None:
+@pytest.mark.parametrize("backend", [*BACKENDS, "reduce"])
+@pytest.mark.parametrize("method", DIFFUSION)
+def test_diffusion_equals_reference_on_a_photo(backend: str, method: Dither) -> None:
     img = photo(11, 21, 34)
-    assert (reduce(img, "bwry", method) == reference_diffusion(img, "bwry", method)).all()
+    got = reduce(img, "bwry", method) if backend == "reduce" else diffuse(img[None], "bwry", method, backend)[0]
+    assert (got == reference_diffusion(img, "bwry", method)).all()
+
+
+# pixel values at the ends of the range and at mid-grey make clamping and exact ties likely
+batches = arrays(
+    np.uint8,
+    st.tuples(st.integers(1, 3), st.integers(1, 12), st.integers(1, 14), st.just(3)),
+    elements=st.one_of(st.integers(0, 255), st.sampled_from([0, 1, 127, 128, 254, 255])),
+)
+
+
+@pytest.mark.parametrize("method", DIFFUSION)
+@settings(max_examples=60, deadline=None)
+@given(batch=batches, mode=st.sampled_from(MODES))
+def test_numba_kernel_equals_numpy_wavefront(method: Dither, batch: np.ndarray, mode: ColourMode) -> None:
+    assert (diffuse(batch, mode, method, "numba") == diffuse(batch, mode, method, "numpy")).all()
+
+
+@pytest.mark.parametrize("method", DIFFUSION)
+@pytest.mark.parametrize("mode", MODES)
+def test_numba_kernel_equals_numpy_wavefront_on_photos(method: Dither, mode: ColourMode) -> None:
+    """Odd and even heights, widths below and above the kernel's two-column skew."""
+    for height, width in ((61, 97), (2, 2), (3, 1), (1, 40), (40, 3)):
+        batch = np.stack([photo(seed, height, width) for seed in range(3)])
+        assert (diffuse(batch, mode, method, "numba") == diffuse(batch, mode, method, "numpy")).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", DIFFUSION)
+def test_diffusion_batch_equals_single(backend: str, method: Dither) -> None:
+    batch = np.stack([photo(seed, 19, 27) for seed in range(4)])
+    whole = diffuse(batch, "bwry", method, backend)
+    for k in range(4):
+        assert (whole[k] == diffuse(batch[k:k + 1], "bwry", method, backend)[0]).all()
+
+
+def test_reduce_runs_the_numba_kernel_when_numba_imports() -> None:
+    pytest.importorskip("numba")
+    img = photo(12, 30, 41)
+    for method in DIFFUSION:
+        assert dither._numba_kernel(dither._KERNELS[method]) is not None
+        assert (reduce(img, "bwr", method) == diffuse(img[None], "bwr", method, "numba")[0]).all()
+
+
+def test_without_numba_reduce_falls_back_to_the_wavefront(monkeypatch: pytest.MonkeyPatch) -> None:
+    img = photo(13, 9, 14)
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` now raises ImportError
+    dither._numba_kernel.cache_clear()
+    try:
+        assert dither._numba_kernel(dither._KERNELS["atkinson"]) is None
+        assert (reduce(img, "bwry", "atkinson") == reference_diffusion(img, "bwry", "atkinson")).all()
+    finally:
+        dither._numba_kernel.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("denominator", "taps", "match"),
+    [
+        (12, ((0, 1, 12),), "power of two"),
+        (16, ((0, 1, 7), (1, -2, 9)), "wavefront"),  # (i + 1, j - 2) is on the same step
+        (16, ((0, 0, 16),), "wavefront"),
+        (8, ((0, 1, 8), (1, 0, 1)), "sum"),
+    ],
+)
+def test_kernel_tables_the_implementations_cannot_run_are_refused(
+    denominator: int, taps: tuple[tuple[int, int, int], ...], match: str
+) -> None:
+    kernel = dither._DiffusionKernel(denominator, taps)
+    with pytest.raises(RuntimeError, match=match):
+        dither._checked_taps(kernel)
+    with pytest.raises(RuntimeError, match=match):
+        dither._diffuse_wavefront(np.zeros((1, 4, 4, 3), dtype=np.uint8), (0, 1), kernel)
