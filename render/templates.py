@@ -146,17 +146,18 @@ def _to_decimal(value: Any) -> Decimal:
     return value if isinstance(value, Decimal) else parse_decimal(value)
 
 
+_QUANTA: Final = {places: Decimal(1).scaleb(-places) for places in range(7)}
+
+
 def _number(value: Any, places: int = 2, sep: str = ",") -> str:
     """``1234.5`` → ``1 234,50`` (non-breaking space groups, decimal comma by default)."""
-    d = _to_decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    quantum = _QUANTA.get(places) if type(places) is int else None
+    if quantum is None:
+        quantum = Decimal(1).scaleb(-places)
+    d = _to_decimal(value).quantize(quantum, rounding=ROUND_HALF_UP)
     sign = "-" if d < 0 else ""
-    whole, _, frac = f"{abs(d):f}".partition(".")
-    groups: list[str] = []
-    while len(whole) > 3:
-        groups.insert(0, whole[-3:])
-        whole = whole[:-3]
-    groups.insert(0, whole)
-    out = sign + "\u00a0".join(groups)
+    whole, _, frac = f"{abs(d):,f}".partition(".")  # "," groups the units in threes
+    out = sign + whole.replace(",", "\u00a0")
     return f"{out}{sep}{frac}" if places > 0 else out
 
 
@@ -204,11 +205,26 @@ _MAX_SEQUENCE: Final = 100_000
 _MAX_POWER: Final = 1_000
 
 
+_DICT_ATTRIBUTES: Final = frozenset(dir(dict))
+
+
 class _Environment(ImmutableSandboxedEnvironment):
     """The sandbox, plus limits on ``*`` and ``**`` so ``'x' * 10**9`` or ``9 ** 9 ** 9``
     cannot exhaust memory or time (Jinja's sandbox bounds ``range`` but not these)."""
 
     intercepted_binops = frozenset({"*", "**"})
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """``product.name`` on the context's plain dicts without the failed attribute look-up
+        (an exception per access) the sandbox tries first. Same result: a plain dict has no
+        attributes but those of its type, so for any other name the sandbox would fall back
+        to the item, or to undefined."""
+        if type(obj) is dict and type(attribute) is str and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except (TypeError, LookupError):
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
@@ -296,7 +312,12 @@ class Template:
             raise TemplateError(self.name, exc.lineno, "syntax", exc.message or str(exc)) from None
         except SecurityError as exc:
             raise TemplateError(self.name, None, "security", str(exc)) from None
-        self._template = env.template_class.from_code(env, code, env.make_globals(None))
+        # A plain dict of the globals, not Jinja's ChainMap over the environment's: every
+        # render copies the globals into its context, and walking a ChainMap (twice) cost more
+        # than the rest of starting a render. The same names and values: the environment's
+        # globals are never changed after `_environment()` has built it.
+        globals_ = dict(env.make_globals(None))
+        self._template = env.template_class.from_code(env, code, globals_)
 
     def __repr__(self) -> str:
         return f"Template({self.name!r}, models={self.info.models!r})"
@@ -320,7 +341,11 @@ class Template:
 
     def render_label(self, context: Mapping[str, Any]) -> Label:
         """Render and parse one label; markup errors name the template line they came from."""
-        markup = self.render_markup(context)
+        return self.label_from_markup(self.render_markup(context))
+
+    def label_from_markup(self, markup: str) -> Label:
+        """Parse markup this template rendered (`render_markup`) into its label, as
+        `render_label` does; markup errors name the template line they came from."""
         try:
             label = parse_markup(markup)
         except MarkupError as exc:

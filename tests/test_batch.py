@@ -166,3 +166,62 @@ def test_shipped_templates_put_static_artwork_first(template: str) -> None:
     assert 1 <= len(groups) <= 2
     for group in groups.values():
         assert len(common_prefix(group)) >= 1
+
+
+def _one_by_one(tmpl: Any, records: list[Any], model: str) -> list[tuple[str, object]]:
+    """The reference: each product laid out on its own, start to finish."""
+    out: list[tuple[str, object]] = []
+    m = get_model(model)
+    for record in records:
+        try:
+            product = record if isinstance(record, Product) else Product.from_record(record)
+            label = tmpl.render_label(build_context(product, m, STORE, NOW))
+            if label.model != model:
+                raise TemplateError(tmpl.name, None, "model", "other model")
+            out.append(("label", label))
+        except ValueError as exc:  # ProductError, TemplateError
+            out.append(("error", str(exc)))
+    return out
+
+
+def test_layout_stage_by_stage_matches_one_product_at_a_time() -> None:
+    """`render_batch` lays a chunk out stage by stage; every product must still get the label
+    (hence the pixels) or the error it gets on its own, whichever stage it fails in."""
+    tmpl = template_from_string(
+        "{#- esl-template\nmodel: 2.9-bwry\n-#}\n"
+        '<label model="{{ label.model }}">\n'
+        '  <rect x="0" y="0" w="296" h="20" fill="red"/>\n'
+        '  <text x="0" y="20" w="296" h="20">{{ product.name }}</text>\n'
+        "{% if product.name == 'markup' %}  <blink/>\n{% endif %}"
+        "{% if product.name == 'runtime' %}{{ 1 // 0 }}{% endif %}"
+        "{% if product.name == 'undefined' %}{{ product.nmae }}{% endif %}"
+        '  <price x="100" y="40" w="196" h="60">{{ price }}</price>\n'
+        "</label>\n", "staged")
+    records: list[Any] = [
+        {"sku": "a", "name": "Masło", "price": "7.49"}, {"sku": "b", "price": "-1"},
+        {"sku": "c", "name": "markup", "price": "1"}, {"sku": "d", "name": "runtime", "price": "1"},
+        "not a record", {"sku": "e", "name": "undefined", "price": "1"},
+        Product.from_record({"sku": "f", "name": "M&M's <mini>", "price": "2"}),
+        {"sku": "g", "name": "Ser", "price": "5.99", "ean": "5901234123450"},
+        {"sku": "h", "name": "Ser", "price": "5.99"},
+    ]
+    expected = _one_by_one(tmpl, records, "2.9-bwry")
+    assert [kind for kind, _ in expected] == ["label", "error", "error", "error", "error", "error",
+                                              "label", "error", "label"]
+    for chunk in (1, 2, 4, 256):
+        results = render_batch(tmpl, records, now=NOW, store=STORE, chunk=chunk, keep_indices=True)
+        assert [r.index for r in results] == list(range(len(records)))
+        for r, (kind, value) in zip(results, expected):
+            if kind == "error":
+                assert r.error == value
+            else:
+                assert r.ok and r.indices is not None
+                assert np.array_equal(r.indices, draw_label(value))  # type: ignore[arg-type]
+    # The shipped templates over the sample catalogue, promotions and all.
+    for shipped in shipped_templates():
+        records = sample_catalogue(NOW)
+        results = render_batch(shipped, records, now=NOW, store=STORE, images=image_resolver(),
+                               keep_indices=True)
+        for r, (kind, value) in zip(results, _one_by_one(shipped, records, shipped.info.model)):
+            assert kind == "label" and r.ok and r.indices is not None
+            assert np.array_equal(r.indices, draw_label(value, images=image_resolver()))  # type: ignore[arg-type]

@@ -8,16 +8,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jinja2.runtime import Undefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from firmware_proto.models import MODELS, get_model
 from render.context import (
-    Product, ProductError, Store, build_context, load_products, products_from_csv, unit_price,
-    Unit,
+    _PLAIN_CHARS, Product, ProductError, Store, _clean_text, _clean_text_full, _ean13_check,
+    build_context, load_products, parse_when, products_from_csv, unit_price, Unit,
 )
-from render.layout import Price, Text
+from render.layout import Price, Text, ean13_check_digit
+from render.markup import _parse_expat, _parse_lines
 from render.samples import sample_catalogue
 from render.templates import (
-    TemplateError, load_template, shipped_template_names, shipped_templates, template_from_string,
+    TemplateError, _environment, _number, load_template, shipped_template_names,
+    shipped_templates, template_from_string,
 )
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
@@ -365,3 +371,106 @@ def test_sample_catalogue_is_valid_and_promotions_run_now() -> None:
         assert all(p.ean for p in products)
         assert any(ch in "".join(p.name for p in products) for ch in "ąćęłńóśźż")
     assert date.fromisoformat("2026-11-29")  # the catalogue's own dates are ISO
+
+
+# --- the fast paths of layout, held to the straightforward code they replace ---------------------
+
+
+
+@pytest.mark.parametrize(("obj", "attribute"), [
+    ({"name": "Masło"}, "name"), ({"name": "Masło"}, "missing"), ({"items": 1}, "items"),
+    ({"get": 1, "keys": 2}, "keys"), ({"__class__": 1}, "__class__"), ({}, "copy"),
+    ({"a": 1}, "mro"), ({1: "one"}, "real"), ("text", "upper"), (Decimal("1.5"), "real"),
+    (Decimal("1.5"), "name"), ([1, 2], "append"), ({"x": 1}.items(), "mapping"),
+])
+def test_sandbox_attribute_lookup_is_unchanged(obj: Any, attribute: str) -> None:
+    env = _environment()
+    ours = env.getattr(obj, attribute)
+    theirs = ImmutableSandboxedEnvironment.getattr(env, obj, attribute)
+    if isinstance(theirs, Undefined):
+        assert type(ours) is type(theirs) and ours._undefined_name == theirs._undefined_name
+        assert ours._undefined_obj is theirs._undefined_obj
+    else:
+        assert ours == theirs
+
+
+def test_dict_methods_still_win_over_keys_and_stay_sandboxed() -> None:
+    ctx = _ctx({"sku": "1", "price": "1", "attributes": {"items": "x", "origin": "PL"}})
+    t = _tmpl("{{ product.attributes.origin }} {{ product.attributes['items'] }} "
+              "{{ product.attributes.items is callable }} {{ range(2)|list }}")
+    assert t.render_markup(ctx) == "PL x True [0, 1]"
+    with pytest.raises(TemplateError) as info:
+        _tmpl("{{ product.attributes.update({'a': 1}) }}").render_markup(ctx)
+    assert info.value.kind == "security"
+    with pytest.raises(TemplateError) as info:
+        _tmpl("{{ product.nmae }}").render_markup(ctx)
+    assert info.value.kind == "undefined" and info.value.line == 5
+
+
+def _number_reference(value: Any, places: int = 2, sep: str = ",") -> str:
+    from decimal import ROUND_HALF_UP
+
+    from render.context import parse_decimal
+
+    d = (value if isinstance(value, Decimal) else parse_decimal(value)).quantize(
+        Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    sign = "-" if d < 0 else ""
+    whole, _, frac = f"{abs(d):f}".partition(".")
+    groups: list[str] = []
+    while len(whole) > 3:
+        groups.insert(0, whole[-3:])
+        whole = whole[:-3]
+    groups.insert(0, whole)
+    out = sign + "\u00a0".join(groups)
+    return f"{out}{sep}{frac}" if places > 0 else out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.decimals(allow_nan=False, allow_infinity=False, min_value=Decimal("-1e15"),
+                   max_value=Decimal("1e15")) | st.integers(-10**15, 10**15), st.integers(-3, 8))
+def test_number_filter_groups_units_in_threes(value: Any, places: int) -> None:
+    assert _number(value, places) == _number_reference(value, places)
+
+
+def test_plain_names_are_exactly_what_cleaning_keeps() -> None:
+    import re
+
+    plain = [chr(c) for c in range(0x3000) if re.fullmatch(f"[{_PLAIN_CHARS}]", chr(c))]
+    assert "ż" in plain and "€" in plain and "\u00a0" not in plain and "\u00ad" not in plain
+    for ch in plain:
+        assert _clean_text_full(f"a{ch}b {ch}", 200) == f"a{ch}b {ch}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=30) | st.text(st.sampled_from("aż ŁĄ\u00a0\u0301\t€🍎\u200b."), max_size=30),
+       st.integers(3, 40))
+def test_clean_text_fast_path_is_the_full_cleaning(text: str, limit: int) -> None:
+    assert _clean_text(text, limit) == _clean_text_full(text, limit)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.sampled_from("0123456789"), min_size=13, max_size=13))
+def test_ean13_check_is_layouts(digits: str) -> None:
+    assert _ean13_check(digits) == ean13_check_digit(digits[:12])
+
+
+def test_parse_when_gives_the_same_datetimes_from_its_cache() -> None:
+    for _ in range(2):
+        assert parse_when("2026-11-30", end_of_day=True) == datetime(2026, 11, 30, 23, 59, 59,
+                                                                      tzinfo=timezone.utc)
+        assert parse_when("2026-11-30") == datetime(2026, 11, 30, tzinfo=timezone.utc)
+        assert parse_when("2026-11-30T10:00:00+02:00") == datetime(2026, 11, 30, 8, tzinfo=timezone.utc)
+        with pytest.raises(ValueError, match="ISO 8601"):
+            parse_when("soon")
+
+
+@pytest.mark.parametrize("name", shipped_template_names())
+def test_shipped_templates_take_the_fast_markup_path(name: str) -> None:
+    """Every shipped template writes the one-element-per-line markup `_parse_lines` handles,
+    and it builds the very labels expat builds."""
+    t = load_template(name)
+    for model in t.info.models:
+        for rec in sample_catalogue(NOW):
+            ctx = build_context(Product.from_record(rec), get_model(model), Store("Sklep & Co", "PLN"), NOW)
+            markup = t.render_markup(ctx)
+            assert _parse_lines(markup) == _parse_expat(markup) == t.render_label(ctx)
