@@ -68,10 +68,10 @@ def to_planes(packed: bytes) -> bytes:
     arr = np.frombuffer(packed, dtype=np.uint8)
     if arr.size % 2:
         arr = np.append(arr, np.uint8(0))
-    planes = []
+    planes: list[bytes] = []
     for table in (_HI_NIBBLE, _LO_NIBBLE):
         nib = table[arr]
-        planes.append(((nib[0::2] << 4) | nib[1::2]).tobytes())
+        planes.append(bytes(((nib[0::2] << 4) | nib[1::2]).data))
     return planes[0] + planes[1]
 
 
@@ -85,7 +85,7 @@ def from_planes(planes: bytes, size: int) -> bytes:
     lo = np.empty(2 * half, dtype=np.uint16)
     hi[0::2], hi[1::2] = arr[:half] >> 4, arr[:half] & 0x0F
     lo[0::2], lo[1::2] = arr[half:] >> 4, arr[half:] & 0x0F
-    return _JOIN_NIBBLES[(hi << 4) | lo][:size].tobytes()
+    return bytes(_JOIN_NIBBLES[(hi << 4) | lo][:size].data)
 
 
 def image_hash(packed: bytes) -> bytes:

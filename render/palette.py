@@ -82,4 +82,5 @@ def resolve(colour: str, mode: ColourMode, *, role: Literal["ink", "fill"] = "in
 
 def to_rgb_image(indices: np.ndarray) -> np.ndarray:
     """Palette indices (H, W) → the panel's real colours (H, W, 3) uint8 for previews."""
-    return PANEL_RGB[indices]
+    rgb: np.ndarray = PANEL_RGB[indices]
+    return rgb
