@@ -45,15 +45,17 @@ def _write_png(path: Path, indices: Any) -> None:
 def _render_to(template: Any, records: Sequence[Any], *, model: str | None, out: Path | None,
                payload_dir: Path | None, images: Any, store: Any, now: datetime,
                prefix: str = "") -> tuple[int, int, int, float]:
-    """Render and write files; returns (ok, failed, payload bytes, seconds).
+    """Render and write files; returns (ok, failed, payload bytes, seconds spent rendering —
+    writing the files is not counted, so the summary's ms/label is the engine's).
 
-    Payload files are named ``<sku>.<format>`` (``deflate`` or ``raw``, firmware_proto's
-    `ImageFormat`), holding exactly the bytes sent over the air.
+    Payload files are named ``<sku>.<format>`` (``raw``, ``deflate`` or ``deflate_planes``,
+    firmware_proto's `ImageFormat`), holding exactly the bytes sent over the air.
     """
     from firmware_proto.image import ImageFormat
     from render.batch import iter_render
 
     ok = failed = total_bytes = 0
+    writing = 0.0
     t0 = time.perf_counter()
     for result in iter_render(template, records, model=model, store=store, images=images,
                               now=now, keep_indices=out is not None):
@@ -65,12 +67,14 @@ def _render_to(template: Any, records: Sequence[Any], *, model: str | None, out:
         assert result.payload is not None
         total_bytes += len(result.payload.data)
         stem = prefix + _safe_name(result.sku)
+        t_write = time.perf_counter()
         if out is not None and result.indices is not None:
             _write_png(out / f"{stem}.png", result.indices)
         if payload_dir is not None:
             fmt = ImageFormat(int(result.payload.format)).name.lower()
             (payload_dir / f"{stem}.{fmt}").write_bytes(result.payload.data)
-    return ok, failed, total_bytes, time.perf_counter() - t0
+        writing += time.perf_counter() - t_write
+    return ok, failed, total_bytes, time.perf_counter() - t0 - writing
 
 
 def render(
