@@ -25,6 +25,7 @@ import logging
 from firmware_proto.radio import PacketKind, RadioPacket, RadioStreamDecoder, encode_packet
 
 from simulator.store import SimStore
+from simulator.tasks import cancel_and_wait
 
 __all__ = ["RadioServer", "MAX_WRITE_BUFFER"]
 
@@ -98,12 +99,7 @@ class RadioServer:
         for gw in list(self._gateways):
             gw.closed = True
             gw.writer.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         if server is not None:
             await server.wait_closed()
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from simulator.store import SimStore
+from simulator.tasks import cancel_and_wait
 
 __all__ = ["SnapshotWriter", "snapshot_path"]
 
@@ -83,9 +84,4 @@ class SnapshotWriter:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)

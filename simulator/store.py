@@ -32,6 +32,7 @@ from firmware_proto.models import LabelModel, get_model
 from simulator.battery import DEFAULT_POWER, PowerModel
 from simulator.faults import FaultConfig, FaultPlan, LinkFaults, SplitMix64
 from simulator.label import SimLabel, factory_key
+from simulator.tasks import cancel_and_wait
 
 __all__ = ["StoreConfigError", "StoreConfig", "StoreStats", "SimStore", "label_address"]
 
@@ -183,12 +184,7 @@ class SimStore:
     async def aclose(self) -> None:
         """Stop the scheduler; safe to call twice."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
 
     async def __aenter__(self) -> SimStore:
         await self.start()
