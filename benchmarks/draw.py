@@ -209,7 +209,7 @@ def main() -> None:
     rows.append(("QR (URL cached from earlier batch)", _best(ours_qr, n, rep), t_pil_qr))
 
     def clear_qr() -> None:
-        codes._qr_cached.cache_clear()
+        codes._QR_CACHE.clear()
         _QR_BLOCKS.clear()
 
     rows.append(("QR (new URL: zxing-cpp encode)", _best(ours_qr, n, qr_rep, clear_qr), t_pil_qr))

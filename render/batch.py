@@ -33,8 +33,9 @@ import numpy as np
 
 from firmware_proto.models import LabelModel, get_model
 from render.canvas import Canvas, ImageLoader, draw_label
+from render.codes import qr_matrices
 from render.context import Product, ProductError, Store, build_context
-from render.layout import Element, Label
+from render.layout import QR, Element, Label
 from render.pack import Payload, encode_payload, to_framebuffers
 from render.templates import Template, TemplateError
 
@@ -177,6 +178,9 @@ def _render_chunk(template: Template, items: list[tuple[int, Any]], model: Label
     labels = _layout_chunk(template, items, model, store, now, layout_errors)
     # Errors in input order, then the draw errors (as when products were laid out one by one).
     results: dict[int, RenderResult] = dict(sorted(layout_errors.items()))
+    # Every QR code of the chunk in one call to the batch encoder (fills qr_matrix's cache).
+    qr_matrices([(el.data, el.ecc) for _, _, label in labels for el in label.elements
+                 if isinstance(el, QR)])
 
     # Labels are grouped by background and first element (a template's promotion branch
     # typically changes its first, static element), and each group gets its own prefix.
