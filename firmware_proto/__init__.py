@@ -28,7 +28,7 @@ from firmware_proto.label import (
 from firmware_proto.models import MODELS, LabelModel, get_model
 from firmware_proto.stream import StreamDecoder, encode_stream
 from firmware_proto.transfer import (
-    ImageReceiver, ImageSender, ImageUpdate, TransferResult, best_payload, capacity,
+    ImageReceiver, ImageSender, ImageUpdate, TransferResult, best_payload,
     changed_region, framebuffer_size, part_size_for, plan_update,
 )
 
@@ -50,7 +50,7 @@ __all__ = [
     "LedChanged", "Paired", "ServiceReset", "TransferFailed", "Unpaired",
     # images and transfer
     "HASH_SIZE", "ImageFormat", "Region", "image_hash", "ImageReceiver", "ImageSender",
-    "ImageUpdate", "TransferResult", "best_payload", "capacity", "changed_region",
+    "ImageUpdate", "TransferResult", "best_payload", "changed_region",
     "framebuffer_size", "part_size_for", "plan_update",
     # models, streams
     "MODELS", "LabelModel", "get_model", "StreamDecoder", "encode_stream",

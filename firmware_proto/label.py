@@ -33,7 +33,7 @@ from firmware_proto.frames import (
 )
 from firmware_proto.image import Region, image_hash
 from firmware_proto.models import LabelModel
-from firmware_proto.transfer import ImageReceiver, TransferResult, capacity, framebuffer_size
+from firmware_proto.transfer import ImageReceiver, TransferResult, framebuffer_size
 from firmware_proto.wire import I16, U16
 
 __all__ = [
@@ -449,7 +449,7 @@ class LabelSession:
             return
         if self._orphans and self._orphans[0].transfer_id != part.transfer_id:
             self._orphans, self._orphan_bytes = [], 0
-        if self._orphan_bytes + len(part.data) <= capacity(self.model):
+        if self._orphan_bytes + len(part.data) <= framebuffer_size(self.model):
             self._orphans.append(part)
             self._orphan_bytes += len(part.data)
 

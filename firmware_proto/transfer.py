@@ -42,7 +42,7 @@ from firmware_proto.models import LabelModel
 
 __all__ = [
     "TransferResult", "PART_OVERHEAD", "STATUS_OVERHEAD", "part_size_for", "ImageReceiver",
-    "ImageSender", "encode_missing", "framebuffer_size", "capacity",
+    "ImageSender", "encode_missing", "framebuffer_size",
     "best_payload", "changed_region", "xor_bytes", "ImageUpdate", "plan_update",
 ]
 
@@ -54,12 +54,8 @@ MAX_PARTS = 0xFFFF
 
 
 def framebuffer_size(model: LabelModel) -> int:
-    """Bytes of the packed framebuffer (rows padded to whole bytes, see `image.row_stride`)."""
-    return row_stride(model) * model.panel_size[1]
-
-
-def capacity(model: LabelModel) -> int:
-    """The largest payload a label accepts: its image buffer, one packed framebuffer."""
+    """Bytes of the packed framebuffer (rows padded to whole bytes, see `image.row_stride`):
+    the label's image buffer, so also the largest payload it accepts."""
     return model.max_image_bytes
 
 
@@ -153,10 +149,10 @@ class ImageReceiver:
         self.model = model
         self.offer = offer
         self.plan = _Plan.of(offer)
-        if offer.total_size > capacity(model):
+        if offer.total_size > framebuffer_size(model):
             raise TransferError(
                 f"image_offer.total_size: {offer.total_size} bytes is over {model.name}'s "
-                f"{capacity(model)}-byte image buffer", TransferResult.CAPACITY_LIMIT)
+                f"{framebuffer_size(model)}-byte image buffer", TransferResult.CAPACITY_LIMIT)
         try:
             ImageFormat(offer.image_format)
         except ValueError:

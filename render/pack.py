@@ -47,7 +47,7 @@ from firmware_proto.image import (
     row_stride,
 )
 from firmware_proto.models import LabelModel
-from firmware_proto.transfer import changed_region
+from firmware_proto.transfer import changed_region, framebuffer_size
 from render.palette import BLACK, RED, WHITE, YELLOW, indices_for
 
 __all__ = [
@@ -59,11 +59,6 @@ __all__ = [
 
 class PackError(ValueError):
     """Indices, bytes or a payload that do not fit the label model; names the value."""
-
-
-def framebuffer_size(model: LabelModel) -> int:
-    """Bytes of one packed framebuffer of `model` (rows padded to whole bytes)."""
-    return row_stride(model) * model.panel_size[1]
 
 
 def _plane_stride(model: LabelModel) -> int:
