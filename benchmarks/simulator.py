@@ -7,7 +7,7 @@ Each scenario runs in its own subprocess (so peak RSS is that scenario's alone):
   all converge, RSS under 500 MB).
 
 Every label is paired and sent its own image by the simulated gateway over in-memory links
-(`simulator.gateway.converge`, 500 conversations at a time, always-listening labels). Prints a
+(`eslserver.gateway.conversation.converge`, 500 conversations at a time, always-listening labels). Prints a
 table and one JSON line. Usage::
 
     python benchmarks/simulator.py [--labels 10000] [--loss 0.1] [--concurrency 500]
@@ -33,7 +33,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 async def _scenario(labels: int, loss: float, concurrency: int, seed: int) -> dict[str, object]:
     from firmware_proto.image import image_hash
     from simulator.faults import FaultConfig
-    from simulator.gateway import Target, converge
+    from eslserver.gateway.conversation import Target, converge
     from simulator.label import factory_key
     from simulator.links import MemoryRadio
     from simulator.screen import demo_indices, pack_indices

@@ -11,6 +11,10 @@ from firmware_proto.auth import (
     KEY_SIZE, Direction, FrameKey, ReplayWindow, derive_factory_key, new_label_key,
 )
 from firmware_proto.commands import BasicState, EslError, SensorIndex, command_spec, response_spec
+from firmware_proto.envelope import (
+    BudgetExhausted, CommandJob, EnvelopeError, ImageJob, JobEnvelope, JobKind, JobSession, PairJob,
+    parse_envelope,
+)
 from firmware_proto.errors import (
     AuthError, CommandError, FrameError, ProtocolError, TransferError,
 )
@@ -52,6 +56,9 @@ __all__ = [
     "HASH_SIZE", "ImageFormat", "Region", "image_hash", "ImageReceiver", "ImageSender",
     "ImageUpdate", "TransferResult", "best_payload", "changed_region",
     "framebuffer_size", "part_size_for", "plan_update",
+    # job envelopes (server -> gateway)
+    "BudgetExhausted", "CommandJob", "EnvelopeError", "ImageJob", "JobEnvelope", "JobKind",
+    "JobSession", "PairJob", "parse_envelope",
     # models, streams
     "MODELS", "LabelModel", "get_model", "StreamDecoder", "encode_stream",
 ]

@@ -86,7 +86,8 @@ async def run_simulation(config: SimulationConfig, *, print_line: Callable[[str]
                            f"(seed {config.store.seed})")
                 while not stop.is_set():
                     try:
-                        await asyncio.wait_for(stop.wait(), config.summary_interval_s)
+                        async with asyncio.timeout(config.summary_interval_s):
+                            await stop.wait()
                     except TimeoutError:
                         print_line(f"gateways={server.gateways} {store.stats().line()}")
                 if writer is not None:

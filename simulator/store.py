@@ -217,7 +217,8 @@ class SimStore:
             if delay > 0:
                 self._wakeup.clear()
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wakeup.wait()
                 except TimeoutError:
                     pass
                 continue

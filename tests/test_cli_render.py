@@ -1,4 +1,4 @@
-"""`esl render`, `esl templates list|check`, `esl demo` through typer's CliRunner."""
+"""`esl render`, `esl templates list|check`, `esl samples` through typer's CliRunner."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _colours_of(png: Path) -> set[tuple[int, int, int]]:
 def test_help_lists_the_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for cmd in ("render", "templates", "demo"):
+    for cmd in ("render", "templates", "samples"):
         assert cmd in result.output
 
 
@@ -130,9 +130,9 @@ def test_templates_check_names_template_and_line_of_a_broken_file(tmp_path: Path
     assert result.exit_code == 1 and "syntax:5: syntax error" in result.stderr
 
 
-def test_demo_renders_every_template(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out)])
+def test_samples_renders_every_template(tmp_path: Path) -> None:
+    out = tmp_path / "samples"
+    result = runner.invoke(app, ["samples", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert str(out.resolve()) in result.stdout
     folders = {p.name: sorted(p.glob("*.png")) for p in out.iterdir()}

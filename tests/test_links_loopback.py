@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eslserver.gateway.conversation import Conversation, pair_label, push_image
 from eslserver.gateway.links.loopback import LoopbackError, LoopbackLink, LoopbackRadio
 from firmware_proto.frames import Checkin, CheckinFlag
 from firmware_proto.gateway import GatewaySession
@@ -23,7 +24,6 @@ from firmware_proto.models import get_model
 from firmware_proto.radio import PacketKind, RadioPacket, RadioStreamDecoder, encode_packet
 from render.palette import PANEL_RGB
 from simulator.faults import FaultConfig
-from simulator.gateway import Conversation, pair_label, push_image
 from simulator.label import factory_key
 from simulator.radio_server import RadioServer
 from simulator.screen import demo_indices, pack_indices

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eslserver.gateway.conversation import Conversation, pair_label, push_image
 from firmware_proto.commands import EslError
 from firmware_proto.frames import Checkin, CheckinFlag, ControlResponse
 from firmware_proto.gateway import GatewaySession
@@ -18,7 +19,6 @@ from firmware_proto.link import Link, Radio
 from firmware_proto.models import get_model
 from render.palette import PANEL_RGB
 from simulator.faults import FaultConfig
-from simulator.gateway import Conversation, pair_label, push_image
 from simulator.label import SimLabel, factory_key
 from simulator.links import LinkClosedError, MemoryLink, MemoryRadio, memory_link
 from simulator.screen import blank_framebuffer, demo_indices, pack_indices

@@ -7,11 +7,11 @@ import tracemalloc
 
 import pytest
 
+from eslserver.gateway.conversation import Target, converge
 from firmware_proto.frames import Checkin
 from firmware_proto.gateway import GatewaySession
 from firmware_proto.image import image_hash
 from simulator.faults import FaultConfig
-from simulator.gateway import Target, converge
 from simulator.label import factory_key
 from simulator.links import MemoryRadio
 from simulator.screen import blank_framebuffer, demo_indices, pack_indices

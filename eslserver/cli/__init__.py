@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from eslserver.cli import render_cmds, simulate_cmds
+from eslserver.cli import render_cmds, serve_cmds, simulate_cmds
 
 __all__ = ["app", "main"]
 
@@ -21,6 +21,11 @@ app = typer.Typer(
 
 render_cmds.register(app)
 simulate_cmds.register(app)
+serve_cmds.register(app)
+from eslserver.cli import token_cmds  # noqa: E402
+token_cmds.register(app)
+from eslserver.cli import gateway_cmds  # noqa: E402
+gateway_cmds.register(app)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`esl render`, `esl templates list|check` and `esl demo` (renders the sample catalogue)."""
+"""`esl render`, `esl templates list|check` and `esl samples` (renders the sample catalogue)."""
 
 from __future__ import annotations
 
@@ -185,8 +185,8 @@ def templates_check(
         raise typer.Exit(1)
 
 
-def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.")] = Path("esl-demo"),
+def samples(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.")] = Path("esl-samples"),
 ) -> None:
     """Render every shipped template for the sample catalogue into a folder of PNGs."""
     from render.context import Store
@@ -216,4 +216,4 @@ def register(app: typer.Typer) -> None:
     """Attach the rendering commands to the `esl` app."""
     app.command("render")(render)
     app.add_typer(templates_app, name="templates")
-    app.command("demo")(demo)
+    app.command("samples")(samples)

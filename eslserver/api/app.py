@@ -1,0 +1,130 @@
+"""`create_app(server)`: the aiohttp application serving ``/api/v1``, ``/metrics``, ``/healthz``.
+
+No global state: the server is kept under a typed `web.AppKey`; each route is registered
+behind one guard that reads the bearer token (401 when it is missing or not valid, 403 when
+its role may not call the route) and hands the handler a `Call`. One middleware turns every
+error — ours (`ApiError`), aiohttp's (404 unknown path, 405, 413) and unexpected ones (logged,
+500) — into the JSON error body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Final
+
+from aiohttp import web
+from aiohttp.typedefs import Handler as AiohttpHandler
+
+from eslserver.api import routes_labels, routes_misc, routes_prices, routes_products, routes_templates
+from eslserver.api.errors import ApiError
+from eslserver.api.routing import MAX_JSON_BODY, Call, Route, json_response
+from eslserver.auth import ROLES, Actor, verify_token
+
+if TYPE_CHECKING:
+    from eslserver.server import Server
+
+__all__ = ["create_app", "SERVER_KEY", "ROUTES_KEY", "all_routes", "API_PREFIX"]
+
+log = logging.getLogger(__name__)
+
+API_PREFIX: Final = "/api/v1"
+SERVER_KEY: Final = web.AppKey["Server"]("eslserver.server")
+ROUTES_KEY: Final = web.AppKey[tuple[Route, ...]]("eslserver.routes")
+BODY_LIMIT_KEY: Final = web.AppKey[int]("eslserver.body_limit")
+
+_REASONS: Final = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
+                   415: "unsupported_media_type", 400: "bad_request"}
+
+
+def all_routes() -> tuple[Route, ...]:
+    """Every route the application serves (the OpenAPI document documents exactly these)."""
+    return (*routes_prices.ROUTES, *routes_products.ROUTES, *routes_labels.ROUTES,
+            *routes_templates.ROUTES, *routes_misc.ROUTES)
+
+
+def _unauthorised(code: str, detail: str) -> ApiError:
+    return ApiError(401, code, detail, headers={"WWW-Authenticate": 'Bearer realm="eslserver"'})
+
+
+async def _actor(request: web.Request, server: Server) -> Actor:
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise _unauthorised("missing_token", "Authorization: expected 'Bearer esl_…', got no header")
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorised("invalid_token", f"Authorization: expected 'Bearer esl_…', got scheme {scheme!r}")
+    actor = await verify_token(server.db, token.strip())
+    if actor is None:
+        raise _unauthorised("invalid_token", "Authorization: the token is unknown, revoked or malformed")
+    return actor
+
+
+def _guard(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    roles = route.roles
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        server = request.app[SERVER_KEY]
+        actor: Actor | None = None
+        if roles is not None:
+            actor = await _actor(request, server)
+            if roles and not actor.may(roles):
+                allowed = ", ".join(r for r in ROLES if r in roles or r == "admin")
+                raise ApiError(403, "forbidden",
+                               f"role {actor.role!r} may not {route.method} {route.path}; needs one of {allowed}")
+        return await route.handler(Call(request, server, actor))
+
+    handler.__name__ = getattr(route.handler, "__name__", "handler")
+    return handler
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: AiohttpHandler) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except ApiError as exc:
+        answer = json_response(exc.to_json(), status=exc.status, headers=exc.headers or None)
+        if exc.close_connection:
+            await answer.prepare(request)
+            await answer.write_eof()
+            request.protocol.force_close()  # no lingering to drain a body we refused unread
+        return answer
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _REASONS.get(exc.status, f"http_{exc.status}")
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 404:
+            detail = f"no route {request.method} {request.path}"
+        elif exc.status == 413:
+            detail = f"body: expected at most {request.app[BODY_LIMIT_KEY]} bytes"
+        elif exc.status == 405:
+            detail = f"method {request.method} is not allowed on {request.path}"
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return json_response({"error": code, "detail": detail}, status=exc.status, headers=headers or None)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_response({"error": "internal", "detail": "internal server error (logged on the server)"},
+                             status=500)
+
+
+async def _headers(request: web.Request, response: web.StreamResponse) -> None:
+    """No MIME sniffing anywhere; JSON answers (tokens' views of the store) are never cached."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if response.content_type == "application/json":
+        response.headers.setdefault("Cache-Control", "no-store")
+
+
+def create_app(server: Server, *, routes: Sequence[Route] | None = None) -> web.Application:
+    """The HTTP application for `server` (which the caller opens and closes)."""
+    table = tuple(all_routes() if routes is None else routes)
+    biggest = max((r.body_limit for r in table), default=MAX_JSON_BODY)
+    app = web.Application(middlewares=[_errors], client_max_size=biggest)
+    app.on_response_prepare.append(_headers)
+    app[SERVER_KEY] = server
+    app[ROUTES_KEY] = table
+    app[BODY_LIMIT_KEY] = biggest
+    for route in table:
+        app.router.add_route(route.method, route.path, _guard(route))
+    return app

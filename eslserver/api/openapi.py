@@ -1,0 +1,429 @@
+"""The OpenAPI 3.1 document of the HTTP API, written once, here.
+
+Operations are declared in `_OPERATIONS` (parameters, body, responses); `document()` adds
+what the route table (`eslserver.api.app.all_routes`) already says — security, the roles
+(``x-roles``) and the 401/403 answers of guarded routes, and the error answers every route
+shares. The test suite checks both ways that the routes served and the routes documented are
+the same set, and validates every response body it sees against the schema here.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any, Final
+
+from eslserver.metrics import JOB_STATES, LABEL_STATES
+
+__all__ = ["document", "SCHEMAS"]
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _null(t: str) -> Schema:
+    return {"type": [t, "null"]}
+
+
+def _obj(props: dict[str, Schema], required: tuple[str, ...] | None = None, *, extra: bool = False) -> Schema:
+    return {"type": "object", "properties": props,
+            "required": list(props) if required is None else list(required),
+            "additionalProperties": extra}
+
+
+def _list(item: str, *, paged: bool = False, cursor: bool = False) -> Schema:
+    props: dict[str, Schema] = {"items": {"type": "array", "items": _ref(item)}}
+    if paged:
+        props.update(total={"type": "integer", "minimum": 0}, limit={"type": "integer", "minimum": 1},
+                     offset={"type": "integer", "minimum": 0})
+    if cursor:
+        props["next_before"] = {"type": ["integer", "null"],
+                                "description": "pass as `before` for the next (older) page; null at the end"}
+    return _obj(props)
+
+
+_TIME = {"type": "string", "format": "date-time"}
+_TIME_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_HASH = {"type": ["string", "null"], "pattern": "^[0-9a-f]{16}$"}
+_DECIMAL = {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$", "description": "decimal as text"}
+_ANY: Schema = {}
+
+_ERROR_PROPS: Final[dict[str, Schema]] = {
+    "error": {"type": "string", "description": "stable machine-readable code"},
+    "detail": {"type": "string", "description": "human text naming the field and the value"},
+    "field": {"type": "string", "description": "the input field at fault, when there is one"},
+}
+
+SCHEMAS: Final[dict[str, Schema]] = {
+    "Error": _obj(dict(_ERROR_PROPS), ("error", "detail")),
+    "TemplateError": _obj({**_ERROR_PROPS, "line": _null("integer"), "kind": {"type": "string", "description": "syntax, security, undefined, runtime, markup, model, metadata or render"},
+        "template": {"type": "string"}}, ("error", "detail", "line", "kind")),
+    "PriceUpdate": {
+        "type": "object",
+        "description": "A price update (DESIGN.md). The store's field map may rename fields, so other "
+                       "names are accepted and mapped; validation errors name the field and value.",
+        "properties": {
+            "sku": {"type": "string"}, "price": {"type": ["string", "number"]},
+            "currency": {"type": "string"}, "name": {"type": "string"},
+            "regular_price": {"type": ["string", "number", "null"]},
+            "promo": {"type": ["object", "null"], "properties": {
+                "price": {"type": ["string", "number"]}, "from": {"type": ["string", "null"]},
+                "to": {"type": ["string", "null"]}}},
+            "unit": {"type": ["object", "null"], "properties": {
+                "size": {"type": ["string", "number"]}, "measure": {"type": "string"}}},
+            "vat_rate": {"type": ["string", "number", "null"]}, "valid_from": {"type": ["string", "null"]},
+            "seq": {"type": ["integer", "string", "null"]}, "attributes": {"type": ["object", "null"]},
+            "ean": {"type": ["string", "null"]}, "url": {"type": ["string", "null"]},
+            "image": {"type": ["string", "null"]}, "lowest_30d": {"type": ["string", "number", "null"]},
+        },
+        "additionalProperties": True,
+    },
+    "PriceAccepted": _obj({"index": {"type": "integer", "minimum": 0}, "sku": {"type": "string"},
+                           "status": {"type": "string", "enum": ["applied", "scheduled", "stale"]}}),
+    "PriceItemError": _obj({"index": _null("integer"), "sku": _null("string"), "field": {"type": "string"},
+                            "value": _ANY, "error": {"type": "string"}, "detail": {"type": "string"}}),
+    "PriceResult": _obj({"accepted": {"type": "array", "items": _ref("PriceAccepted")},
+                         "errors": {"type": "array", "items": _ref("PriceItemError")}}),
+    "PriceRejected": _obj({**_ERROR_PROPS, "accepted": {"type": "array", "maxItems": 0},
+                           "errors": {"type": "array", "items": _ref("PriceItemError"), "minItems": 1}},
+                          ("error", "detail", "accepted", "errors")),
+    "Label": _obj({
+        "mac": {"type": "string", "pattern": "^([0-9A-F]{2}:){5}[0-9A-F]{2}$"},
+        "sku": _null("string"), "model": {"type": "string"}, "gateway": _null("string"),
+        "state": {"type": "string", "enum": list(LABEL_STATES)},
+        "expected_hash": _HASH, "displayed_hash": _HASH,
+        "battery_mv": _null("integer"), "temperature_c": _null("integer"), "rssi": _null("integer"),
+        "last_seen": _TIME_OR_NULL, "updated_at": _TIME,
+        "template": _null("string"), "aisle": _null("string"),
+        "paired": {"type": "boolean", "description": "the label holds its key (pairing done): it can be commanded"},
+    }),
+    "ProductSummary": _obj({"sku": {"type": "string"}, "name": _null("string"), "price": _null("string"),
+                            "currency": _null("string")}),
+    "OpenJob": _obj({"id": {"type": "integer"}, "kind": {"type": "string"}, "state": {"type": "string"},
+                     "attempts": {"type": "integer"}, "created_at": _TIME, "error": _null("string")}),
+    "LabelList": _list("Label", paged=True),
+    "FlashQueued": _obj({"job": {"type": "integer"}, "mac": {"type": "string"},
+                         "seconds": {"type": "integer", "minimum": 1}}),
+    "Event": _obj({"id": {"type": "integer"}, "at": _TIME, "gateway": _null("string"),
+                   "kind": {"type": "string"}, "detail": _ANY}),
+    "EventList": _list("Event", cursor=True),
+    "Product": _obj({
+        "sku": {"type": "string"}, "name": _null("string"), "price": _null("string"), "currency": _null("string"),
+        "record": {"type": "object", "description": "the stored canonical record (eslserver.pricing)"},
+        "seq": _null("integer"), "updated_at": _TIME, "next_change_at": _TIME_OR_NULL,
+        "labels": {"type": "integer", "minimum": 0, "description": "labels bound to this product"},
+    }),
+    "ProductList": _list("Product", paged=True),
+    "PricePeriod": _obj({"id": {"type": "integer"}, "price": _DECIMAL, "start_at": _TIME, "end_at": _TIME_OR_NULL,
+                         "reduction": {"type": "boolean"}, "seq": _null("integer"), "source": {"type": "string"},
+                         "recorded_at": _TIME}),
+    "ScheduledUpdate": _obj({"id": {"type": "integer"}, "fields": {"type": "object"}, "seq": _null("integer"),
+                             "valid_from": _TIME, "received_at": _TIME, "source": {"type": "string"}}),
+    "Gateway": _obj({"id": {"type": "string"}, "status": {"type": "string"}, "last_seen": _TIME_OR_NULL,
+                     "labels": {"type": "integer", "minimum": 0}, "info": {"type": "object"}}),
+    "GatewayList": _list("Gateway"),
+    "Job": _obj({
+        "id": {"type": "integer"}, "mac": {"type": "string"}, "gateway": _null("string"),
+        "kind": {"type": "string", "enum": ["pair", "image", "command"]},
+        "state": {"type": "string", "enum": list(JOB_STATES)},
+        "image_hash": _HASH, "base_hash": _HASH, "region": _null("string"), "delta": {"type": "boolean"},
+        "format": _null("integer"), "attempts": {"type": "integer"}, "next_attempt_at": _TIME,
+        "created_at": _TIME, "sent_at": _TIME_OR_NULL, "finished_at": _TIME_OR_NULL, "origin_at": _TIME_OR_NULL,
+        "error": _null("string"),
+    }),
+    "JobList": _list("Job", paged=True),
+    "AuditEntry": _obj({"id": {"type": "integer"}, "at": _TIME, "actor": {"type": "string"},
+                        "role": {"type": "string"}, "action": {"type": "string"}, "target": {"type": "string"},
+                        "before": _ANY, "after": _ANY}),
+    "AuditList": _list("AuditEntry", cursor=True),
+    "TemplateInfo": _obj({"name": {"type": "string"},
+                          "version": {"type": "integer", "minimum": 0, "description": "0: the shipped template"},
+                          "models": {"type": "array", "items": {"type": "string"}},
+                          "description": {"type": "string"},
+                          "origin": {"type": "string", "enum": ["shipped", "database"]},
+                          "updated_at": _TIME_OR_NULL, "updated_by": _null("string")}),
+    "TemplateList": _list("TemplateInfo"),
+    "TemplateSource": _obj({"name": {"type": "string"}, "version": {"type": "integer", "minimum": 0},
+                            "source": {"type": "string"}}),
+    "TemplateSaved": _obj({"name": {"type": "string"}, "version": {"type": "integer", "minimum": 1}}),
+    "Summary": _obj({
+        "at": _TIME,
+        "labels": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "labels_up_to_date": {"type": "integer"}, "labels_low_battery": {"type": "integer"},
+        "battery_below": {"type": "integer"},
+        "gateways": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "open_jobs": _obj({"queued": {"type": "integer"}, "sent": {"type": "integer"}}),
+        "updates_last_hour": {"type": "integer"},
+        "time_to_shelf_s": _obj({"count": {"type": "integer"}, "p50": _null("number"), "p99": _null("number")}),
+    }),
+    "Me": _obj({"name": {"type": "string"}, "role": {"type": "string", "enum": ["pos", "merchandiser", "tech", "admin"]}}),
+    "Health": _obj({"status": {"type": "string", "enum": ["ok", "degraded"]},
+                    "database": {"type": "string", "description": "ok, or error: …"},
+                    "mqtt": {"type": "string", "enum": ["connected", "disconnected", "disabled"]}}),
+}
+SCHEMAS["LabelDetail"] = copy.deepcopy(SCHEMAS["Label"])
+SCHEMAS["LabelDetail"]["properties"].update(
+    product={"oneOf": [_ref("ProductSummary"), {"type": "null"}]},
+    open_jobs={"type": "array", "items": _ref("OpenJob")})
+SCHEMAS["LabelDetail"]["required"] += ["product", "open_jobs"]
+SCHEMAS["ProductDetail"] = copy.deepcopy(SCHEMAS["Product"])
+SCHEMAS["ProductDetail"]["properties"].update(
+    selling_price=_null("string"),
+    lowest_30d={"type": ["string", "null"],
+                "description": "prior price of the reduction in force now (Omnibus), null without one"},
+    history={"type": "array", "items": _ref("PricePeriod"), "description": "newest first"},
+    scheduled={"type": "array", "items": _ref("ScheduledUpdate")},
+    bound_labels={"type": "array", "items": _obj({"mac": {"type": "string"}, "state": {"type": "string"}})})
+SCHEMAS["ProductDetail"]["required"] += ["selling_price", "lowest_30d", "history", "scheduled", "bound_labels"]
+
+
+def _json(schema: str | Schema, description: str) -> dict[str, Any]:
+    s = _ref(schema) if isinstance(schema, str) else schema
+    return {"description": description, "content": {"application/json": {"schema": s}}}
+
+
+def _png(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+
+
+def _err(description: str, schema: str = "Error") -> dict[str, Any]:
+    return _json(schema, description)
+
+
+def _q(name: str, schema: Schema, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _p(name: str, description: str, schema: Schema | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string"},
+            "description": description}
+
+
+def _body(schema: str | Schema, *, also_text: bool = False) -> dict[str, Any]:
+    content: dict[str, Any] = {"application/json": {"schema": _ref(schema) if isinstance(schema, str) else schema}}
+    if also_text:
+        content["text/plain"] = {"schema": {"type": "string"}}
+    return {"required": True, "content": content}
+
+
+_PAGE = [_q("limit", {"type": "integer", "minimum": 1}, "page size"),
+         _q("offset", {"type": "integer", "minimum": 0}, "items to skip")]
+_MAC = _p("mac", "AA:BB:CC:DD:EE:FF (aa-bb-…, aabbcc… accepted)")
+_BAD = _err("a parameter or body field is invalid (named in `field` and `detail`)")
+_BODY_ERRORS = {"400": _BAD, "413": _err("body too large"), "415": _err("wrong Content-Type")}
+_NO_LABEL = _err("unknown label (`unknown_label`)")
+
+_OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
+    ("POST", "/api/v1/prices"): {
+        "summary": "Submit price updates (one object or a batch)",
+        "description": "Items are validated one by one; accepted ones are committed before the answer. "
+                       "200 when at least one item was accepted (or the batch is empty); 400 when every "
+                       "item was rejected (`error` is the item's code for a single object, `batch_rejected` "
+                       "for a batch). Stale items (older `seq`) are accepted and ignored.",
+        "requestBody": _body({"oneOf": [_ref("PriceUpdate"), {"type": "array", "items": _ref("PriceUpdate")}]}),
+        "responses": {"200": _json("PriceResult", "accepted items, and errors for the rejected ones"),
+                      "400": _json({"oneOf": [_ref("PriceRejected"), _ref("Error")]},
+                                   "every item rejected, or the body is not JSON"),
+                      "413": _err("body too large"), "415": _err("wrong Content-Type")},
+    },
+    ("GET", "/api/v1/products"): {
+        "summary": "Search the catalogue",
+        "parameters": [_q("q", {"type": "string"}, "SKU or name substring, or an exact EAN"), *_PAGE],
+        "responses": {"200": _json("ProductList", "products, exact SKU/EAN matches first"), "400": _BAD},
+    },
+    ("GET", "/api/v1/products/{sku}"): {
+        "summary": "A product with price history, scheduled changes and the 30-day lowest price",
+        "parameters": [_p("sku", "product SKU (percent-encode '/' as %2F)"),
+                       _q("history", {"type": "integer", "minimum": 0}, "history rows (newest first), default 100")],
+        "responses": {"200": _json("ProductDetail", "the product"), "400": _BAD,
+                      "404": _err("unknown SKU (`unknown_sku`)")},
+    },
+    ("GET", "/api/v1/labels"): {
+        "summary": "Labels, filtered",
+        "parameters": [
+            _q("state", {"type": "string", "enum": list(LABEL_STATES)}, "label state (unpaired: not bound)"),
+            _q("gateway", {"type": "string"}, "gateway id"), _q("sku", {"type": "string"}, "bound SKU"),
+            _q("aisle", {"type": "string"}, "aisle"), _q("model", {"type": "string"}, "label model"),
+            _q("template", {"type": "string"}, "template named on the label"),
+            _q("battery_below", {"type": "integer", "minimum": 0}, "battery under this many mV"),
+            _q("stale", {"type": "boolean"}, "true: not showing its expected image; false: showing it"),
+            _q("paired", {"type": "boolean"}, "true: holds its key (pairing done); false: not paired yet"),
+            *_PAGE],
+        "responses": {"200": _json("LabelList", "labels by MAC"), "400": _BAD},
+    },
+    ("GET", "/api/v1/labels/{mac}"): {
+        "summary": "One label: state, product, open jobs",
+        "parameters": [_MAC],
+        "responses": {"200": _json("LabelDetail", "the label"), "400": _BAD, "404": _NO_LABEL},
+    },
+    ("PUT", "/api/v1/labels/{mac}/binding"): {
+        "summary": "Bind a label to a product (pairs it first if needed)",
+        "description": "`model` registers a label no gateway has reported yet. Audited.",
+        "parameters": [_MAC],
+        "requestBody": _body(_obj({"sku": {"type": "string"}, "template": _null("string"),
+                                   "model": _null("string")}, ("sku",))),
+        "responses": {"200": _json("Label", "the label after binding"), **_BODY_ERRORS,
+                      "404": _err("unknown label, SKU or template (`unknown_label`, `unknown_sku`, "
+                                  "`unknown_template`)")},
+    },
+    ("DELETE", "/api/v1/labels/{mac}/binding"): {
+        "summary": "Unbind a label (it keeps its image until bound again)",
+        "parameters": [_MAC],
+        "responses": {"200": _json("Label", "the label after unbinding"), "400": _BAD, "404": _NO_LABEL},
+    },
+    ("POST", "/api/v1/labels/{mac}/flash"): {
+        "summary": "Flash the label's LED (find it on the shelf)",
+        "parameters": [_MAC],
+        "requestBody": _body(_obj({"seconds": {"type": "integer", "minimum": 1, "maximum": 3600}}, ())),
+        "responses": {"202": _json("FlashQueued", "command job queued"), **_BODY_ERRORS, "404": _NO_LABEL,
+                      "409": _err("the label is not paired yet (`not_paired`)")},
+    },
+    ("GET", "/api/v1/labels/{mac}/image/expected.png"): {
+        "summary": "The image the label should show",
+        "parameters": [_MAC],
+        "responses": {"200": _png("PNG"), "400": _BAD, "404": _err("unknown label or no image (`no_image`)")},
+    },
+    ("GET", "/api/v1/labels/{mac}/image/displayed.png"): {
+        "summary": "The image the label reports it shows (by its reported hash)",
+        "parameters": [_MAC],
+        "responses": {"200": _png("PNG"), "400": _BAD, "404": _err("unknown label or no image (`no_image`)")},
+    },
+    ("GET", "/api/v1/labels/{mac}/events"): {
+        "summary": "The label's events (acks, nacks, check-ins), newest first",
+        "parameters": [_MAC, _q("limit", {"type": "integer", "minimum": 1}, "page size"),
+                       _q("before", {"type": "integer", "minimum": 1}, "events older than this id")],
+        "responses": {"200": _json("EventList", "events"), "400": _BAD, "404": _NO_LABEL},
+    },
+    ("GET", "/api/v1/images/{hash}.png"): {
+        "summary": "Any stored image by content hash (immutable, cacheable)",
+        "parameters": [_p("hash", "16 hex digits", {"type": "string", "pattern": "^[0-9a-fA-F]{16}$"})],
+        "responses": {"200": _png("PNG"), "400": _BAD, "404": _err("not stored (`no_image`)")},
+    },
+    ("GET", "/api/v1/gateways"): {
+        "summary": "Gateways and how many labels each serves",
+        "responses": {"200": _json("GatewayList", "gateways by id")},
+    },
+    ("GET", "/api/v1/templates"): {
+        "summary": "Templates",
+        "responses": {"200": _json("TemplateList", "templates")},
+    },
+    ("GET", "/api/v1/templates/{name}"): {
+        "summary": "A template's source and version",
+        "parameters": [_p("name", "template name")],
+        "responses": {"200": _json("TemplateSource", "the template"), "400": _BAD,
+                      "404": _err("no such template (`unknown_template`)")},
+    },
+    ("PUT", "/api/v1/templates/{name}"): {
+        "summary": "Write a template (validated; audited; labels using it are redrawn)",
+        "description": "JSON `{source, base_version?}` or the raw source as text/plain. A template that "
+                       "fails is answered 422 with its line and is not stored.",
+        "parameters": [_p("name", "template name")],
+        "requestBody": _body(_obj({"source": {"type": "string"}, "base_version": {"type": "integer", "minimum": 0}},
+                                  ("source",)), also_text=True),
+        "responses": {"200": _json("TemplateSaved", "stored as this version"), **_BODY_ERRORS,
+                      "409": _err("`base_version` is not the current version (`version_conflict`)"),
+                      "422": _err("the template fails (`template_error`, with its line)", "TemplateError")},
+    },
+    ("POST", "/api/v1/templates/preview"): {
+        "summary": "Render a template (stored by name, or unsaved source) as PNG",
+        "requestBody": _body(_obj({"source": {"type": "string"}, "name": {"type": "string"},
+                                   "sku": _null("string"), "model": _null("string")}, ())),
+        "responses": {"200": _png("the rendered label"), **_BODY_ERRORS,
+                      "404": _err("unknown template or SKU"),
+                      "422": _err("the template fails (`template_error`, with its line)", "TemplateError")},
+    },
+    ("GET", "/api/v1/jobs"): {
+        "summary": "Jobs (the outbox), newest first",
+        "parameters": [_q("state", {"type": "string", "enum": list(JOB_STATES)}, "job state"),
+                       _q("kind", {"type": "string", "enum": ["pair", "image", "command"]}, "job kind"),
+                       _q("gateway", {"type": "string"}, "gateway id"), _q("mac", {"type": "string"}, "label"),
+                       *_PAGE],
+        "responses": {"200": _json("JobList", "jobs"), "400": _BAD},
+    },
+    ("GET", "/api/v1/audit"): {
+        "summary": "The audit log, newest first",
+        "parameters": [_q("actor", {"type": "string"}, "who"), _q("action", {"type": "string"}, "e.g. price.update"),
+                       _q("target", {"type": "string"}, "e.g. a SKU or MAC"),
+                       _q("limit", {"type": "integer", "minimum": 1}, "page size"),
+                       _q("before", {"type": "integer", "minimum": 1}, "entries older than this id")],
+        "responses": {"200": _json("AuditList", "audit entries"), "400": _BAD},
+    },
+    ("GET", "/api/v1/summary"): {
+        "summary": "Dashboard numbers: labels by state, gateways, open jobs, last hour's updates and time-to-shelf",
+        "parameters": [_q("battery_below", {"type": "integer", "minimum": 0}, "low-battery threshold, mV")],
+        "responses": {"200": _json("Summary", "the numbers"), "400": _BAD},
+    },
+    ("GET", "/api/v1/me"): {
+        "summary": "Who this token is: its name and role (sign-in check)",
+        "responses": {"200": _json("Me", "the token's name and role")},
+    },
+    ("GET", "/metrics"): {
+        "summary": "Prometheus metrics",
+        "responses": {"200": {"description": "Prometheus text format",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    },
+    ("GET", "/healthz"): {
+        "summary": "Health: database and broker",
+        "responses": {"200": _json("Health", "database answers (status degraded when the broker is down)"),
+                      "503": _json("Health", "database fails")},
+    },
+    ("GET", "/api/v1/openapi.json"): {
+        "summary": "This document",
+        "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {
+            "type": "object"}}}}},
+    },
+}
+
+
+@functools.cache
+def _build() -> dict[str, Any]:
+    from eslserver.api.app import all_routes
+    from eslserver.auth import ROLES
+
+    paths: dict[str, dict[str, Any]] = {}
+    for route in all_routes():
+        key = (route.method, route.path)
+        if key not in _OPERATIONS:
+            raise KeyError(f"route {route.method} {route.path} is not documented in eslserver.api.openapi")
+        op = copy.deepcopy(_OPERATIONS[key])
+        responses = op.setdefault("responses", {})
+        if route.roles is not None:
+            roles = sorted(ROLES) if not route.roles else sorted({*route.roles, "admin"})
+            op["security"] = [{"bearer": []}]
+            op["x-roles"] = roles
+            responses.setdefault("401", _err("missing or invalid token (`missing_token`, `invalid_token`)"))
+            if route.roles:
+                responses.setdefault("403", _err(f"role not allowed (`forbidden`); needs {', '.join(roles)}"))
+        else:
+            op["security"] = []
+        if any(p.get("in") == "path" for p in op.get("parameters", [])):
+            responses.setdefault("400", _BAD)
+        responses.setdefault("500", _err("internal error (`internal`), logged on the server"))
+        op["operationId"] = route.handler.__name__
+        paths.setdefault(route.path, {})[route.method.lower()] = op
+    missing = set(_OPERATIONS) - {(r.method, r.path) for r in all_routes()}
+    if missing:
+        raise KeyError(f"documented operations without a route: {sorted(missing)}")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "eslserver", "version": "1",
+                 "description": "Electronic shelf label server. Bearer tokens (`esl tokens create --role R`) "
+                                "with roles pos, merchandiser, tech, admin; every valid token may read. Errors "
+                                "are `{error, detail}` with a stable `error` code."},
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": copy.deepcopy(SCHEMAS),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "esl_<id>_<secret>"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document (a fresh copy; built once per process)."""
+    return copy.deepcopy(_build())

@@ -1,0 +1,52 @@
+"""``POST /api/v1/prices``: the POS price feed over HTTP (same ingest as MQTT).
+
+The body is one price update (a JSON object) or a batch (an array). Items are validated one
+by one; accepted ones are committed before the response. Status:
+
+* 200 ``{"accepted": […], "errors": […]}`` when at least one item was accepted (applied,
+  scheduled, or stale and ignored) or the batch was empty — the errors list the rejected
+  items (index, sku, field, value, error, detail), the rest of the batch is applied;
+* 400 when every item was rejected: the same two lists plus ``error`` and ``detail`` (the
+  item's own code and detail for a single item, ``batch_rejected`` for a batch).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+
+from eslserver.api.errors import ApiError, bad_input
+from eslserver.api.routing import Call, Route, json_response, parse_json, read_body
+
+__all__ = ["ROUTES", "PRICE_ROLES", "MAX_PRICE_BODY"]
+
+PRICE_ROLES: Final = frozenset({"pos", "merchandiser", "tech"})
+"""Who may change prices: the POS feed, merchandisers editing a price in the web UI, and store
+techs (``esl price SKU 4.99`` and ``esl import`` in the technician's CLI); every change is
+audited under the token's name."""
+MAX_PRICE_BODY: Final = 4 * 1024 * 1024
+
+
+async def post_prices(call: Call) -> web.StreamResponse:
+    _, body = await read_body(call.request, MAX_PRICE_BODY, ("application/json",))
+    parsed = parse_json(body)  # a syntax error is the caller's, answered before ingest
+    if not isinstance(parsed, (dict, list)):
+        raise bad_input("body", parsed, "a price update object or an array of them", code="invalid_body")
+    result = await call.server.ingest.submit(body, source="http", actor=call.who)
+    out = {"accepted": list(result.accepted), "errors": list(result.errors)}
+    if result.errors and not result.accepted:
+        field: str | None = None
+        if len(result.errors) == 1 and isinstance(parsed, dict):
+            first = result.errors[0]
+            code, detail = str(first.get("error", "invalid_update")), str(first.get("detail", ""))
+            field = first.get("field") if isinstance(first.get("field"), str) else None
+        else:
+            code, detail = "batch_rejected", f"all {len(result.errors)} items were rejected"
+        raise ApiError(400, code, detail, field=field, extra=out)
+    return json_response(out)
+
+
+ROUTES: Final = (
+    Route("POST", "/api/v1/prices", post_prices, PRICE_ROLES, body_limit=MAX_PRICE_BODY),
+)

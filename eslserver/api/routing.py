@@ -1,0 +1,219 @@
+"""The route table's value types and the input helpers every handler uses.
+
+A `Route` names its method, path, handler and the roles that may call it; `create_app`
+registers each behind the token check, and the OpenAPI test compares this table with the
+document both ways. Handlers receive a `Call` (request, server, actor) instead of reaching
+for global state. Query parameters and bodies are parsed here, once, into typed values or an
+`ApiError` naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+from aiohttp import web
+
+from eslserver.api.errors import ApiError, bad_input
+from eslserver.auth import Actor
+
+if TYPE_CHECKING:
+    from eslserver.server import Server
+
+__all__ = [
+    "Call", "Route", "Handler", "ANY_ROLE", "PUBLIC", "json_response", "query_int", "query_bool",
+    "query_choice", "query_text", "read_json", "read_body", "parse_json", "json_object", "normalise_mac",
+    "page_params", "dumps", "MAX_JSON_BODY",
+]
+
+MAX_JSON_BODY: Final = 4 * 1024 * 1024
+"""Largest JSON body any route takes (a POS batch of ~10,000 items)."""
+
+ANY_ROLE: Final[frozenset[str]] = frozenset()
+"""Any valid token (read endpoints)."""
+PUBLIC: Final = None
+"""No token at all (metrics, health, the OpenAPI document)."""
+
+_INT_RE: Final = re.compile(r"^-?[0-9]{1,19}$")
+_MAC_RE: Final = re.compile(r"^[0-9A-Fa-f]{2}([:-]?)[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request as a handler sees it."""
+
+    request: web.Request
+    server: Server
+    actor: Actor | None
+
+    @property
+    def who(self) -> Actor:
+        """The caller (routes that need a token always have one)."""
+        if self.actor is None:
+            raise RuntimeError(f"{self.request.path}: handler needs an actor but the route is public")
+        return self.actor
+
+
+Handler = Callable[[Call], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One endpoint: `roles` None = public, empty = any valid token, else those roles (and admin)."""
+
+    method: str
+    path: str
+    handler: Handler
+    roles: frozenset[str] | None
+    body_limit: int = MAX_JSON_BODY
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def dumps(body: object) -> str:
+    return json.dumps(body, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+
+
+def json_response(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers, dumps=dumps)
+
+
+def _one(request: web.Request, name: str) -> str | None:
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise bad_input(name, values, "one value")
+    return values[0] if values else None
+
+
+def query_int(request: web.Request, name: str, *, default: int | None, lo: int, hi: int) -> int | None:
+    raw = _one(request, name)
+    if raw is None:
+        return default
+    if not _INT_RE.fullmatch(raw):
+        raise bad_input(name, raw, f"an integer {lo}..{hi}")
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise bad_input(name, raw, f"an integer {lo}..{hi}")
+    return value
+
+
+def query_bool(request: web.Request, name: str) -> bool | None:
+    raw = _one(request, name)
+    if raw is None:
+        return None
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise bad_input(name, raw, "true or false")
+
+
+def query_choice(request: web.Request, name: str, choices: Collection[str]) -> str | None:
+    raw = _one(request, name)
+    if raw is None:
+        return None
+    if raw not in choices:
+        raise bad_input(name, raw, "one of " + ", ".join(choices))
+    return raw
+
+
+def query_text(request: web.Request, name: str, *, max_len: int = 200) -> str | None:
+    raw = _one(request, name)
+    if raw is None:
+        return None
+    if not raw or len(raw) > max_len or not raw.isprintable():
+        raise bad_input(name, raw, f"1-{max_len} printable characters")
+    return raw
+
+
+def page_params(request: web.Request, *, default: int = 100, maximum: int = 1000) -> tuple[int, int]:
+    """``(limit, offset)`` from the query."""
+    limit = query_int(request, "limit", default=default, lo=1, hi=maximum)
+    offset = query_int(request, "offset", default=0, lo=0, hi=10**9)
+    assert limit is not None and offset is not None
+    return limit, offset
+
+
+def normalise_mac(value: str, field: str = "mac") -> str:
+    """``aa-bb-cc-dd-ee-ff``, ``aabbccddeeff`` or ``AA:BB:…`` → ``AA:BB:CC:DD:EE:FF``."""
+    if not isinstance(value, str) or not _MAC_RE.fullmatch(value):
+        raise bad_input(field, value, "a MAC address such as AA:BB:CC:DD:EE:FF")
+    digits = re.sub(r"[:-]", "", value).upper()
+    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+
+
+def _media_type(request: web.Request) -> str:
+    return request.content_type.lower() if request.headers.get("Content-Type") else ""
+
+
+async def read_body(request: web.Request, limit: int, types: Collection[str]) -> tuple[str, bytes]:
+    """``(media type, body)``: 415 when the content type is not one of `types`, 413 when the
+    body is larger than `limit` bytes."""
+    media = _media_type(request)
+    if media not in types:
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type: expected {' or '.join(types)}, got {media or 'none'!r}",
+                       field="Content-Type")
+    if request.content_length is not None and request.content_length > limit:
+        # answered without reading the body: the connection is closed after the answer
+        # (`close_connection`) instead of lingering to drain it, which would hold up shutdown
+        raise ApiError(413, "body_too_large", f"body: expected at most {limit} bytes, got {request.content_length}",
+                       headers={"Connection": "close"}, close_connection=True)
+    body = await request.read()
+    if len(body) > limit:
+        raise ApiError(413, "body_too_large", f"body: expected at most {limit} bytes, got {len(body)}")
+    return media, body
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def parse_json(body: bytes) -> Any:
+    """JSON with numbers kept exact (Decimal), or a 400 naming where it broke (NaN and
+    Infinity, which Python's parser would let through, are refused too)."""
+    try:
+        return json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body: expected UTF-8 JSON, got a bad byte at {exc.start}",
+                       field="body") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body: expected JSON, {exc.msg} at line {exc.lineno} "
+                                            f"column {exc.colno}", field="body") from None
+    except ValueError as exc:  # a refused constant
+        raise ApiError(400, "invalid_json", f"body: expected JSON, got {exc} (not a JSON value)",
+                       field="body") from None
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "body: expected JSON, got arrays or objects nested too deeply",
+                       field="body") from None
+
+
+async def read_json(request: web.Request, limit: int = MAX_JSON_BODY) -> Any:
+    """The JSON body of a request (Content-Type application/json)."""
+    _, body = await read_body(request, limit, ("application/json",))
+    return parse_json(body)
+
+
+def json_object(value: Any, allowed: Collection[str], required: Collection[str] = ()) -> dict[str, Any]:
+    """A JSON object with only `allowed` keys and every `required` one, else a 400."""
+    if not isinstance(value, dict):
+        raise bad_input("body", type(value).__name__ if not isinstance(value, (str, int)) else value,
+                        "a JSON object", code="invalid_body")
+    for key in value:
+        if key not in allowed:
+            raise bad_input(key, value[key], "no such field (allowed: " + ", ".join(allowed) + ")",
+                            code="invalid_body")
+    for key in required:
+        if key not in value:
+            raise ApiError(400, "invalid_body", f"{key}: required field is missing", field=key)
+    return value

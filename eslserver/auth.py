@@ -1,0 +1,198 @@
+"""API tokens and roles: who is calling, and what they may do.
+
+A token reads ``esl_<id>_<secret>``: ``id`` is 12 hex digits (the row's primary key, safe to
+show and log), ``secret`` 32 base32 characters (160 random bits). Only the SHA-256 of the
+secret is stored, so a copy of the database does not hand out working tokens; lookup is by
+``id`` and the hash comparison is constant-time. A token is printed once, when it is created.
+
+Everything here works on a `Database` only, not a running server, so ``esl tokens create
+--data DIR`` works beside a running server on the same SQLite file (WAL, busy timeout), and
+a token revoked there is refused by the server on its next request (no cache).
+
+Roles: ``pos`` (prices), ``merchandiser`` (templates, products, prices), ``tech`` (pairing,
+LED), ``admin`` (everything, the audit log). Every valid token may read.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+import aiosqlite
+
+from eslserver.audit import record_audit
+from eslserver.db.database import Database, fetchone
+from eslserver.timeutil import iso, parse_iso, utcnow
+
+__all__ = [
+    "ROLES", "Actor", "AuthError", "UnknownTokenError", "TokenInfo",
+    "create_token", "verify_token", "revoke_token", "list_tokens", "parse_token",
+]
+
+log = logging.getLogger(__name__)
+
+ROLES: Final = ("pos", "merchandiser", "tech", "admin")
+TOKEN_PREFIX: Final = "esl"
+_TOKEN_RE: Final = re.compile(r"^esl_([0-9a-f]{12})_([a-z2-7]{32})$")
+_ID_RE: Final = re.compile(r"^[0-9a-f]{12}$")
+_NAME_MAX: Final = 100
+
+
+class AuthError(ValueError):
+    """Bad input to a token operation (a role, name or token id), naming the field and value."""
+
+
+class UnknownTokenError(AuthError, LookupError):
+    """No token with that id."""
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who did something: a token's name and role (written to the audit log)."""
+
+    name: str
+    role: str
+
+    def may(self, roles: Collection[str]) -> bool:
+        """True when this actor holds one of `roles`; ``admin`` may do everything."""
+        return self.role == "admin" or self.role in roles
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A stored token, without its secret."""
+
+    id: str
+    role: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def to_json(self) -> dict[str, object]:
+        return {"id": self.id, "role": self.role, "name": self.name,
+                "created_at": self.created_at.isoformat(),
+                "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None}
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def parse_token(token: str) -> tuple[str, str] | None:
+    """``(id, secret)`` of a well-formed token, None for anything else (never raises)."""
+    match = _TOKEN_RE.fullmatch(token) if isinstance(token, str) else None
+    return (match.group(1), match.group(2)) if match else None
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise AuthError(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name) > _NAME_MAX or not name.isprintable():
+        raise AuthError(f"name: expected 1-{_NAME_MAX} printable characters, got {name!r}")
+
+
+def _local_actor() -> Actor:
+    """Who runs ``esl tokens`` on the data directory: access to the file is as good as admin."""
+    try:
+        return Actor(f"cli:{getpass.getuser()}", "admin")
+    except (OSError, KeyError):  # no user name in a bare container
+        return Actor("cli", "admin")
+
+
+async def create_token(db: Database, role: str, name: str | None = None) -> str:
+    """A new token for `role`, stored hashed; the returned string is the only copy of it.
+
+    `name` says whose it is (the audit log shows it); it defaults to the role. The creation
+    is audited (without the secret).
+    """
+    _check_role(role)
+    name = role if name is None else name
+    _check_name(name)
+    secret = base64.b32encode(secrets.token_bytes(20)).decode("ascii").lower()
+    created = utcnow()
+    async with db.transaction() as conn:
+        while True:  # 48-bit ids: a collision is astronomically rare, but cheap to rule out
+            token_id = secrets.token_hex(6)
+            if await fetchone(conn, "SELECT 1 FROM tokens WHERE id = ?", (token_id,)) is None:
+                break
+        await conn.execute(
+            "INSERT INTO tokens (id, secret_hash, role, name, created_at) VALUES (?, ?, ?, ?, ?)",
+            (token_id, _hash(secret), role, name, iso(created)))
+        await record_audit(conn, _local_actor(), "token.create", f"token:{token_id}", None,
+                           {"role": role, "name": name})
+    log.info("created %s token %s (%s)", role, token_id, name)
+    return f"{TOKEN_PREFIX}_{token_id}_{secret}"
+
+
+async def verify_token(db: Database, token: str) -> Actor | None:
+    """The actor a token stands for, or None when it is malformed, unknown or revoked.
+
+    One primary-key read per call (no cache), so a revocation takes effect at once.
+    """
+    parsed = parse_token(token)
+    if parsed is None:
+        return None
+    token_id, secret = parsed
+    row = await db.read_one("SELECT secret_hash, role, name, revoked_at FROM tokens WHERE id = ?", (token_id,))
+    if row is None:
+        _hash(secret)  # same work whether or not the id exists
+        return None
+    if not hmac.compare_digest(_hash(secret), str(row["secret_hash"])):
+        return None
+    if row["revoked_at"] is not None or row["role"] not in ROLES:
+        return None
+    return Actor(name=str(row["name"]), role=str(row["role"]))
+
+
+def _info(row: aiosqlite.Row) -> TokenInfo:
+    revoked = row["revoked_at"]
+    return TokenInfo(id=str(row["id"]), role=str(row["role"]), name=str(row["name"]),
+                     created_at=parse_iso(row["created_at"]),
+                     revoked_at=parse_iso(revoked) if revoked else None)
+
+
+async def revoke_token(db: Database, token_id: str) -> TokenInfo:
+    """Revoke a token by id (idempotent: revoking twice keeps the first time).
+
+    Accepts the id or a whole token (only its id part is used). Unknown ids raise
+    `UnknownTokenError`. Audited when it changes something.
+    """
+    parsed = parse_token(token_id)
+    if parsed is not None:
+        token_id = parsed[0]
+    if not isinstance(token_id, str) or not _ID_RE.fullmatch(token_id):
+        raise AuthError(f"id: expected 12 hex digits (as listed by 'esl tokens list'), got {token_id!r}")
+    async with db.transaction() as conn:
+        row = await fetchone(conn, "SELECT * FROM tokens WHERE id = ?", (token_id,))
+        if row is None:
+            raise UnknownTokenError(f"id: no token {token_id!r}")
+        if row["revoked_at"] is None:
+            at = iso(utcnow())
+            await conn.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (at, token_id))
+            await record_audit(conn, _local_actor(), "token.revoke", f"token:{token_id}",
+                               {"revoked_at": None}, {"revoked_at": at})
+            log.info("revoked token %s (%s)", token_id, row["name"])
+            row = await fetchone(conn, "SELECT * FROM tokens WHERE id = ?", (token_id,))
+            assert row is not None
+    return _info(row)
+
+
+async def list_tokens(db: Database, *, include_revoked: bool = True) -> list[TokenInfo]:
+    """Every token (oldest first), without secrets."""
+    sql = "SELECT * FROM tokens"
+    if not include_revoked:
+        sql += " WHERE revoked_at IS NULL"
+    rows = await db.read(sql + " ORDER BY created_at, id")
+    return [_info(row) for row in rows]

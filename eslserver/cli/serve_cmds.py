@@ -1,0 +1,89 @@
+"""`esl serve` (the server) and `esl demo` (a whole store in one command)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from eslserver.config import ConfigError, Settings, load_settings
+
+__all__ = ["register", "serve", "demo", "settings_from_flags", "run_until_signal"]
+
+_Config = Annotated[Optional[Path], typer.Option("--config", "-c", help="esl.toml to read (default ./esl.toml if present).")]
+_Data = Annotated[Optional[Path], typer.Option("--data", help="Data directory (SQLite file, spools, snapshots).")]
+_Host = Annotated[Optional[str], typer.Option("--http-host", help="HTTP address to listen on.")]
+_Port = Annotated[Optional[int], typer.Option("--http-port", help="HTTP port (0: any free port).")]
+_Broker = Annotated[Optional[str], typer.Option("--broker", help="mqtt://[user:pass@]host:port (default: the embedded broker).")]
+_Store = Annotated[Optional[str], typer.Option("--store", help="Store id (MQTT topics esl/{store}/…).")]
+_Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level.")]
+
+
+def settings_from_flags(config: Path | None, **flags: Any) -> Settings:
+    """`load_settings` with the command's flags on top; a bad value exits with its message."""
+    try:
+        return load_settings(config, overrides=flags)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _logging(settings: Settings, verbose: bool) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, settings.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("amqtt", "transitions", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+async def run_until_signal() -> None:
+    """Return on SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def serve(config: _Config = None, data: _Data = None, http_host: _Host = None, http_port: _Port = None,
+          broker: _Broker = None, store: _Store = None, verbose: _Verbose = False) -> None:
+    """Run the server until Ctrl-C or SIGTERM."""
+    settings = settings_from_flags(config, data_dir=data, http_host=http_host, http_port=http_port,
+                                   broker_url=broker, store=store)
+    _logging(settings, verbose)
+
+    async def main() -> None:
+        from eslserver.server import Server
+        async with Server(settings) as server:
+            typer.echo(f"eslserver: http://{settings.http_host}:{server.http_port}  broker {server.broker_url}  "
+                       f"data {settings.data_dir.resolve()}", err=False)
+            await run_until_signal()
+
+    asyncio.run(main())
+
+
+def demo(config: _Config = None, data: _Data = None, http_host: _Host = None, http_port: _Port = None,
+         broker: _Broker = None,
+         labels: Annotated[int, typer.Option("--labels", "-n", min=1, max=20000, help="Simulated labels.")] = 300,
+         feed_interval: Annotated[float, typer.Option("--feed-interval", min=0.2, help="Seconds between POS price changes.")] = 3.0,
+         feed_size: Annotated[int, typer.Option("--feed-size", min=1, help="Products repriced each time.")] = 5,
+         duration: Annotated[Optional[float], typer.Option("--duration", min=1.0, help="Stop after this many seconds.")] = None,
+         verbose: _Verbose = False) -> None:
+    """A whole store in one command: server, embedded broker, gateway, simulated labels, a POS feed."""
+    settings = settings_from_flags(config, data_dir=data, http_host=http_host, http_port=http_port,
+                                   broker_url=broker)
+    _logging(settings, verbose)
+    from eslserver.demo import DemoConfig, run_demo
+    asyncio.run(run_demo(settings, DemoConfig(labels=labels, feed_interval_s=feed_interval, feed_size=feed_size,
+                                              duration_s=duration), print_line=typer.echo))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("demo")(demo)

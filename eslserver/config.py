@@ -1,0 +1,207 @@
+"""Server configuration: `esl.toml` < ``ESL_*`` environment < command-line flags, read once.
+
+Every default lives in `Settings` below, and they run a demo store on a laptop with nothing
+else installed: SQLite in ``./esl-data``, HTTP on 127.0.0.1:8080 and the embedded MQTT
+broker on a free local port (``broker_url`` unset). `load_settings` validates everything
+into one frozen `Settings`; tests pass an ``environ`` mapping instead of touching
+``os.environ``. A value that does not fit raises `ConfigError` naming the key, the source
+(file, variable or flag) and the value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, get_type_hints
+
+__all__ = ["ConfigError", "Settings", "load_settings", "DEFAULT_TEMPLATES", "ENV_PREFIX"]
+
+ENV_PREFIX: Final = "ESL_"
+
+DEFAULT_TEMPLATES: Final[Mapping[str, str]] = MappingProxyType({
+    "2.9-bwry": "shelf-2.9", "4.2-bwry": "promo-4.2",
+    "7.5-bwry": "talker-7.5", "1.54-bw": "shelf-1.54-bw",
+})
+"""The template a newly bound label gets, by model (a label can name another)."""
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A configuration value that does not fit (names the key, where it came from, the value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the server reads from its configuration, validated."""
+
+    data_dir: Path = Path("esl-data")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    broker_url: str | None = None
+    """``mqtt://[user:pass@]host:port`` or ``mqtts://…``; None runs the embedded broker."""
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_ca_file: str | None = None
+    mqtt_cert_file: str | None = None
+    mqtt_key_file: str | None = None
+    mqtt_insecure: bool = False
+    topic_prefix: str = "esl"
+    instance: str = "server"
+    """This server instance's name (MQTT client id ``eslserver-{instance}``)."""
+    store: str = "demo"
+    store_name: str = "Sklep demo"
+    currency: str = "PLN"
+    field_map: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """POS field name → canonical field (dotted for nested: ``promo.price``)."""
+    debounce_ms: int = 20
+    """Price changes arriving within this window are rendered together."""
+    render_workers: int = 0
+    """Render processes (0: one per CPU core)."""
+    render_batch: int = 256
+    max_in_flight: int = 64
+    """Jobs in flight per gateway."""
+    job_deadline_s: int = 20
+    """How long a gateway may keep trying one job before it nacks."""
+    retry_base_s: float = 1.0
+    retry_max_s: float = 300.0
+    max_attempts: int = 5
+    """Attempts before an unreachable label is marked offline (caught up at its next check-in)."""
+    factory_secret: str = "eslserver-simulator-0"
+    """Derives each label's factory key (`firmware_proto.derive_factory_key`); the default is
+    the simulator's (seed 0). Real labels come with their vendor's secret."""
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        _check_port("http_port", self.http_port, allow_zero=True)
+        for name in ("store", "instance"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _NAME_RE.match(value):
+                raise ConfigError(f"{name}: expected letters, digits, '_', '.', '-' (max 64), got {value!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", self.topic_prefix):
+            raise ConfigError(f"topic_prefix: expected 1-32 letters, digits, '_' or '-', got {self.topic_prefix!r}")
+        if not (len(self.currency) == 3 and self.currency.isalpha() and self.currency.isupper()):
+            raise ConfigError(f"currency: expected an ISO 4217 code such as PLN, got {self.currency!r}")
+        if self.broker_url is not None and not re.match(r"^mqtts?://", self.broker_url):
+            raise ConfigError(f"broker_url: expected mqtt://host:port or mqtts://host:port, got {self.broker_url!r}")
+        bounds = {"debounce_ms": (0, 10_000), "render_workers": (0, 64), "render_batch": (1, 10_000),
+                  "max_in_flight": (1, 10_000), "job_deadline_s": (1, 3600), "max_attempts": (1, 100)}
+        for name, (lo, hi) in bounds.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise ConfigError(f"{name}: expected an integer in {lo}..{hi}, got {value!r}")
+        for name in ("retry_base_s", "retry_max_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{name}: expected a number > 0, got {value!r}")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level: expected debug, info, warning or error, got {self.log_level!r}")
+        for pos, target in self.field_map.items():
+            if not isinstance(pos, str) or not isinstance(target, str) or not pos or not target:
+                raise ConfigError(f"field_map: expected text → text, got {pos!r} → {target!r}")
+        if not self.factory_secret:
+            raise ConfigError("factory_secret: must not be empty")
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "esl.db"
+
+    @property
+    def workers(self) -> int:
+        return self.render_workers or max(1, os.cpu_count() or 1)
+
+
+def _check_port(name: str, value: object, *, allow_zero: bool) -> None:
+    lo = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= 65535:
+        raise ConfigError(f"{name}: expected a port number {lo}..65535, got {value!r}")
+
+
+_HINTS = get_type_hints(Settings)
+_FIELDS = {f.name for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Turn a TOML / environment / flag value into the field's type, or raise ConfigError."""
+    hint = _HINTS[name]
+    text = isinstance(value, str)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if text and value.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if text and value.strip().lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            return int(value) if text or isinstance(value, int) else _fail("expected an integer")
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            return float(value)
+        if hint is Path:
+            return Path(value)
+        if name == "field_map":
+            mapping = json.loads(value) if text else value
+            if not isinstance(mapping, Mapping):
+                raise ValueError("expected a table of POS field → canonical field")
+            return MappingProxyType({str(k): v for k, v in mapping.items()})
+        if value is None or (text and value == "" and "None" in str(hint)):
+            return None
+        if not text:
+            raise ValueError("expected text")
+        return value
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{name} (from {source}): {exc}, got {value!r}") from None
+
+
+def _fail(reason: str) -> Any:
+    raise ValueError(reason)
+
+
+def load_settings(config_file: str | Path | None = None, *, environ: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from `config_file` (default ``esl.toml`` in the working directory, if it
+    exists), then ``ESL_*`` variables from `environ` (default ``os.environ``), then
+    `overrides` (command-line flags; None values are ignored)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = Path(config_file) if config_file is not None else Path(env.get(f"{ENV_PREFIX}CONFIG", "esl.toml"))
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        for key, value in data.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(_FIELDS))})")
+            values[key] = _coerce(key, value, str(path))
+    elif config_file is not None:
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX) or var in (f"{ENV_PREFIX}CONFIG", f"{ENV_PREFIX}TOKEN"):
+            continue
+        key = var[len(ENV_PREFIX):].lower()
+        if key not in _FIELDS:
+            continue  # other tools' ESL_* variables are not ours to refuse
+        values[key] = _coerce(key, value, var)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
+    try:
+        return replace(Settings(), **values)
+    except TypeError as exc:  # pragma: no cover - guarded by _FIELDS
+        raise ConfigError(str(exc)) from None

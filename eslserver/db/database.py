@@ -1,0 +1,166 @@
+"""One SQLite file (WAL) through aiosqlite: ordered migrations, serialised write transactions.
+
+Writes go through one connection, one transaction at a time (`transaction`), so coroutines
+never interleave statements inside each other's transactions; reads that do not need to see
+an open transaction use a second connection (`read`), which WAL lets run beside a writer.
+``synchronous=FULL``: a transaction that returned from `transaction` is on disk, so what was
+acknowledged survives a kill -9 and a power cut. Other processes (``esl tokens create``
+while the server runs) open the same file; ``busy_timeout`` makes them wait their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+__all__ = ["Database", "DatabaseError", "migrations", "SCHEMA_VERSION"]
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be opened or migrated (names the file and the step)."""
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) for every migration shipped, in order; versions 1, 2, 3…"""
+    out: list[tuple[int, str, str]] = []
+    for entry in resources.files("eslserver.db.migrations").iterdir():
+        match = _MIGRATION_RE.match(entry.name)
+        if match:
+            out.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    out.sort()
+    for expected, (version, name, _) in enumerate(out, start=1):
+        if version != expected:
+            raise DatabaseError(f"migration {name}: expected version {expected:04d}")
+    return out
+
+
+SCHEMA_VERSION = len(migrations())
+
+
+class Database:
+    """The server's database. `open` before use, `close` after (or ``async with``)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> Database:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._writer = await self._connect()
+            await self._migrate(self._writer)
+            self._reader = await self._connect()
+            await self._reader.execute("PRAGMA query_only = ON")
+        except Exception:
+            await self.close()
+            raise
+        return self
+
+    async def _connect(self) -> aiosqlite.Connection:
+        try:
+            conn = await aiosqlite.connect(self.path, isolation_level=None)
+        except Exception as exc:
+            raise DatabaseError(f"cannot open database {str(self.path)!r}: {exc}") from exc
+        conn.row_factory = aiosqlite.Row
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = FULL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        async with conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise DatabaseError(f"{self.path}: schema version {current} is newer than this eslserver "
+                                f"({SCHEMA_VERSION}); upgrade eslserver")
+        for version, name, sql in migrations():
+            if version <= current:
+                continue
+            log.info("applying migration %s to %s", name, self.path)
+            try:
+                # one script = one transaction: all of a migration or none of it
+                await conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;")
+            except Exception as exc:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise DatabaseError(f"{self.path}: migration {name} failed: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close both connections; safe to call twice."""
+        for attr in ("_reader", "_writer"):
+            conn = getattr(self, attr)
+            setattr(self, attr, None)
+            if conn is not None:
+                await conn.close()
+
+    async def __aenter__(self) -> Database:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def writer(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise DatabaseError(f"database {str(self.path)!r} is not open")
+        return self._writer
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction (BEGIN IMMEDIATE … COMMIT); rolled back if the block raises."""
+        async with self._lock:
+            conn = self.writer
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
+            else:
+                await conn.execute("COMMIT")
+
+    async def read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[aiosqlite.Row]:
+        """Rows from a query on the read connection (sees committed data only)."""
+        if self._reader is None:
+            raise DatabaseError(f"database {str(self.path)!r} is not open")
+        async with self._reader.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def read_one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> aiosqlite.Row | None:
+        rows = await self.read(sql, params)
+        return rows[0] if rows else None
+
+
+async def fetchall(conn: aiosqlite.Connection, sql: str,
+                   params: Sequence[Any] | dict[str, Any] = ()) -> list[aiosqlite.Row]:
+    """Rows from a query inside a transaction."""
+    async with conn.execute(sql, params) as cur:
+        return list(await cur.fetchall())
+
+
+async def fetchone(conn: aiosqlite.Connection, sql: str,
+                   params: Sequence[Any] | dict[str, Any] = ()) -> aiosqlite.Row | None:
+    async with conn.execute(sql, params) as cur:
+        return await cur.fetchone()
+
+
+def placeholders(items: Iterable[object]) -> str:
+    """``?, ?, ?`` for an IN (...) list."""
+    return ", ".join("?" for _ in items)

@@ -1,0 +1,440 @@
+"""Outbox → gateways, and what gateways report back: acks, nacks, check-ins, status.
+
+Claiming a job is one transaction: the job becomes ``sent`` (with its gateway and attempt)
+and the label's transmit counter moves past the job's counter budget, so the counters a job
+may use are never handed out twice, whatever dies afterwards. Publishing happens after the
+commit; a job whose publish or gateway was lost comes back by its deadline (``sent`` too
+long → retried). Per gateway at most ``max_in_flight`` jobs are out; per label one, oldest
+first (a pairing before the image it enables).
+
+Acks close jobs and record what the label now displays; nacks retry with exponential
+backoff and jitter, until ``max_attempts`` when an unreachable label is marked ``offline``.
+An offline (or failed) label that checks in again is caught up at once: its labels are
+marked dirty, the pipeline finds the image it should show differs from the one it reports,
+and a fresh job goes out. Check-ins are verified here with the label key (gateways forward
+them raw), so a forged or replayed check-in cannot claim a label shows the right price.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiosqlite
+
+from eslserver.config import Settings
+from eslserver.db.database import Database, fetchone
+from eslserver.gateway.events import Ack, Checkin, EventError, Nack, Status, parse_event
+from eslserver.ingest import dirty_generation
+from eslserver.jobs import JobKind, ensure_pair_job
+from eslserver.metrics import Metrics
+from eslserver.timeutil import iso, parse_iso, utcnow
+
+from firmware_proto.auth import ReplayWindow, derive_factory_key, new_label_key
+from firmware_proto.envelope import CommandJob, EnvelopeError, ImageJob, JobEnvelope, PairJob
+from firmware_proto.errors import ProtocolError
+from firmware_proto.frames import Checkin as CheckinFrame
+from firmware_proto.frames import address_str, parse_frame
+from firmware_proto.gateway import GatewaySession
+from firmware_proto.image import HASH_SIZE, ImageFormat, Region
+from firmware_proto.models import MODELS_BY_ID
+from firmware_proto.transfer import part_size_for
+
+__all__ = ["Dispatcher", "Publish", "counter_budget", "backoff_s"]
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
+"""(topic, payload, qos, retain) → published."""
+
+_SENT_GRACE_S = 10.0
+_CLAIM_LIMIT = 512
+
+
+def counter_budget(payload_len: int, max_frame: int = 244) -> int:
+    """Counters one job may use: every part a few times over plus status traffic."""
+    parts = max(1, math.ceil(payload_len / part_size_for(max_frame)))
+    return 256 + 8 * parts
+
+
+def backoff_s(attempts: int, settings: Settings, rng: random.Random) -> float:
+    """Delay before attempt ``attempts + 1``: exponential, capped, with ±50 % jitter."""
+    base = min(settings.retry_max_s, settings.retry_base_s * 2 ** max(0, attempts - 1))
+    return base * (0.5 + rng.random())
+
+
+class Dispatcher:
+    """Sends jobs, reads gateway events. `poke` when jobs were queued; `run` is the task body."""
+
+    def __init__(self, db: Database, settings: Settings, metrics: Metrics, publish: Publish, *,
+                 on_states: Callable[[Iterable[str]], None] = lambda macs: None,
+                 on_dirty: Callable[[], None] = lambda: None) -> None:
+        self.db = db
+        self.settings = settings
+        self.metrics = metrics
+        self.publish = publish
+        self.on_states = on_states
+        self.on_dirty = on_dirty
+        self._wake = asyncio.Event()
+        self._rng = random.Random()
+        self._warned: set[tuple[str, str]] = set()
+        self.factory_secret = settings.factory_secret.encode()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def topic(self, gateway: str, leaf: str) -> str:
+        return f"{self.settings.topic_prefix}/{self.settings.store}/gateway/{gateway}/{leaf}"
+
+    # -- sending ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.requeue_overdue()
+                sent = await self.dispatch_once()
+                if sent:
+                    continue
+                delay = await self._next_timer()
+            except Exception:  # outermost boundary of the loop
+                log.exception("dispatcher failed; retrying in 1 s")
+                delay = 1.0
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _next_timer(self) -> float:
+        row = await self.db.read_one(
+            "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'queued'")
+        delay = 5.0
+        if row and row[0]:
+            delay = min(delay, max(0.01, (parse_iso(row[0]) - utcnow()).total_seconds()))
+        return delay
+
+    async def dispatch_once(self) -> int:
+        """Claim what may go now and publish it; returns how many jobs went out."""
+        now = utcnow()
+        store = self.settings.store
+        gateways = [r["id"] for r in await self.db.read(
+            "SELECT id FROM gateways WHERE store = ? AND status = 'online' ORDER BY last_seen DESC", (store,))]
+        if not gateways:
+            return 0
+        busy = {r["gateway"]: r["n"] for r in await self.db.read(
+            "SELECT gateway, COUNT(*) AS n FROM jobs WHERE state = 'sent' GROUP BY gateway")}
+        room = {gw: self.settings.max_in_flight - busy.get(gw, 0) for gw in gateways}
+        if sum(max(0, r) for r in room.values()) <= 0:
+            return 0
+        out: list[tuple[str, bytes]] = []
+        async with self.db.transaction() as conn:
+            rows = await (await conn.execute(
+                "SELECT j.id, j.mac, j.kind, j.image_hash, j.base_hash, j.region, j.delta, j.format, j.payload, "
+                "j.command, j.attempts, l.gateway, l.label_key, l.tx_counter, l.rx_highest, l.factory_counter, "
+                "l.displayed_hash FROM jobs j JOIN labels l ON l.mac = j.mac "
+                "WHERE j.store = ? AND j.state = 'queued' AND j.next_attempt_at <= ? AND l.state <> 'offline' "
+                "AND j.id = (SELECT MIN(k.id) FROM jobs k WHERE k.mac = j.mac AND k.state IN ('queued', 'sent')) "
+                "ORDER BY j.id LIMIT ?", (store, iso(now), _CLAIM_LIMIT))).fetchall()
+            for row in rows:
+                gw = row["gateway"] if row["gateway"] in room else gateways[0]
+                if room.get(gw, 0) <= 0:
+                    continue
+                try:
+                    built = await self._envelope(conn, row, now)
+                except (EnvelopeError, ValueError, KeyError) as exc:
+                    await self._fail(conn, row["id"], row["mac"], f"cannot build the job: {exc}", now)
+                    continue
+                if built is None:
+                    continue
+                envelope, budget = built
+                await conn.execute("UPDATE jobs SET state = 'sent', gateway = ?, attempts = attempts + 1, sent_at = ? "
+                                   "WHERE id = ? AND state = 'queued'", (gw, iso(now), row["id"]))
+                if budget:
+                    await conn.execute("UPDATE labels SET tx_counter = tx_counter + ? WHERE mac = ?",
+                                       (budget, row["mac"]))
+                room[gw] -= 1
+                out.append((gw, envelope.to_bytes()))
+        if out:
+            await asyncio.gather(*(self.publish(self.topic(gw, "jobs"), data, 1, False) for gw, data in out))
+        return len(out)
+
+    async def _envelope(self, conn: aiosqlite.Connection, row: Any, now: datetime) -> tuple[JobEnvelope, int] | None:
+        mac, kind, job_id = row["mac"], row["kind"], row["id"]
+        common = {"job_id": job_id, "mac": mac, "deadline_s": self.settings.job_deadline_s,
+                  "attempt": min(255, row["attempts"] + 1)}
+        if kind == JobKind.PAIR:
+            await conn.execute("UPDATE labels SET factory_counter = factory_counter + 1 WHERE mac = ?", (mac,))
+            return PairJob(factory_key=derive_factory_key(self.factory_secret, mac), new_key=row["command"],
+                           factory_counter=row["factory_counter"], **common), 0  # type: ignore[arg-type]
+        key = row["label_key"]
+        if key is None:  # the pairing failed for good: start it again, the image waits behind it
+            if await ensure_pair_job(conn, store=self.settings.store, mac=mac, now=now, new_key=new_label_key()):
+                self.metrics.jobs_created.labels(JobKind.PAIR).inc()
+            return None
+        counters = {"label_key": key, "tx_counter": row["tx_counter"], "rx_highest": row["rx_highest"]}
+        if kind == JobKind.COMMAND:
+            spec = json.loads(row["command"])
+            budget = 64
+            return CommandJob.make(spec["name"], budget=budget, **counters, **common, **spec["params"]), budget
+        payload, fmt = row["payload"], row["format"]
+        region = base = None
+        delta = bool(row["delta"])
+        if row["base_hash"] is not None and row["base_hash"] == row["displayed_hash"]:
+            base = bytes.fromhex(row["base_hash"])
+            if row["region"]:
+                x, y, w, h = (int(v) for v in row["region"].split(","))
+                region = Region(x, y, w, h)
+        elif row["base_hash"] is not None:  # the label moved on since this was planned: whole image
+            full = await fetchone(conn, "SELECT format, payload FROM images WHERE hash = ?", (row["image_hash"],))
+            if full is None:
+                raise KeyError(f"image {row['image_hash']} is not stored")
+            payload, fmt, delta = full["payload"], full["format"], False
+        budget = counter_budget(len(payload))
+        return ImageJob(image_format=ImageFormat(fmt), image_hash=bytes.fromhex(row["image_hash"]), payload=payload,
+                        region=region, base_hash=base, delta=delta, budget=budget, **counters,
+                        **common), budget  # type: ignore[arg-type]
+
+    async def _fail(self, conn: aiosqlite.Connection, job_id: int, mac: str, reason: str, now: datetime) -> None:
+        log.error("job %d for %s failed: %s", job_id, mac, reason)
+        await conn.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                           (iso(now), reason, job_id))
+        await conn.execute("UPDATE labels SET state = 'failed', updated_at = ? WHERE mac = ?", (iso(now), mac))
+        self.metrics.jobs_finished.labels("failed").inc()
+
+    async def requeue_overdue(self) -> None:
+        """Jobs sent longer ago than their deadline allows: the gateway (or the publish) was
+        lost; treat it as an unreachable attempt."""
+        cutoff = utcnow() - timedelta(seconds=self.settings.job_deadline_s + _SENT_GRACE_S)
+        rows = await self.db.read("SELECT id, mac FROM jobs WHERE state = 'sent' AND sent_at < ?", (iso(cutoff),))
+        for row in rows:
+            await self._nack(None, Nack(job=row["id"], mac=row["mac"], code="unreachable",
+                                        reason="no answer from the gateway before the deadline", retry=True))
+
+    # -- events -------------------------------------------------------------------------------
+    async def on_event(self, gateway: str, payload: bytes) -> None:
+        """One message from ``…/gateway/{gateway}/events``."""
+        try:
+            event = parse_event(payload)
+        except EventError as exc:
+            self._warn_once(gateway, "bad_event", "gateway %s sent a bad event: %s", gateway, exc)
+            return
+        if isinstance(event, Ack):
+            await self._ack(gateway, event)
+        elif isinstance(event, Nack):
+            await self._nack(gateway, event)
+        elif isinstance(event, Checkin):
+            await self._checkin(gateway, event)
+        elif isinstance(event, Status):
+            await self.set_gateway(gateway, "online", info={"in_flight": event.in_flight, "spooled": event.spooled,
+                                                            "labels_heard": event.labels_heard})
+
+    async def set_gateway(self, gateway: str, status: str, *, info: dict[str, Any] | None = None) -> None:
+        """Record a gateway's status (retained ``online``/``offline`` or a status event)."""
+        now = iso(utcnow())
+        async with self.db.transaction() as conn:
+            before = await fetchone(conn, "SELECT status FROM gateways WHERE store = ? AND id = ?",
+                                    (self.settings.store, gateway))
+            await conn.execute(
+                "INSERT INTO gateways (store, id, status, last_seen, info) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (store, id) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen, "
+                "info = CASE WHEN ? THEN excluded.info ELSE gateways.info END",
+                (self.settings.store, gateway, status, now, json.dumps(info or {}), info is not None))
+        if before is None or before["status"] != status:
+            log.info("gateway %s is %s", gateway, status)
+            if status == "offline":
+                # its jobs will not be answered: hand them back now rather than at their deadline
+                async with self.db.transaction() as conn:
+                    await conn.execute("UPDATE jobs SET state = 'queued', next_attempt_at = ? "
+                                       "WHERE state = 'sent' AND gateway = ?", (now, gateway))
+            self.poke()
+
+    async def _ack(self, gateway: str, ev: Ack) -> None:
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            job = await fetchone(conn, "SELECT kind, state, command, image_hash FROM jobs WHERE id = ? AND mac = ?",
+                                 (ev.job, ev.mac))
+            label = await fetchone(conn, "SELECT sku, expected_hash, origin_at, state FROM labels WHERE mac = ?",
+                                   (ev.mac,))
+            if job is None or label is None:
+                self._warn_once(gateway, "unknown_job", "gateway %s acked unknown job %d (%s)", gateway, ev.job, ev.mac)
+                return
+            if job["state"] in ("sent", "queued"):
+                await conn.execute("UPDATE jobs SET state = 'done', finished_at = ?, error = NULL WHERE id = ?",
+                                   (iso(now), ev.job))
+                self.metrics.jobs_finished.labels("done").inc()
+            displayed = ev.displayed_hash.hex() if ev.displayed_hash is not None else None
+            if job["kind"] == JobKind.PAIR:
+                # a new key: both counters start again under it
+                await conn.execute("UPDATE labels SET label_key = ?, tx_counter = ?, rx_highest = ? WHERE mac = ?",
+                                   (job["command"], ev.tx_counter, ev.rx_highest, ev.mac))
+            else:
+                await conn.execute("UPDATE labels SET tx_counter = MAX(tx_counter, ?), rx_highest = MAX(rx_highest, ?) "
+                                   "WHERE mac = ?", (ev.tx_counter, ev.rx_highest, ev.mac))
+            await self._seen(conn, ev.mac, gateway, now, displayed=displayed, battery_mv=ev.battery_mv,
+                             temperature_c=ev.temperature_c, rssi=ev.rssi, label=label)
+        self.on_states([ev.mac])
+        self.poke()
+
+    async def _seen(self, conn: aiosqlite.Connection, mac: str, gateway: str | None, now: datetime, *,
+                    displayed: str | None, battery_mv: int | None, temperature_c: float | None, rssi: int | None,
+                    label: Any) -> None:
+        """A label was heard (ack or authenticated check-in): its sensors and state."""
+        temp = None if temperature_c is None else round(temperature_c)
+        await conn.execute(
+            "UPDATE labels SET displayed_hash = COALESCE(?, displayed_hash), battery_mv = COALESCE(?, battery_mv), "
+            "temperature_c = COALESCE(?, temperature_c), rssi = COALESCE(?, rssi), last_seen = ?, "
+            "gateway = COALESCE(?, gateway), failures = 0, updated_at = ? WHERE mac = ?",
+            (displayed, battery_mv, temp, rssi, iso(now), gateway, iso(now), mac))
+        shown = displayed if displayed is not None else None
+        if label["sku"] is None:
+            return
+        if shown is not None and shown == label["expected_hash"]:
+            if label["origin_at"] is not None:
+                self.metrics.time_to_shelf.observe(max(0.0, (now - parse_iso(label["origin_at"])).total_seconds()))
+            await conn.execute("UPDATE labels SET state = 'ok', origin_at = NULL WHERE mac = ?", (mac,))
+            if label["state"] in ("offline", "failed"):
+                log.info("label %s is back and up to date", mac)
+        elif label["state"] in ("offline", "failed", "ok"):
+            if label["state"] != "ok":
+                log.info("label %s is back (was %s); catching it up", mac, label["state"])
+            open_job = await fetchone(conn, "SELECT 1 FROM jobs WHERE mac = ? AND state IN ('queued', 'sent')", (mac,))
+            await conn.execute("UPDATE labels SET state = 'pending' WHERE mac = ?", (mac,))
+            if open_job is None:
+                await conn.execute("UPDATE labels SET dirty = ?, origin_at = COALESCE(origin_at, ?) WHERE mac = ?",
+                                   (dirty_generation(), iso(now), mac))
+                self.on_dirty()
+
+    async def _nack(self, gateway: str | None, ev: Nack) -> None:
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            job = await fetchone(conn, "SELECT kind, state, attempts, image_hash FROM jobs WHERE id = ? AND mac = ?",
+                                 (ev.job, ev.mac))
+            if job is None or job["state"] != "sent":
+                return  # a duplicate, or already handed back
+            if ev.tx_counter is not None and job["kind"] != JobKind.PAIR:
+                await conn.execute("UPDATE labels SET tx_counter = MAX(tx_counter, ?), "
+                                   "rx_highest = MAX(rx_highest, COALESCE(?, 0)) WHERE mac = ?",
+                                   (ev.tx_counter, ev.rx_highest, ev.mac))
+            await conn.execute("INSERT INTO events (at, store, mac, gateway, kind, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                               (iso(now), self.settings.store, ev.mac, gateway, "nack",
+                                json.dumps({"job": ev.job, "code": ev.code, "reason": ev.reason})))
+            if ev.code == "base_mismatch":
+                await conn.execute("UPDATE jobs SET state = 'queued', base_hash = NULL, region = NULL, delta = 0, "
+                                   "format = (SELECT format FROM images WHERE hash = jobs.image_hash), "
+                                   "payload = (SELECT payload FROM images WHERE hash = jobs.image_hash), "
+                                   "next_attempt_at = ?, error = ? WHERE id = ?", (iso(now), ev.reason, ev.job))
+                self.metrics.jobs_retried.labels(ev.code).inc()
+            elif ev.retry and job["attempts"] < self.settings.max_attempts:
+                delay = backoff_s(job["attempts"], self.settings, self._rng)
+                await conn.execute("UPDATE jobs SET state = 'queued', next_attempt_at = ?, error = ? WHERE id = ?",
+                                   (iso(now + timedelta(seconds=delay)), f"{ev.code}: {ev.reason}", ev.job))
+                self.metrics.jobs_retried.labels(ev.code).inc()
+            else:
+                state = "offline" if ev.code in ("unreachable", "budget") else "failed"
+                await conn.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                                   (iso(now), f"{ev.code}: {ev.reason}", ev.job))
+                await conn.execute("UPDATE labels SET state = ?, failures = failures + 1, updated_at = ? WHERE mac = ?",
+                                   (state, iso(now), ev.mac))
+                self.metrics.jobs_finished.labels("failed").inc()
+                log.warning("label %s is %s after %d attempts: %s", ev.mac, state, job["attempts"], ev.reason)
+        self.on_states([ev.mac])
+        self.poke()
+
+    async def _checkin(self, gateway: str, ev: Checkin) -> None:
+        try:
+            frame = parse_frame(ev.frame)
+        except ProtocolError as exc:
+            self._warn_once(gateway, "bad_checkin", "gateway %s forwarded a bad check-in: %s", gateway, exc)
+            return
+        if not isinstance(frame, CheckinFrame) or frame.address is None or address_str(frame.address) != ev.mac:
+            self._warn_once(gateway, "bad_checkin", "gateway %s forwarded a check-in not from %s", gateway, ev.mac)
+            return
+        now = utcnow()
+        changed = False
+        async with self.db.transaction() as conn:
+            row = await fetchone(conn, "SELECT sku, label_key, rx_highest, expected_hash, origin_at, state "
+                                       "FROM labels WHERE mac = ?", (ev.mac,))
+            if row is None:
+                model = MODELS_BY_ID.get(frame.model_id)
+                if model is None:
+                    self._warn_once(ev.mac, "model", "label %s has unknown model id %d", ev.mac, frame.model_id)
+                    return
+                await conn.execute(
+                    "INSERT INTO labels (mac, store, model, gateway, state, rssi, battery_mv, last_seen, updated_at, "
+                    "factory_counter) VALUES (?, ?, ?, ?, 'unpaired', ?, ?, ?, ?, ?)",
+                    (ev.mac, self.settings.store, model.name, gateway, ev.rssi, frame.battery_mv, iso(now), iso(now),
+                     frame.rx_counter if frame.auth is None else 0))
+                await conn.execute("INSERT INTO events (at, store, mac, gateway, kind, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                                   (iso(now), self.settings.store, ev.mac, gateway, "discovered",
+                                    json.dumps({"model": model.name})))
+                log.info("discovered label %s (%s) via %s", ev.mac, model.name, gateway)
+                changed = True
+            elif frame.auth is None:  # the label has no key: new, or factory reset
+                await conn.execute("UPDATE labels SET factory_counter = MAX(factory_counter, ?), gateway = ?, "
+                                   "rssi = ?, last_seen = ? WHERE mac = ?",
+                                   (frame.rx_counter, gateway, ev.rssi, iso(now), ev.mac))
+                if row["sku"] is not None:
+                    if row["label_key"] is not None:
+                        log.warning("label %s checked in without its key (reset?); pairing it again", ev.mac)
+                        await conn.execute("UPDATE labels SET label_key = NULL WHERE mac = ?", (ev.mac,))
+                    if await ensure_pair_job(conn, store=self.settings.store, mac=ev.mac, now=now,
+                                             new_key=new_label_key()):
+                        self.metrics.jobs_created.labels(JobKind.PAIR).inc()
+                        await conn.execute("UPDATE labels SET dirty = ?, state = 'pending', "
+                                           "origin_at = COALESCE(origin_at, ?) WHERE mac = ?",
+                                           (dirty_generation(), iso(now), ev.mac))
+                        self.on_dirty()
+                        changed = True
+            else:
+                key = await self._verify(conn, row, ev, frame)
+                if key is None:
+                    return
+                await conn.execute("UPDATE labels SET rx_highest = MAX(rx_highest, ?), "
+                                   "tx_counter = MAX(tx_counter, ?) WHERE mac = ?",
+                                   (frame.auth.counter, frame.rx_counter, ev.mac))
+                await self._seen(conn, ev.mac, gateway, now, displayed=frame.displayed_hash.hex(),
+                                 battery_mv=frame.battery_mv, temperature_c=frame.temperature_c, rssi=ev.rssi,
+                                 label=row)
+                changed = True
+        if changed:
+            self.on_states([ev.mac])
+            self.poke()
+
+    async def _verify(self, conn: aiosqlite.Connection, row: Any, ev: Checkin, frame: CheckinFrame) -> bytes | None:
+        """The key the check-in is authenticated with (adopting a pairing whose ack was lost)."""
+        candidates: list[tuple[bytes, int | None]] = []
+        if row["label_key"] is not None:
+            candidates.append((row["label_key"], None))
+        for pair in await (await conn.execute(
+                "SELECT id, command FROM jobs WHERE mac = ? AND kind = 'pair' AND state IN ('queued', 'sent') "
+                "ORDER BY id DESC", (ev.mac,))).fetchall():
+            candidates.append((pair["command"], pair["id"]))
+        for key, pair_job in candidates:
+            highest = row["rx_highest"] if pair_job is None else 0
+            try:
+                GatewaySession(ev.mac, key, rx=ReplayWindow(highest=highest)).open(ev.frame)
+            except ProtocolError:
+                continue
+            if pair_job is not None:
+                await conn.execute("UPDATE labels SET label_key = ?, tx_counter = ?, rx_highest = 0 WHERE mac = ?",
+                                   (key, frame.rx_counter, ev.mac))
+                await conn.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE id = ?",
+                                   (iso(utcnow()), pair_job))
+            return key
+        self._warn_once(ev.mac, "checkin_auth", "check-in from %s failed authentication (forged, replayed or "
+                                                 "another key)", ev.mac)
+        return None
+
+    def _warn_once(self, who: str, kind: str, msg: str, *args: object) -> None:
+        if (who, kind) not in self._warned:
+            self._warned.add((who, kind))
+            log.warning(msg, *args)
+
+
+assert HASH_SIZE == 8

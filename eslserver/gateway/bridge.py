@@ -1,0 +1,414 @@
+"""The gateway process: MQTT jobs in, radio conversations out, events back.
+
+`Gateway` joins one broker connection (`eslserver.mqtt.MqttConnection`) to one radio
+(`firmware_proto.link.Radio`: the loopback simulator radio or BLE, see `open_radio`):
+
+- **Jobs** arrive on ``{prefix}/{store}/gateway/{id}/jobs`` (QoS 1, binary envelopes). Each is
+  written to the spool (`JobSpool`, SQLite) *before* the handler returns, and the broker gets
+  its PUBACK only then, so a kill -9 loses nothing: spooled jobs resume at restart, unspooled
+  ones are redelivered by the broker (persistent session). A redelivery of a job already
+  spooled or finished is recognised by (job id, attempt) and not run twice.
+- Jobs run with at most ``concurrency`` in flight and one at a time per label, in arrival
+  order per label (`eslserver.gateway.conversation.run_job`). The counters a job uses are
+  noted in the spool before use, so a restarted gateway continues above them.
+- **Events** (`eslserver.gateway.events`) go to ``…/events`` at QoS 1: the job's ack or nack
+  (then the job leaves the spool), check-ins heard on the radio (coalesced per label), and a
+  status line every ``status_interval_s``.
+- **Presence**: ``…/status`` is ``online`` (retained) on every connect, ``offline`` (retained) on
+  a clean exit, and the last will ``offline`` when the connection dies.
+
+A job with an undecodable envelope is nacked ``bad_job`` when its header names the job, and
+otherwise logged and dropped (the server's deadline retries it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Self
+
+from eslserver.gateway.conversation import (
+    CheckinTracker,
+    JobSettings,
+    first_reservation,
+    run_job,
+)
+from eslserver.gateway.events import Ack, Checkin, Event, EventError, Nack, Status
+from eslserver.gateway.spool import JobSpool, PutResult, SpoolError
+from eslserver.mqtt import Message, MqttConnection, MqttSettings, MqttUnavailable, Will
+from firmware_proto.envelope import EnvelopeError, JobEnvelope, parse_envelope
+from firmware_proto.link import Radio
+
+__all__ = ["RadioSpecError", "GatewayConfigError", "GatewayConfig", "Gateway", "open_radio"]
+
+log = logging.getLogger(__name__)
+
+_BAD_NAME = set("+#/") | {"\x00"}
+
+
+class RadioSpecError(ValueError):
+    """A ``--radio`` value that names no radio (the message shows what is accepted)."""
+
+
+class GatewayConfigError(ValueError):
+    """A gateway setting out of range; names the field and the value."""
+
+
+def open_radio(spec: str) -> Radio:
+    """The radio a ``--radio`` value names: ``sim://HOST:PORT`` (the ``esl simulate`` loopback
+    radio) or ``ble`` (this machine's Bluetooth adapter, through bleak). Not started yet."""
+    if spec == "ble":
+        from eslserver.gateway.links.ble import BleRadio  # only BLE needs bleak
+
+        return BleRadio()
+    if spec.startswith("sim://"):
+        hostport = spec[len("sim://"):]
+        host, sep, port_s = hostport.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if sep and host and port_s.isdigit() and 0 < int(port_s) < 65536:
+            from eslserver.gateway.links.loopback import LoopbackRadio
+
+            return LoopbackRadio(host, int(port_s))
+    raise RadioSpecError(f"radio: expected sim://HOST:PORT or ble, got {spec!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """One gateway's identity and limits, validated once."""
+
+    store: str
+    gateway_id: str
+    data_dir: Path
+    prefix: str = "esl"
+    concurrency: int = 8
+    status_interval_s: float = 30.0
+    checkin_coalesce_s: float = 1.0
+    max_checkin_backlog: int = 10_000
+    job: JobSettings = field(default_factory=JobSettings)
+
+    def __post_init__(self) -> None:
+        for name in ("store", "gateway_id", "prefix"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or _BAD_NAME & set(value):
+                raise GatewayConfigError(f"{name} must be a non-empty MQTT topic level "
+                                         f"(no '+', '#', '/'), got {value!r}")
+        if not isinstance(self.concurrency, int) or not 1 <= self.concurrency <= 10_000:
+            raise GatewayConfigError(f"concurrency must be an int in 1..10000, got {self.concurrency!r}")
+        for name in ("status_interval_s", "checkin_coalesce_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < 86_400:
+                raise GatewayConfigError(f"{name} must be a number of seconds in 0..86400, got {value!r}")
+        if self.status_interval_s == 0:
+            raise GatewayConfigError("status_interval_s must be > 0, got 0")
+
+    def topic(self, leaf: str) -> str:
+        return f"{self.prefix}/{self.store}/gateway/{self.gateway_id}/{leaf}"
+
+    @property
+    def client_id(self) -> str:
+        return f"esl-gateway-{self.store}-{self.gateway_id}"
+
+    @property
+    def spool_path(self) -> Path:
+        return Path(self.data_dir) / f"gateway-{self.store}-{self.gateway_id}.spool.sqlite3"
+
+
+@dataclass(slots=True)
+class _Job:
+    envelope: JobEnvelope
+    received_at: datetime
+    used_through: int  # a previous run may have used counters up to this (0: never ran)
+    reserved: int  # counters noted in the spool so far
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.envelope.job_id, self.envelope.attempt
+
+
+class Gateway:
+    """``async with Gateway(config, radio, mqtt_settings):`` runs the gateway until the block ends.
+
+    Entering opens the spool, starts the radio, schedules the spooled jobs and starts the MQTT
+    connection (it does not wait for the broker: jobs already spooled run meanwhile, and their
+    results are published once it is reachable). Leaving stops the jobs (they stay spooled),
+    publishes ``offline``, and closes everything.
+    """
+
+    def __init__(self, config: GatewayConfig, radio: Radio, mqtt: MqttSettings, *,
+                 reconnect_min_s: float = 0.2, reconnect_max_s: float = 10.0) -> None:
+        self.config = config
+        self.radio = radio
+        self.checkins = CheckinTracker(coalesce_s=config.checkin_coalesce_s)
+        self.spool = JobSpool(config.spool_path)
+        self.mqtt = MqttConnection(
+            mqtt, client_id=config.client_id, clean_session=False,
+            will=Will(config.topic("status"), b"offline", qos=1, retain=True),
+            on_connect=self._on_connect, reconnect_min_s=reconnect_min_s,
+            reconnect_max_s=reconnect_max_s)
+        self.mqtt.subscribe(config.topic("jobs"), self._on_job, qos=1, concurrency=config.concurrency)
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._queues: dict[str, deque[_Job]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._deliveries: dict[str, asyncio.Task[None]] = {}
+        self._known: set[tuple[int, int]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._backlog: deque[Checkin] = deque()
+        self._backlog_ready = asyncio.Event()
+        self._dropped_checkins = 0
+        self._bad_envelopes = 0
+        self.in_flight = 0
+        self.results: dict[str, int] = {"ack": 0, "nack": 0}
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        await self.spool.open()
+        try:
+            self.radio.set_checkin_callback(self._on_checkin)
+            await self.radio.start()
+            for spooled in await self.spool.pending():
+                try:
+                    envelope = parse_envelope(spooled.envelope)
+                except EnvelopeError as exc:  # cannot happen for what we spooled; never loop on it
+                    log.error("spooled job %d is unreadable, dropped: %s", spooled.job_id, exc)
+                    await self.spool.finish(spooled.job_id, spooled.attempt)
+                    continue
+                self._schedule(_Job(envelope, spooled.received_at, spooled.used_through, spooled.used_through))
+            if self._known:
+                log.info("resuming %d spooled jobs", len(self._known))
+            await self.mqtt.__aenter__()
+        except BaseException:
+            await self._stop_tasks()
+            await self.radio.close()
+            await self.spool.close()
+            raise
+        self._spawn(self._publish_checkins(), "gateway-checkins")
+        self._spawn(self._publish_status(), "gateway-status")
+        log.info("gateway %s for store %s: jobs on %s", self.config.gateway_id, self.config.store,
+                 self.config.topic("jobs"))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stop_tasks()
+        try:
+            await self.mqtt.publish(self.config.topic("status"), b"offline", qos=1, retain=True, timeout=2.0)
+        except MqttUnavailable:
+            log.warning("could not publish 'offline' (broker unreachable); the last will covers it")
+        await self.mqtt.__aexit__(None, None, None)
+        self.radio.set_checkin_callback(None)
+        await self.radio.close()
+        await self.spool.close()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set."""
+        async with self:
+            await stop.wait()
+
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("gateway task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def _stop_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._workers.clear()
+        self._deliveries.clear()
+        self._queues.clear()
+
+    # -- MQTT side ----------------------------------------------------------------------------
+    async def _on_connect(self) -> None:
+        await self.mqtt.publish(self.config.topic("status"), b"online", qos=1, retain=True)
+
+    async def _publish(self, event: Event) -> None:
+        await self.mqtt.publish(self.config.topic("events"), event.to_json(), qos=1)
+
+    async def _on_job(self, message: Message) -> None:
+        """A job from the broker: spool it (durably) and schedule it; the PUBACK follows."""
+        try:
+            envelope = parse_envelope(message.payload)
+        except EnvelopeError as exc:
+            await self._bad_job(exc)
+            return
+        received = datetime.now(UTC)
+        reserved = first_reservation(envelope, self.config.job)
+        put = await self._spool_put(envelope, message.payload, received, reserved)
+        job = _Job(envelope, received, 0, reserved)
+        if put is PutResult.NEW:
+            self._schedule(job)
+        elif put is PutResult.DUPLICATE and job.key not in self._known:
+            self._schedule(await self._respooled(job))
+        else:
+            log.debug("job %d attempt %d delivered again (%s); ignored", envelope.job_id,
+                      envelope.attempt, put.value)
+
+    async def _spool_put(self, envelope: JobEnvelope, raw: bytes, received: datetime,
+                         reserved: int) -> PutResult:
+        """Spool the job, retrying while the disk refuses: returning without it spooled would
+        let the broker forget a job nobody holds."""
+        failures = 0
+        while True:
+            try:
+                put = await self.spool.put(envelope.job_id, envelope.attempt, raw, received,
+                                           used_through=reserved)
+            except SpoolError as exc:
+                failures += 1
+                if failures == 1:
+                    log.error("cannot spool job %d (%s); holding it until the spool works", envelope.job_id, exc)
+                await asyncio.sleep(min(10.0, 0.5 * failures))
+                continue
+            if failures:
+                log.info("spool works again (job %d spooled)", envelope.job_id)
+            return put
+
+    async def _respooled(self, job: _Job) -> _Job:
+        for spooled in await self.spool.pending():
+            if (spooled.job_id, spooled.attempt) == job.key:
+                return _Job(job.envelope, spooled.received_at, spooled.used_through, spooled.used_through)
+        return job
+
+    async def _bad_job(self, exc: EnvelopeError) -> None:
+        self._bad_envelopes += 1
+        if exc.job_id is None or exc.mac is None:
+            log.warning("dropped an undecodable job envelope: %s", exc)
+            return
+        log.warning("job %d for %s is malformed: %s", exc.job_id, exc.mac, exc)
+        try:
+            nack = Nack(job=exc.job_id, mac=exc.mac, code="bad_job", reason=str(exc)[:1000], retry=False)
+        except EventError as err:
+            log.warning("cannot nack job %d: %s", exc.job_id, err)
+            return
+        await self._publish(nack)
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def _schedule(self, job: _Job) -> None:
+        self._known.add(job.key)
+        mac = job.envelope.mac
+        self._queues.setdefault(mac, deque()).append(job)
+        if mac not in self._workers:
+            self._workers[mac] = self._spawn(self._label_worker(mac), f"gateway-label-{mac}")
+
+    async def _label_worker(self, mac: str) -> None:
+        """Runs `mac`'s jobs one after another, each in one of the ``concurrency`` slots.
+
+        A result is handed to `_deliver` and the next job starts at once: jobs go on while the
+        broker is unreachable, and their results follow, in order, when it is back.
+        """
+        queue = self._queues[mac]
+        try:
+            while queue:
+                job = queue[0]
+                async with self._slots:
+                    self.in_flight += 1
+                    try:
+                        result = await self._run(job)
+                    finally:
+                        self.in_flight -= 1
+                queue.popleft()
+                if result is None:
+                    self._known.discard(job.key)  # stays spooled: resumed at restart
+                else:
+                    self._deliver(job, result)
+        finally:
+            if self._workers.get(mac) is asyncio.current_task():
+                del self._workers[mac]
+                if not queue:
+                    self._queues.pop(mac, None)
+
+    def _deliver(self, job: _Job, result: Ack | Nack) -> None:
+        """Publish `result`, then drop the job from the spool; a label's results go out in the
+        order its jobs ran (the server must see a pairing's ack before the next job's)."""
+        mac = job.envelope.mac
+        previous = self._deliveries.get(mac)
+        task = self._spawn(self._publish_result(job, result, previous),
+                           f"gateway-result-{job.envelope.job_id}")
+        self._deliveries[mac] = task
+
+    async def _publish_result(self, job: _Job, result: Ack | Nack,
+                              previous: asyncio.Task[None] | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])  # its outcome is its own (logged if it failed)
+        try:
+            await self._publish(result)
+            self.results[result.type] += 1
+            await self.spool.finish(*job.key)
+            self._known.discard(job.key)
+        finally:
+            mac = job.envelope.mac
+            if self._deliveries.get(mac) is asyncio.current_task():
+                del self._deliveries[mac]
+
+    async def _run(self, job: _Job) -> Ack | Nack | None:
+        env = job.envelope
+        loop = asyncio.get_running_loop()
+        left = env.deadline_s - (datetime.now(UTC) - job.received_at).total_seconds()
+        reserve = partial(self.spool.note_used, env.job_id, env.attempt)
+        try:
+            return await run_job(self.radio, env, checkins=self.checkins, settings=self.config.job,
+                                 deadline=loop.time() + left, used_through=job.used_through,
+                                 reserved=job.reserved, reserve=reserve)
+        except SpoolError as exc:  # cannot note counters: must not go on; stays spooled
+            log.error("job %d for %s stopped: %s", env.job_id, env.mac, exc)
+            return None
+        except Exception as exc:  # a bug: report it rather than leave the server waiting
+            log.exception("job %d for %s failed inside the gateway", env.job_id, env.mac)
+            return Nack(job=env.job_id, mac=env.mac, code="refused", retry=True,
+                        reason=f"gateway error: {type(exc).__name__}: {exc}"[:1000])
+
+    # -- radio side ---------------------------------------------------------------------------
+    def _on_checkin(self, mac: str, frame: bytes, rssi: int) -> None:
+        if not self.checkins.record(mac, frame, rssi):
+            return
+        heard = self.checkins.latest(mac)
+        if heard is None:
+            return
+        try:
+            event = Checkin(mac=heard.mac, rssi=rssi, frame=heard.frame, at=heard.at)
+        except EventError as exc:
+            log.debug("check-in from %s not forwarded: %s", mac, exc)
+            return
+        if len(self._backlog) >= self.config.max_checkin_backlog:
+            self._backlog.popleft()
+            self._dropped_checkins += 1
+            if self._dropped_checkins == 1:
+                log.warning("check-ins pile up (broker unreachable?): dropping the oldest")
+        self._backlog.append(event)
+        self._backlog_ready.set()
+
+    async def _publish_checkins(self) -> None:
+        while True:
+            await self._backlog_ready.wait()
+            self._backlog_ready.clear()
+            while self._backlog:
+                batch = [self._backlog.popleft() for _ in range(min(64, len(self._backlog)))]
+                await asyncio.gather(*(self._publish(ev) for ev in batch))
+
+    async def _publish_status(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.status_interval_s)
+            if not self.mqtt.is_connected:
+                continue  # a status is about now: do not queue stale ones
+            try:
+                await self.mqtt.publish(self.config.topic("events"), self.status().to_json(), qos=1,
+                                        timeout=self.config.status_interval_s)
+            except MqttUnavailable:
+                continue
+
+    def status(self) -> Status:
+        """The gateway's status now."""
+        return Status(gateway=self.config.gateway_id, in_flight=self.in_flight,
+                      spooled=len(self._known), labels_heard=self.checkins.labels_heard)

@@ -1,0 +1,217 @@
+"""POS price updates in: map fields, validate, store with history, mark the labels to redraw.
+
+One call of `Ingest.submit` is one POS message (an object or a batch). Each item is mapped
+through the store's field map and validated on its own, so one bad item is reported (its
+index, field and value) and the rest are applied. Everything accepted is committed in one
+transaction before `submit` returns, and MQTT / HTTP acknowledge only after that.
+
+Ordering: an item whose ``seq`` is not above the highest stored for its SKU (applied or
+scheduled) is stale: ignored and counted, not an error (a POS replaying its outbox is
+normal). An item with ``valid_from`` in the future is kept in ``scheduled_updates`` and
+applied by `apply_due` at its time, unless a newer ``seq`` has been applied by then (the
+POS's newest instruction wins). Promotion windows need no scheduling of their own: the
+product's ``next_change_at`` says when its label must be redrawn.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+
+from eslserver import pricing
+from eslserver.audit import Who, record_audit
+from eslserver.config import Settings
+from eslserver.db.database import Database, fetchall, fetchone
+from eslserver.metrics import Metrics
+from eslserver.pricing import PriceError, PriceUpdate
+from eslserver.timeutil import iso, parse_iso, utcnow
+
+__all__ = ["Ingest", "IngestResult", "mark_dirty_sql", "dirty_generation"]
+
+log = logging.getLogger(__name__)
+
+_generation = itertools.count(time.time_ns())
+
+
+def dirty_generation() -> int:
+    """A number larger than every earlier one in this process (and, being clock-based, across
+    restarts): a label is marked dirty with a new generation, and the renderer clears the
+    mark only if it is still the generation it rendered."""
+    return next(_generation)
+
+
+mark_dirty_sql = ("UPDATE labels SET dirty = ?, origin_at = COALESCE(origin_at, ?) "
+                  "WHERE store = ? AND sku = ?")
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """What happened to each item: accepted (applied, scheduled or stale) or an error."""
+
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"accepted": self.accepted, "errors": self.errors}
+
+
+class Ingest:
+    """The POS side of the server (MQTT and HTTP both end here)."""
+
+    def __init__(self, db: Database, settings: Settings, metrics: Metrics,
+                 on_dirty: Callable[[], None] = lambda: None) -> None:
+        self.db = db
+        self.settings = settings
+        self.metrics = metrics
+        self.on_dirty = on_dirty
+
+    async def submit(self, payload: bytes | str | Sequence[object] | Mapping[str, Any], *, source: str,
+                     actor: Who) -> IngestResult:
+        """Validate and store one POS message; committed before this returns."""
+        result = IngestResult()
+        received = utcnow()
+        if isinstance(payload, (bytes, str)):
+            try:
+                items: list[object] = pricing.parse_payload(payload)
+            except PriceError as exc:
+                self._reject(result, exc, source)
+                return result
+        elif isinstance(payload, Mapping):
+            items = [payload]
+        else:
+            items = list(payload)
+        updates: list[tuple[int, PriceUpdate]] = []
+        for index, item in enumerate(items):
+            try:
+                mapped = (pricing.apply_field_map(item, self.settings.field_map, index=index)
+                          if isinstance(item, Mapping) and self.settings.field_map else item)
+                updates.append((index, pricing.validate_update(mapped, index=index,
+                                                               default_currency=self.settings.currency)))
+            except PriceError as exc:
+                if exc.index is None:
+                    exc.index = index
+                self._reject(result, exc, source)
+        self.metrics.updates_received.labels(source).inc(len(items))
+        if not updates:
+            return result
+        dirty = False
+        async with self.db.transaction() as conn:
+            for index, update in updates:
+                status = await self._accept(conn, update, received, source, actor)
+                result.accepted.append({"index": index, "sku": update.sku, "status": status})
+                dirty |= status == "applied"
+        for item in result.accepted:
+            if item["status"] == "stale":
+                self.metrics.updates_stale.labels(source).inc()
+            elif item["status"] == "scheduled":
+                self.metrics.updates_scheduled.labels(source).inc()
+        if dirty:
+            self.on_dirty()
+        return result
+
+    def _reject(self, result: IngestResult, exc: PriceError, source: str) -> None:
+        body = exc.to_json()
+        result.errors.append(body)
+        self.metrics.updates_rejected.labels(source, str(body.get("error", "invalid"))).inc()
+
+    async def _accept(self, conn: aiosqlite.Connection, update: PriceUpdate, received: datetime,
+                      source: str, actor: Who) -> str:
+        store = self.settings.store
+        row = await fetchone(conn, "SELECT seq FROM products WHERE store = ? AND sku = ?", (store, update.sku))
+        if update.seq is not None:
+            sched = await fetchone(conn, "SELECT MAX(seq) FROM scheduled_updates WHERE store = ? AND sku = ?",
+                                   (store, update.sku))
+            highest = max((v for v in ((row[0] if row else None), sched[0] if sched else None) if v is not None),
+                          default=None)
+            if highest is not None and update.seq <= highest:
+                return "stale"
+        if update.valid_from is not None and update.valid_from > received:
+            await conn.execute(
+                "INSERT INTO scheduled_updates (store, sku, fields, seq, valid_from, received_at, source) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (store, update.sku, pricing.record_to_json(dict(update.fields)), update.seq,
+                 iso(update.valid_from), iso(received), source))
+            await record_audit(conn, actor, "price.schedule", update.sku, None,
+                               {"fields": dict(update.fields), "valid_from": update.valid_from, "seq": update.seq})
+            return "scheduled"
+        effective = update.valid_from or received
+        await apply_update(conn, store, update, effective, received, source, actor)
+        return "applied"
+
+    async def apply_due(self, now: datetime, actor: Who) -> int:
+        """Apply scheduled updates whose time has come and redraw labels whose promotion
+        starts or ends by `now`; returns how many products changed."""
+        store = self.settings.store
+        changed = 0
+        async with self.db.transaction() as conn:
+            due = await fetchall(conn, "SELECT id, sku, fields, seq, valid_from, received_at, source "
+                                       "FROM scheduled_updates WHERE store = ? AND valid_from <= ? ORDER BY valid_from, id",
+                                 (store, iso(now)))
+            for row in due:
+                await conn.execute("DELETE FROM scheduled_updates WHERE id = ?", (row["id"],))
+                update = PriceUpdate(sku=row["sku"], fields=pricing.record_from_json(row["fields"]),
+                                     seq=row["seq"], valid_from=parse_iso(row["valid_from"]))
+                current = await fetchone(conn, "SELECT seq FROM products WHERE store = ? AND sku = ?",
+                                         (store, update.sku))
+                if update.seq is not None and current is not None and current[0] is not None \
+                        and update.seq <= current[0]:
+                    log.info("scheduled update for %s (seq %s) superseded by seq %s", update.sku, update.seq, current[0])
+                    continue
+                await apply_update(conn, store, update, parse_iso(row["valid_from"]), parse_iso(row["received_at"]),
+                                   row["source"], actor)
+                changed += 1
+            flips = await fetchall(conn, "SELECT sku, record FROM products WHERE store = ? AND next_change_at <= ?",
+                                   (store, iso(now)))
+            for row in flips:
+                nxt = pricing.next_change_after(pricing.record_from_json(row["record"]), now)
+                await conn.execute("UPDATE products SET next_change_at = ? WHERE store = ? AND sku = ?",
+                                   (iso(nxt) if nxt else None, store, row["sku"]))
+                await conn.execute(mark_dirty_sql, (dirty_generation(), iso(now), store, row["sku"]))
+                changed += 1
+        if changed:
+            self.on_dirty()
+        return changed
+
+    async def next_due(self) -> datetime | None:
+        """When `apply_due` next has something to do (None: nothing scheduled)."""
+        row = await self.db.read_one(
+            "SELECT MIN(t) FROM (SELECT MIN(valid_from) AS t FROM scheduled_updates WHERE store = ? "
+            "UNION ALL SELECT MIN(next_change_at) FROM products WHERE store = ?)",
+            (self.settings.store, self.settings.store))
+        return parse_iso(row[0]) if row and row[0] else None
+
+
+async def apply_update(conn: aiosqlite.Connection, store: str, update: PriceUpdate, effective: datetime,
+                       received: datetime, source: str, actor: Who) -> None:
+    """Make `update` the product's current state at `effective`: record, history, labels."""
+    row = await fetchone(conn, "SELECT record, seq FROM products WHERE store = ? AND sku = ?", (store, update.sku))
+    before = pricing.record_from_json(row["record"]) if row else None
+    after = pricing.merge_record(before, update)
+    for period in pricing.periods_for_update(before, update, effective):
+        await conn.execute(
+            "INSERT INTO price_history (store, sku, price, start_at, end_at, reduction, seq, source, recorded_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (store, update.sku, str(period.price), iso(period.start), iso(period.end) if period.end else None,
+             int(period.reduction), update.seq, source, iso(received)))
+    nxt = pricing.next_change_after(after, received)
+    seq = max((s for s in (update.seq, row["seq"] if row else None) if s is not None), default=None)
+    await conn.execute(
+        "INSERT INTO products (store, sku, record, seq, updated_at, next_change_at) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (store, sku) DO UPDATE SET record = excluded.record, seq = excluded.seq, "
+        "updated_at = excluded.updated_at, next_change_at = excluded.next_change_at",
+        (store, update.sku, pricing.record_to_json(after), seq, iso(received), iso(nxt) if nxt else None))
+    await conn.execute(mark_dirty_sql, (dirty_generation(), iso(received), store, update.sku))
+    await record_audit(conn, actor, "price.update", update.sku, before, after)
+
+
+def error_message(result: IngestResult) -> bytes:
+    """The JSON published on ``pos/errors`` for a message with rejected items."""
+    return json.dumps({"errors": result.errors, "accepted": len(result.accepted)}, ensure_ascii=False).encode()

@@ -1,0 +1,167 @@
+"""Label templates as the server keeps them: shipped ones, and edited ones in the database.
+
+A template saved through the API replaces the shipped one of the same name (or adds a new
+name). Saving compiles the source and renders the sample products on every model the
+template declares; only a template that passes both replaces the last good version, so a
+broken edit never reaches a label. Labels that use the template are marked for redrawing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from PIL import Image
+
+from eslserver.audit import Who, record_audit
+from eslserver.config import DEFAULT_TEMPLATES, Settings
+from eslserver.db.database import Database, fetchone
+from eslserver.ingest import dirty_generation
+from eslserver import pricing
+from eslserver.timeutil import iso, parse_iso, utcnow
+
+from firmware_proto.image import decompress
+from firmware_proto.models import get_model
+from firmware_proto.transfer import framebuffer_size
+from render.batch import render_batch
+from render.context import Store
+from render.pack import from_framebuffer
+from render.palette import to_rgb_image
+from render.samples import image_resolver, sample_catalogue
+from render.templates import (
+    Template, TemplateError, load_template, shipped_template_names, template_from_string,
+)
+
+__all__ = ["Templates", "png_of_indices", "framebuffer_png"]
+
+
+def png_of_indices(indices: Any) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(to_rgb_image(indices), "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def framebuffer_png(framebuffer: bytes, model: str) -> bytes:
+    """A PNG of a packed framebuffer in the panel's colours."""
+    return png_of_indices(from_framebuffer(framebuffer, get_model(model)))
+
+
+class Templates:
+    """Template storage, validation and previews."""
+
+    def __init__(self, db: Database, settings: Settings, *, on_dirty: Callable[[], None] = lambda: None) -> None:
+        self.db = db
+        self.settings = settings
+        self.on_dirty = on_dirty
+
+    async def list(self) -> list[dict[str, Any]]:
+        stored = {r["name"]: r for r in await self.db.read("SELECT name, version, updated_at, updated_by, source "
+                                                               "FROM templates")}
+        out = []
+        for name in sorted(set(shipped_template_names()) | set(stored)):
+            row = stored.get(name)
+            try:
+                tpl = template_from_string(row["source"], name) if row else load_template(name)
+                info = tpl.info
+                models, description = list(info.models), info.description
+            except TemplateError:
+                models, description = [], ""
+            out.append({"name": name, "version": row["version"] if row else 0, "models": models,
+                        "description": description, "origin": "database" if row else "shipped",
+                        "updated_at": row["updated_at"] if row else None,
+                        "updated_by": row["updated_by"] if row else None})
+        return out
+
+    async def get(self, name: str) -> tuple[str, int] | None:
+        """(source, version): the stored version, else the shipped one (version 0)."""
+        row = await self.db.read_one("SELECT source, version FROM templates WHERE name = ?", (name,))
+        if row is not None:
+            return row["source"], row["version"]
+        if name in shipped_template_names():
+            return load_template(name).source, 0
+        return None
+
+    @staticmethod
+    def check(source: str, name: str) -> Template:
+        """Compile and render the sample products on each declared model; TemplateError if not."""
+        tpl = template_from_string(source, name)
+        records = sample_catalogue()[:3]
+        for model in tpl.info.models:
+            for result in render_batch(tpl, records, model=model, images=image_resolver()):
+                if result.error is not None:
+                    raise TemplateError(name, None, "render", f"{model}, sample {result.sku}: {result.error}")
+        return tpl
+
+    async def save(self, name: str, source: str, *, actor: Who) -> int:
+        """Store a new version after `check`; the new version number."""
+        tpl = await asyncio.to_thread(self.check, source, name)
+        now = iso(utcnow())
+        async with self.db.transaction() as conn:
+            before = await fetchone(conn, "SELECT source, version FROM templates WHERE name = ?", (name,))
+            version = (before["version"] if before else 0) + 1
+            await conn.execute(
+                "INSERT INTO templates (name, source, version, updated_at, updated_by) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET source = excluded.source, version = excluded.version, "
+                "updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                (name, source, version, now, actor.name))
+            models = [m for m, t in DEFAULT_TEMPLATES.items() if t == name]
+            await conn.execute(
+                f"UPDATE labels SET dirty = ?, origin_at = COALESCE(origin_at, ?) WHERE sku IS NOT NULL AND "
+                f"(template = ? OR (template IS NULL AND model IN ({', '.join('?' * len(models)) or 'NULL'})))",
+                (dirty_generation(), now, name, *models))
+            await record_audit(conn, actor, "template.save", name,
+                               {"version": before["version"], "source": before["source"]} if before else None,
+                               {"version": version, "source": source, "models": list(tpl.info.models)})
+        self.on_dirty()
+        return version
+
+    async def preview(self, *, source: str | None = None, name: str | None = None, sku: str | None = None,
+                      model: str | None = None, now: datetime | None = None) -> bytes:
+        """A PNG of the template (`source`, or the stored/shipped `name`) showing product `sku`
+        (default: the first sample product); raises TemplateError, or KeyError for an unknown sku."""
+        if source is None:
+            if name is None:
+                raise TemplateError("<preview>", None, "syntax", "give a template source or name")
+            found = await self.get(name)
+            if found is None:
+                raise TemplateError(name, None, "syntax", f"no template named {name!r}")
+            source = found[0]
+        when = now or utcnow()
+        record: dict[str, Any]
+        if sku is not None:
+            row = await self.db.read_one("SELECT record FROM products WHERE store = ? AND sku = ?",
+                                         (self.settings.store, sku))
+            if row is None:
+                raise KeyError(f"sku {sku!r} is not in the catalogue")
+            periods = [pricing.PricePeriod(Decimal(h["price"]), parse_iso(h["start_at"]),
+                                           parse_iso(h["end_at"]) if h["end_at"] else None, bool(h["reduction"]))
+                       for h in await self.db.read("SELECT price, start_at, end_at, reduction FROM price_history "
+                                                   "WHERE store = ? AND sku = ? ORDER BY id", (self.settings.store, sku))]
+            record = pricing.product_for_render(pricing.record_from_json(row["record"]), periods, when)
+        else:
+            record = sample_catalogue(when)[0]
+        text = source
+
+        def draw() -> bytes:
+            tpl = template_from_string(text, name or "<preview>")
+            result = render_batch(tpl, [record], model=model, store=Store(self.settings.store_name,
+                                                                           self.settings.currency),
+                                  now=when, images=image_resolver(), keep_indices=True)[0]
+            if result.error is not None or result.indices is None:
+                raise TemplateError(name or "<preview>", None, "render", result.error or "no image")
+            return png_of_indices(result.indices)
+
+        return await asyncio.to_thread(draw)
+
+    async def image_png(self, digest: str) -> bytes | None:
+        """A stored image (by content hash) as PNG; None if the server never rendered it."""
+        row = await self.db.read_one("SELECT model, format, payload FROM images WHERE hash = ?", (digest,))
+        if row is None:
+            return None
+        model = get_model(row["model"])
+        framebuffer = decompress(row["format"], row["payload"], framebuffer_size(model))
+        return framebuffer_png(framebuffer, row["model"])

@@ -1,0 +1,180 @@
+"""Labels: their state as the world sees it, binding to products, and commands (LED).
+
+The label state (DESIGN.md) is one JSON shape, served by the HTTP API and published
+retained on ``{prefix}/{store}/label/{mac}/state``. A label is up to date exactly when the
+hash it reported (``displayed_hash``) equals the hash the server rendered for it
+(``expected_hash``); ``state`` says why not when it is not:
+
+- ``unpaired``: bound to no product;
+- ``pending``: an update is on its way;
+- ``offline``: the label did not answer for ``max_attempts`` tries; it is caught up when it
+  checks in again;
+- ``failed``: the label refused the update (for instance a flat battery);
+- ``ok``: it shows what it should.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import aiosqlite
+
+from eslserver.audit import Who, record_audit
+from eslserver.config import Settings
+from eslserver.db.database import Database, fetchone
+from eslserver.ingest import dirty_generation
+from eslserver.jobs import JobKind, insert_job
+from eslserver.metrics import Metrics
+from eslserver.timeutil import iso, utcnow
+
+from firmware_proto.frames import address_bytes
+from firmware_proto.models import get_model
+
+__all__ = ["LabelError", "Labels", "state_json", "normalise_mac", "STATE_COLUMNS", "LED_FLASH"]
+
+STATE_COLUMNS = ("mac, sku, model, gateway, state, expected_hash, displayed_hash, battery_mv, temperature_c, "
+                 "rssi, last_seen, updated_at, template, aisle")
+
+LED_FLASH = {"led_index": 0, "color_brightness": 0xC3, "flash_pattern": 0b1010101010, "off_period": 2,
+             "on_period": 2}
+"""LED control parameters for a "find me" flash (red, full brightness, 200 ms on / 200 ms off);
+``repeat`` is set per request: bit 0 = 1 means the rest is a duration in seconds (ESL Service)."""
+
+
+class LabelError(ValueError):
+    """A label request that cannot be done (stable ``code``, human ``detail``)."""
+
+    def __init__(self, code: str, detail: str, status: int = 400) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.status = status
+
+
+def normalise_mac(mac: str) -> str:
+    """``aa-bb-cc-dd-ee-ff`` / ``aabbccddeeff`` / ``AA:BB:…`` → ``AA:BB:CC:DD:EE:FF``."""
+    raw = mac.strip().replace("-", ":")
+    if ":" not in raw and len(raw) == 12:
+        raw = ":".join(raw[i:i + 2] for i in range(0, 12, 2))
+    try:
+        data = address_bytes(raw)
+    except Exception:
+        raise LabelError("bad_mac", f"mac: expected AA:BB:CC:DD:EE:FF, got {mac!r}") from None
+    return ":".join(f"{b:02X}" for b in data)
+
+
+def state_json(row: Any) -> dict[str, Any]:
+    """The label-state JSON of DESIGN.md from a labels row (with `STATE_COLUMNS`)."""
+    return {
+        "mac": row["mac"], "sku": row["sku"], "model": row["model"], "gateway": row["gateway"],
+        "state": row["state"], "expected_hash": row["expected_hash"], "displayed_hash": row["displayed_hash"],
+        "battery_mv": row["battery_mv"], "temperature_c": row["temperature_c"], "rssi": row["rssi"],
+        "last_seen": row["last_seen"], "updated_at": row["updated_at"],
+    }
+
+
+class Labels:
+    """Label queries and the writes a technician makes."""
+
+    def __init__(self, db: Database, settings: Settings, metrics: Metrics, *,
+                 on_dirty: Callable[[], None] = lambda: None, on_jobs: Callable[[], None] = lambda: None,
+                 on_states: Callable[[Iterable[str]], None] = lambda macs: None) -> None:
+        self.db = db
+        self.settings = settings
+        self.metrics = metrics
+        self.on_dirty = on_dirty
+        self.on_jobs = on_jobs
+        self.on_states = on_states
+
+    async def state(self, mac: str) -> dict[str, Any] | None:
+        row = await self.db.read_one(f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (normalise_mac(mac),))
+        return None if row is None else state_json(row)
+
+    async def states(self, macs: Iterable[str]) -> list[dict[str, Any]]:
+        keys = list(macs)
+        out: list[dict[str, Any]] = []
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            rows = await self.db.read(f"SELECT {STATE_COLUMNS} FROM labels WHERE mac IN ({', '.join('?' * len(part))})",
+                                      part)
+            out.extend(state_json(r) for r in rows)
+        return out
+
+    async def register(self, conn: aiosqlite.Connection, mac: str, model: str, *, gateway: str | None = None,
+                       sku: str | None = None, template: str | None = None, aisle: str | None = None) -> bool:
+        """Add a label the server has not seen (discovered, or imported); True if it was new."""
+        get_model(model)
+        cur = await conn.execute(
+            "INSERT OR IGNORE INTO labels (mac, store, sku, model, template, gateway, aisle, state, updated_at, dirty) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (mac, self.settings.store, sku, model, template, gateway, aisle, "unpaired" if sku is None else "pending",
+             iso(utcnow()), dirty_generation() if sku is not None else 0))
+        return cur.rowcount > 0
+
+    async def bind(self, mac: str, sku: str, *, actor: Who, template: str | None = None,
+                   model: str | None = None) -> dict[str, Any]:
+        """Show product `sku` on label `mac` (a label unknown so far needs its `model`)."""
+        mac = normalise_mac(mac)
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            product = await fetchone(conn, "SELECT 1 FROM products WHERE store = ? AND sku = ?",
+                                     (self.settings.store, sku))
+            if product is None:
+                raise LabelError("unknown_sku", f"sku {sku!r} is not in the catalogue", 404)
+            before = await fetchone(conn, f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (mac,))
+            if before is None:
+                if model is None:
+                    raise LabelError("unknown_label", f"label {mac} has not been seen by any gateway; "
+                                                      "give its model to register it", 404)
+                await self.register(conn, mac, model, sku=sku, template=template)
+            else:
+                await conn.execute(
+                    "UPDATE labels SET sku = ?, template = COALESCE(?, template), dirty = ?, "
+                    "origin_at = COALESCE(origin_at, ?), state = CASE WHEN state = 'unpaired' THEN 'pending' "
+                    "ELSE state END, updated_at = ? WHERE mac = ?",
+                    (sku, template, dirty_generation(), iso(now), iso(now), mac))
+            after = await fetchone(conn, f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (mac,))
+            await record_audit(conn, actor, "label.bind", mac, state_json(before) if before else None,
+                               state_json(after))
+        self.on_dirty()
+        self.on_states([mac])
+        assert after is not None
+        return state_json(after)
+
+    async def unbind(self, mac: str, *, actor: Who) -> dict[str, Any]:
+        """The label shows nothing in particular any more (its image stays until re-bound)."""
+        mac = normalise_mac(mac)
+        async with self.db.transaction() as conn:
+            before = await fetchone(conn, f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (mac,))
+            if before is None:
+                raise LabelError("unknown_label", f"label {mac} is not known", 404)
+            await conn.execute("UPDATE jobs SET state = 'superseded', finished_at = ? WHERE mac = ? AND "
+                               "kind = 'image' AND state = 'queued'", (iso(utcnow()), mac))
+            await conn.execute("UPDATE labels SET sku = NULL, state = 'unpaired', dirty = 0, origin_at = NULL, "
+                               "updated_at = ? WHERE mac = ?", (iso(utcnow()), mac))
+            after = await fetchone(conn, f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (mac,))
+            await record_audit(conn, actor, "label.unbind", mac, state_json(before), state_json(after))
+        self.on_states([mac])
+        assert after is not None
+        return state_json(after)
+
+    async def flash(self, mac: str, *, seconds: int, actor: Who) -> int:
+        """Queue an LED flash of `seconds` (the technician's "find this label"); the job id."""
+        mac = normalise_mac(mac)
+        if not isinstance(seconds, int) or isinstance(seconds, bool) or not 1 <= seconds <= 3600:
+            raise LabelError("bad_seconds", f"seconds: expected an integer 1..3600, got {seconds!r}")
+        async with self.db.transaction() as conn:
+            row = await fetchone(conn, "SELECT label_key IS NOT NULL AS paired FROM labels WHERE mac = ?", (mac,))
+            if row is None:
+                raise LabelError("unknown_label", f"label {mac} is not known", 404)
+            if not row["paired"]:
+                raise LabelError("not_paired", f"label {mac} is not paired yet: it cannot be commanded", 409)
+            params = dict(LED_FLASH, repeat=(seconds << 1) | 1)
+            job = await insert_job(conn, store=self.settings.store, mac=mac, kind=JobKind.COMMAND, now=utcnow(),
+                                   command=json.dumps({"name": "led_control", "params": params}).encode())
+            await record_audit(conn, actor, "label.flash", mac, None, {"seconds": seconds, "job": job})
+        self.metrics.jobs_created.labels(JobKind.COMMAND).inc()
+        self.on_jobs()
+        return job

@@ -1,0 +1,234 @@
+"""Dirty labels → rendered images → outbox jobs, in batches, off the event loop.
+
+Anything that changes what a label should show (a price, a promotion starting, a template,
+a binding, a check-in that reveals the label lost its image) marks the label ``dirty`` with
+a generation number, in the transaction that made the change. This loop waits a debounce
+window after the first mark (a burst of POS messages becomes one batch), then renders every
+dirty label in batches on the process pool while the event loop keeps serving MQTT and HTTP,
+and writes the outcome in one transaction per batch:
+
+- the image the label already shows (its reported hash): nothing to send, state ``ok``;
+- otherwise an image job with the cheapest update (a region or delta against the image the
+  label shows, when the server has it), superseding older queued ones; an unpaired label
+  gets its pairing job first;
+- a render error (bad template, bad data): an event, and the label keeps its last good image.
+
+The dirty mark is cleared only if it still holds the generation that was rendered, so a
+change that lands during rendering is rendered again. A crash at any point leaves the marks
+in the database, and the next start renders those labels again: no change is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from decimal import Decimal
+from typing import Any
+
+from eslserver import pricing
+from eslserver.config import DEFAULT_TEMPLATES, Settings
+from eslserver.db.database import Database, fetchall, placeholders
+from eslserver.jobs import JobKind, ensure_pair_job, insert_job, supersede_queued_images
+from eslserver.metrics import Metrics
+from eslserver.render_worker import RenderItem, RenderJob, RenderOutcome, render_job
+from eslserver.timeutil import iso, parse_iso, utcnow
+
+from firmware_proto.auth import new_label_key
+
+__all__ = ["Pipeline", "template_for"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 64  # labels per task handed to a render process
+
+
+def template_for(model: str, template: str | None) -> str:
+    return template or DEFAULT_TEMPLATES.get(model, "shelf-2.9")
+
+
+class Pipeline:
+    """The render loop. `poke` after marking labels dirty; `run` is the task body."""
+
+    def __init__(self, db: Database, settings: Settings, metrics: Metrics, executor: Executor | None,
+                 *, on_jobs: Callable[[], None] = lambda: None,
+                 on_states: Callable[[Iterable[str]], None] = lambda macs: None) -> None:
+        self.db = db
+        self.settings = settings
+        self.metrics = metrics
+        self.executor = executor
+        self.on_jobs = on_jobs
+        self.on_states = on_states
+        self._wake = asyncio.Event()
+        self.batches = 0
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        self._wake.set()  # labels left dirty by a previous run
+        debounce = self.settings.debounce_ms / 1000
+        while True:
+            await self._wake.wait()
+            if debounce:
+                await asyncio.sleep(debounce)
+            self._wake.clear()
+            try:
+                while await self.step():
+                    pass
+            except Exception:  # the outermost boundary of the loop: log, back off, go on
+                log.exception("render pipeline failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
+                self._wake.set()
+
+    async def step(self) -> int:
+        """Render one batch of dirty labels; returns how many labels it handled."""
+        store = self.settings.store
+        rows = await self.db.read(
+            "SELECT l.mac, l.sku, l.model, l.template, l.displayed_hash, l.expected_hash, l.dirty, "
+            "l.label_key IS NOT NULL AS paired, l.origin_at, p.record "
+            "FROM labels l LEFT JOIN products p ON p.store = l.store AND p.sku = l.sku "
+            "WHERE l.store = ? AND l.dirty <> 0 ORDER BY l.dirty LIMIT ?",
+            (store, self.settings.render_batch))
+        if not rows:
+            return 0
+        now = utcnow()
+        orphans = [r for r in rows if r["record"] is None]
+        rows = [r for r in rows if r["record"] is not None]
+        skus = sorted({r["sku"] for r in rows})
+        periods: dict[str, list[pricing.PricePeriod]] = defaultdict(list)
+        if skus:
+            for h in await self.db.read(
+                    f"SELECT sku, price, start_at, end_at, reduction FROM price_history WHERE store = ? "
+                    f"AND sku IN ({placeholders(skus)}) ORDER BY id", (store, *skus)):
+                periods[h["sku"]].append(pricing.PricePeriod(
+                    Decimal(h["price"]), parse_iso(h["start_at"]),
+                    parse_iso(h["end_at"]) if h["end_at"] else None, bool(h["reduction"])))
+        bases = await self._bases({r["displayed_hash"] for r in rows if r["displayed_hash"]})
+        templates = await self._templates({template_for(r["model"], r["template"]) for r in rows})
+        groups: dict[tuple[str, str], list[RenderItem]] = defaultdict(list)
+        record_cache: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            sku = r["sku"]
+            if sku not in record_cache:
+                record_cache[sku] = pricing.product_for_render(pricing.record_from_json(r["record"]),
+                                                               periods.get(sku, []), now)
+            base = bases.get(r["displayed_hash"]) if r["displayed_hash"] else None
+            groups[(template_for(r["model"], r["template"]), r["model"])].append(RenderItem(
+                r["mac"], sku, record_cache[sku], base[1] if base else None, base[0] if base else None))
+        jobs: list[RenderJob] = []
+        for (tname, model), items in groups.items():
+            version, source = templates.get(tname, (0, None))
+            for i in range(0, len(items), _CHUNK):
+                jobs.append(RenderJob(tname, version, source, model, self.settings.store_name,
+                                      self.settings.currency, now, tuple(items[i:i + _CHUNK])))
+        started = time.perf_counter()
+        outcomes: list[RenderOutcome] = []
+        if jobs:
+            loop = asyncio.get_running_loop()
+            if self.executor is None:
+                results = [render_job(job) for job in jobs]
+            else:
+                results = await asyncio.gather(*(loop.run_in_executor(self.executor, render_job, job)
+                                                 for job in jobs))
+            for part in results:
+                outcomes.extend(part)
+        self.metrics.render_seconds.observe(time.perf_counter() - started)
+        by_mac = {r["mac"]: r for r in rows}
+        changed = await self._write(outcomes, by_mac, orphans, now)
+        self.batches += 1
+        if changed:
+            self.on_states(changed)
+        self.on_jobs()
+        return len(rows) + len(orphans)
+
+    async def _bases(self, hashes: set[str]) -> dict[str, tuple[int, bytes]]:
+        if not hashes:
+            return {}
+        keys = sorted(hashes)
+        rows = await self.db.read(f"SELECT hash, format, payload FROM images WHERE hash IN ({placeholders(keys)})",
+                                  keys)
+        return {r["hash"]: (r["format"], r["payload"]) for r in rows}
+
+    async def _templates(self, names: set[str]) -> dict[str, tuple[int, str]]:
+        keys = sorted(names)
+        rows = await self.db.read(f"SELECT name, version, source FROM templates WHERE name IN ({placeholders(keys)})",
+                                  keys)
+        return {r["name"]: (r["version"], r["source"]) for r in rows}
+
+    async def _write(self, outcomes: list[RenderOutcome], rows: dict[str, Any], orphans: list[Any],
+                     now: Any) -> list[str]:
+        store = self.settings.store
+        changed: list[str] = []
+        stamp = iso(now)
+        new_jobs = 0
+        async with self.db.transaction() as conn:
+            macs = [o.mac for o in outcomes]
+            current: dict[str, int] = {}
+            for i in range(0, len(macs), 500):
+                part = macs[i:i + 500]
+                for row in await fetchall(conn, f"SELECT mac, dirty FROM labels WHERE mac IN ({placeholders(part)})",
+                                          part):
+                    current[row["mac"]] = row["dirty"]
+            for r in orphans:  # unbound, or bound to a product that does not exist (yet)
+                await conn.execute("UPDATE labels SET dirty = 0 WHERE mac = ? AND dirty = ?", (r["mac"], r["dirty"]))
+            for out in outcomes:
+                r = rows[out.mac]
+                if current.get(out.mac) != r["dirty"]:
+                    # changed while we drew it (new price, unbound, rebound): the newer mark wins
+                    continue
+                if out.error is not None or out.image_hash is None:
+                    self.metrics.render_errors.inc()
+                    log.warning("label %s (sku %s): %s", out.mac, r["sku"], out.error)
+                    await conn.execute("INSERT INTO events (at, store, mac, kind, detail) VALUES (?, ?, ?, ?, ?)",
+                                       (stamp, store, out.mac, "render_error", json.dumps({"error": out.error})))
+                    await conn.execute("UPDATE labels SET state = 'failed', updated_at = ?, "
+                                       "dirty = CASE WHEN dirty = ? THEN 0 ELSE dirty END WHERE mac = ?",
+                                       (stamp, r["dirty"], out.mac))
+                    changed.append(out.mac)
+                    continue
+                self.metrics.labels_rendered.inc()
+                digest = out.image_hash.hex()
+                await conn.execute("INSERT OR IGNORE INTO images (hash, model, format, payload, created_at) "
+                                   "VALUES (?, ?, ?, ?, ?)", (digest, r["model"], out.image_format,
+                                                              out.image_payload, stamp))
+                if out.update is None or digest == r["displayed_hash"]:
+                    self.metrics.labels_skipped.inc()
+                    await supersede_queued_images(conn, out.mac, now)
+                    await conn.execute(
+                        "UPDATE labels SET expected_hash = ?, state = 'ok', origin_at = NULL, updated_at = ?, "
+                        "dirty = CASE WHEN dirty = ? THEN 0 ELSE dirty END WHERE mac = ?",
+                        (digest, stamp, r["dirty"], out.mac))
+                    changed.append(out.mac)
+                    continue
+                if digest == r["expected_hash"]:
+                    open_job = await (await conn.execute(
+                        "SELECT 1 FROM jobs WHERE mac = ? AND kind = 'image' AND image_hash = ? "
+                        "AND state IN ('queued', 'sent')", (out.mac, digest))).fetchone()
+                    if open_job is not None:  # already on its way
+                        await conn.execute("UPDATE labels SET dirty = 0 WHERE mac = ? AND dirty = ?",
+                                           (out.mac, r["dirty"]))
+                        continue
+                await supersede_queued_images(conn, out.mac, now)
+                if not r["paired"]:
+                    await ensure_pair_job(conn, store=store, mac=out.mac, now=now, new_key=new_label_key())
+                u = out.update
+                await insert_job(conn, store=store, mac=out.mac, kind=JobKind.IMAGE, now=now,
+                                 origin_at=r["origin_at"], image_hash=digest,
+                                 base_hash=u.base_hash.hex() if u.base_hash else None,
+                                 region=",".join(map(str, u.region)) if u.region else None,
+                                 delta=int(u.delta), format=u.image_format, payload=u.payload)
+                new_jobs += 1
+                await conn.execute(
+                    "UPDATE labels SET expected_hash = ?, state = CASE WHEN state = 'offline' "
+                    "THEN state ELSE 'pending' END, updated_at = ?, "
+                    "dirty = CASE WHEN dirty = ? THEN 0 ELSE dirty END WHERE mac = ?",
+                    (digest, stamp, r["dirty"], out.mac))
+                changed.append(out.mac)
+        if new_jobs:
+            self.metrics.jobs_created.labels(JobKind.IMAGE).inc(new_jobs)
+        return changed

@@ -1,0 +1,155 @@
+"""What a render process does: products → framebuffers → the cheapest update per label.
+
+Runs in the pipeline's process pool, so everything here is plain data in and out (picklable
+frozen dataclasses) and nothing touches the database or the event loop. Compiled templates
+are cached per process by (name, version); a product shown on several labels of one model is
+rendered once.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from firmware_proto.image import ImageError, decompress
+from firmware_proto.models import get_model
+from firmware_proto.transfer import framebuffer_size, plan_update
+from render.batch import render_batch
+from render.context import Store
+from render.samples import image_resolver
+from render.templates import Template, TemplateError, load_template, template_from_string
+
+__all__ = ["RenderItem", "RenderJob", "LabelUpdate", "RenderOutcome", "render_job", "warm_up"]
+
+_TEMPLATES: OrderedDict[tuple[str, int], Template] = OrderedDict()
+_TEMPLATE_CACHE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class RenderItem:
+    """One label to draw: its product record (with ``lowest_30d`` filled in) and, when known,
+    the image it shows now (compressed, with its format), for a region or delta update."""
+
+    mac: str
+    sku: str
+    record: dict[str, Any]
+    base_payload: bytes | None = None
+    base_format: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RenderJob:
+    """Labels that share a template and a model."""
+
+    template: str
+    template_version: int
+    template_source: str | None  # None: the shipped template of that name
+    model: str
+    store_name: str
+    currency: str
+    now: datetime
+    items: tuple[RenderItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LabelUpdate:
+    """What to send: `firmware_proto.plan_update`'s answer, flattened for pickling and SQL."""
+
+    payload: bytes
+    image_format: int
+    region: tuple[int, int, int, int] | None
+    base_hash: bytes | None
+    delta: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOutcome:
+    """One label's result. ``update`` is None when the label already shows ``image_hash``."""
+
+    mac: str
+    image_hash: bytes | None = None
+    image_format: int = 0
+    image_payload: bytes = b""  # the whole framebuffer, compressed (kept in the images table)
+    update: LabelUpdate | None = None
+    error: str | None = None
+
+
+_RESOLVER: list[Any] = []
+
+
+def _images() -> Any:
+    if not _RESOLVER:
+        _RESOLVER.append(image_resolver())
+    return _RESOLVER[0]
+
+
+def _template(job: RenderJob) -> Template:
+    key = (job.template, job.template_version)
+    tpl = _TEMPLATES.get(key)
+    if tpl is None:
+        tpl = (load_template(job.template) if job.template_source is None
+               else template_from_string(job.template_source, job.template))
+        _TEMPLATES[key] = tpl
+        while len(_TEMPLATES) > _TEMPLATE_CACHE:
+            _TEMPLATES.popitem(last=False)
+    else:
+        _TEMPLATES.move_to_end(key)
+    return tpl
+
+
+def render_job(job: RenderJob) -> list[RenderOutcome]:
+    """Render every label of `job`; one label's failure is that label's ``error``."""
+    try:
+        template = _template(job)
+        model = get_model(job.model)
+    except (TemplateError, KeyError) as exc:
+        return [RenderOutcome(item.mac, error=f"template {job.template!r}: {exc}") for item in job.items]
+    by_sku: dict[str, int] = {}
+    records: list[dict[str, Any]] = []
+    for item in job.items:
+        if item.sku not in by_sku:
+            by_sku[item.sku] = len(records)
+            records.append(item.record)
+    try:
+        results = render_batch(template, records, model=job.model,
+                               store=Store(name=job.store_name, currency=job.currency), now=job.now,
+                               images=_images())
+    except TemplateError as exc:  # the template does not support this model
+        return [RenderOutcome(item.mac, error=str(exc)) for item in job.items]
+    size = framebuffer_size(model)
+    out: list[RenderOutcome] = []
+    for item in job.items:
+        res = results[by_sku[item.sku]]
+        if res.error is not None or res.framebuffer is None or res.payload is None or res.hash is None:
+            out.append(RenderOutcome(item.mac, error=res.error or "render produced no image"))
+            continue
+        base_fb: bytes | None = None
+        if item.base_payload is not None and item.base_format is not None:
+            try:
+                base_fb = decompress(item.base_format, item.base_payload, size)
+            except ImageError:
+                base_fb = None  # an unreadable stored base: send the whole image
+            if base_fb is not None and len(base_fb) != size:
+                base_fb = None
+        update: LabelUpdate | None
+        if base_fb is None:
+            update = LabelUpdate(res.payload.data, int(res.payload.format), None, None, False)
+        else:
+            plan = plan_update(model, res.framebuffer, base_fb=base_fb)
+            update = None if plan is None else LabelUpdate(
+                plan.payload, int(plan.image_format),
+                None if plan.region is None else (plan.region.x, plan.region.y, plan.region.w, plan.region.h),
+                plan.base_hash, plan.delta)
+        out.append(RenderOutcome(item.mac, res.hash, int(res.payload.format), res.payload.data, update))
+    return out
+
+
+def warm_up() -> None:
+    """Import and compile what the first real job would (run once per worker at start)."""
+    for name in ("shelf-2.9",):
+        try:
+            load_template(name)
+        except TemplateError:
+            pass

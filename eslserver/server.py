@@ -1,0 +1,256 @@
+"""The server process: storage, POS ingest, pipeline, dispatch, MQTT and HTTP, wired once.
+
+`Server` owns every resource it starts (database, render processes, the embedded broker
+when no broker URL is configured, the MQTT connection, the HTTP site and its background
+tasks) and releases them in reverse order on `aclose`. Parts can be left out (``mqtt=False``,
+``http=False``) for tools and tests that need only some of it; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing
+from collections.abc import Coroutine, Iterable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Any
+
+from aiohttp import web
+
+from eslserver.auth import Actor
+from eslserver.broker import EmbeddedBroker
+from eslserver.config import Settings
+from eslserver.db.database import Database
+from eslserver.dispatch import Dispatcher
+from eslserver.ingest import Ingest, error_message
+from eslserver.label_templates import Templates
+from eslserver.labels import Labels
+from eslserver.metrics import Metrics
+from eslserver.mqtt import Message, MqttConnection, MqttSettings
+from eslserver.pipeline import Pipeline
+from eslserver.render_worker import warm_up
+from eslserver.timeutil import iso, utcnow
+
+__all__ = ["Server", "SYSTEM"]
+
+log = logging.getLogger(__name__)
+
+SYSTEM = Actor("eslserver", "admin")
+"""The actor of changes the server makes by itself (scheduled prices, promotions)."""
+POS_MQTT = Actor("mqtt", "pos")
+
+
+class Server:
+    """One eslserver instance. ``async with Server(settings) as server:``."""
+
+    def __init__(self, settings: Settings, *, mqtt: bool = True, http: bool = True,
+                 render_processes: bool = True) -> None:
+        self.settings = settings
+        self.use_mqtt = mqtt
+        self.use_http = http
+        self.render_processes = render_processes
+        self.db = Database(settings.database_path)
+        self.metrics = Metrics()
+        self.executor: Executor | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.broker_url: str | None = settings.broker_url
+        self.mqtt: MqttConnection | None = None
+        self.http_port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._state_queue: set[str] = set()
+        self._state_wake = asyncio.Event()
+        self._schedule_wake = asyncio.Event()
+        self.ingest = Ingest(self.db, settings, self.metrics, on_dirty=self._dirty)
+        self.pipeline = Pipeline(self.db, settings, self.metrics, None, on_jobs=self._jobs, on_states=self.publish_states)
+        self.dispatcher = Dispatcher(self.db, settings, self.metrics, self._publish, on_states=self.publish_states,
+                                     on_dirty=self._dirty)
+        self.labels = Labels(self.db, settings, self.metrics, on_dirty=self._dirty, on_jobs=self._jobs,
+                             on_states=self.publish_states)
+        self.templates = Templates(self.db, settings, on_dirty=self._dirty)
+
+    # -- wiring callbacks ---------------------------------------------------------------------
+    def _dirty(self) -> None:
+        self.pipeline.poke()
+        self._schedule_wake.set()
+
+    def _jobs(self) -> None:
+        self.dispatcher.poke()
+
+    def publish_states(self, macs: Iterable[str]) -> None:
+        """Queue the retained label-state messages of `macs` (coalesced)."""
+        if self.mqtt is None:
+            return
+        self._state_queue.update(macs)
+        self._state_wake.set()
+
+    def topic(self, *parts: str) -> str:
+        return "/".join((self.settings.topic_prefix, self.settings.store, *parts))
+
+    async def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if self.mqtt is None:
+            raise RuntimeError("this server runs without MQTT")
+        await self.mqtt.publish(topic, payload, qos=qos, retain=retain)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def __aenter__(self) -> Server:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.db.open()
+        await self._ensure_store()
+        if self.render_processes:
+            self.executor = ProcessPoolExecutor(s.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=warm_up)
+            self.pipeline.executor = self.executor
+        if self.use_mqtt:
+            if self.broker_url is None:
+                self.broker = EmbeddedBroker()
+                await self.broker.__aenter__()
+                self.broker_url = self.broker.url
+            overrides: dict[str, Any] = {}
+            for ours, theirs in (("mqtt_username", "username"), ("mqtt_password", "password"),
+                                 ("mqtt_ca_file", "ca_file"), ("mqtt_cert_file", "cert_file"),
+                                 ("mqtt_key_file", "key_file")):
+                if getattr(s, ours) is not None:
+                    overrides[theirs] = getattr(s, ours)
+            if s.mqtt_insecure:
+                overrides["tls_insecure"] = True
+            self.mqtt = MqttConnection(MqttSettings.from_url(self.broker_url, **overrides),
+                                       client_id=f"eslserver-{s.store}-{s.instance}", clean_session=False,
+                                       on_connect=self._on_connect)
+            self.mqtt.subscribe(self.topic("pos", "prices"), self._on_prices, qos=1)
+            self.mqtt.subscribe(self.topic("gateway", "+", "events"), self._on_gateway_event, qos=1)
+            self.mqtt.subscribe(self.topic("gateway", "+", "status"), self._on_gateway_status, qos=1)
+            await self.mqtt.__aenter__()
+        self._spawn(self.pipeline.run(), "pipeline")
+        self._spawn(self._schedule_loop(), "scheduler")
+        self._spawn(self._housekeeping(), "housekeeping")
+        if self.mqtt is not None:
+            self._spawn(self.dispatcher.run(), "dispatcher")
+            self._spawn(self._state_loop(), "label-states")
+        if self.use_http:
+            from eslserver.api.app import create_app
+            self._runner = web.AppRunner(create_app(self), access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, s.http_host, s.http_port)
+            await site.start()
+            sockets = self._runner.addresses
+            self.http_port = sockets[0][1] if sockets else s.http_port
+        log.info("eslserver %s/%s started (database %s, broker %s, http %s)", s.store, s.instance, self.db.path,
+                 self.broker_url or "none", f"{s.http_host}:{self.http_port}" if self.use_http else "off")
+
+    async def aclose(self) -> None:
+        """Stop everything this server started; safe to call twice."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.mqtt is not None:
+            mqtt, self.mqtt = self.mqtt, None
+            await mqtt.aclose()
+        if self.broker is not None:
+            broker, self.broker = self.broker, None
+            await broker.aclose()
+        if self.executor is not None:
+            executor, self.executor = self.executor, None
+            self.pipeline.executor = None
+            await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)
+        await self.db.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=f"eslserver-{name}"))
+
+    async def _ensure_store(self) -> None:
+        s = self.settings
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO stores (id, name, currency, field_map, created_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET name = excluded.name, currency = excluded.currency, "
+                "field_map = excluded.field_map",
+                (s.store, s.store_name, s.currency, json.dumps(dict(s.field_map)), iso(utcnow())))
+
+    # -- MQTT handlers ------------------------------------------------------------------------
+    async def _on_connect(self) -> None:
+        self.metrics.mqtt_connected.set(1)
+        self.dispatcher.poke()
+
+    async def _on_prices(self, message: Message) -> None:
+        result = await self.ingest.submit(message.payload, source="mqtt", actor=POS_MQTT)
+        if result.errors:
+            await self._publish(self.topic("pos", "errors"), error_message(result), 1, False)
+
+    @staticmethod
+    def _gateway_of(topic: str) -> str:
+        return topic.split("/")[-2]
+
+    async def _on_gateway_event(self, message: Message) -> None:
+        await self.dispatcher.on_event(self._gateway_of(message.topic), message.payload)
+
+    async def _on_gateway_status(self, message: Message) -> None:
+        status = message.payload.decode("utf-8", "replace").strip().lower()
+        if status not in ("online", "offline"):
+            log.warning("gateway status %r on %s is neither online nor offline", status, message.topic)
+            return
+        await self.dispatcher.set_gateway(self._gateway_of(message.topic), status)
+
+    # -- background loops -----------------------------------------------------------------------
+    async def _state_loop(self) -> None:
+        while True:
+            await self._state_wake.wait()
+            self._state_wake.clear()
+            while self._state_queue:
+                batch = [self._state_queue.pop() for _ in range(min(500, len(self._state_queue)))]
+                try:
+                    states = await self.labels.states(batch)
+                    await asyncio.gather(*(self._publish(self.topic("label", st["mac"], "state"),
+                                                         json.dumps(st).encode(), 1, True) for st in states))
+                except Exception:  # the broker went away mid-batch: try these again later
+                    log.exception("publishing label states failed; retrying")
+                    self._state_queue.update(batch)
+                    await asyncio.sleep(1.0)
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            try:
+                due = await self.ingest.next_due()
+                now = utcnow()
+                if due is not None and due <= now:
+                    await self.ingest.apply_due(now, SYSTEM)
+                    continue
+                delay = 60.0 if due is None else min(60.0, (due - now).total_seconds())
+            except Exception:
+                log.exception("scheduler failed; retrying in 1 s")
+                delay = 1.0
+            self._schedule_wake.clear()
+            try:
+                async with asyncio.timeout(max(0.001, delay)):
+                    await self._schedule_wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _housekeeping(self) -> None:
+        while True:
+            try:
+                labels = {r[0]: r[1] for r in await self.db.read("SELECT state, COUNT(*) FROM labels GROUP BY state")}
+                jobs = {r[0]: r[1] for r in await self.db.read("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+                online = await self.db.read_one("SELECT COUNT(*) FROM gateways WHERE status = 'online'")
+                self.metrics.set_states(labels, jobs, online[0] if online else 0)
+                if self.mqtt is not None:
+                    self.metrics.mqtt_connected.set(1 if self.mqtt.is_connected else 0)
+            except Exception:
+                log.exception("housekeeping failed")
+            await asyncio.sleep(2.0)

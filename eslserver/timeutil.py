@@ -1,0 +1,25 @@
+"""UTC instants and their one text form in the database (sortable ISO 8601, microseconds)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+__all__ = ["utcnow", "iso", "parse_iso"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(when: datetime) -> str:
+    """``2026-11-23T17:06:27.000123+00:00``: one width, so text order is time order in SQL."""
+    if when.tzinfo is None:
+        raise ValueError(f"time must be timezone-aware, got {when!r}")
+    return when.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def parse_iso(text: str) -> datetime:
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        raise ValueError(f"time must carry a UTC offset, got {text!r}")
+    return when.astimezone(timezone.utc)

@@ -1,0 +1,101 @@
+"""eslserver.broker.EmbeddedBroker: the in-process amqtt broker promises QoS 1, retained
+messages, last wills and persistent sessions to clients (checked here with plain aiomqtt)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiomqtt
+import pytest
+
+from eslserver.broker import BrokerError, EmbeddedBroker
+from tests.brokers import TcpProxy, free_port
+
+
+async def _next(client: aiomqtt.Client, timeout: float = 5.0) -> aiomqtt.Message:
+    async def first() -> aiomqtt.Message:
+        async for message in client.messages:
+            return message
+        raise AssertionError("unreachable")
+
+    return await asyncio.wait_for(first(), timeout)
+
+
+async def test_url_port_and_close_twice() -> None:
+    broker = EmbeddedBroker()
+    with pytest.raises(BrokerError, match="not started"):
+        _ = broker.url
+    async with broker:
+        assert broker.url == f"mqtt://127.0.0.1:{broker.port}"
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="probe") as client:
+            await client.publish("probe", b"x", qos=1)
+    await broker.aclose()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", broker.port)
+    with pytest.raises(BrokerError, match="closed"):
+        await broker.start()
+
+
+async def test_fixed_port_and_port_taken() -> None:
+    port = free_port()
+    async with EmbeddedBroker(port=port) as broker:
+        assert broker.port == port
+        with pytest.raises(BrokerError, match=str(port)):
+            await EmbeddedBroker(port=port).start()
+    with pytest.raises(ValueError, match="70000"):
+        EmbeddedBroker(port=70000)
+
+
+async def test_qos1_retained_and_will() -> None:
+    async with EmbeddedBroker() as broker, TcpProxy(broker.port) as proxy:
+        will = aiomqtt.Will("gw/status", b"offline", qos=1, retain=True)
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="watch") as watcher:
+            await watcher.subscribe("gw/#", qos=1)
+            dying = aiomqtt.Client("127.0.0.1", proxy.port, identifier="gw", will=will)
+            await dying.__aenter__()
+            await dying.publish("gw/status", b"online", qos=1, retain=True)
+            assert (await _next(watcher)).payload == b"online"
+            proxy.cut()  # a crash: the connection dies, no DISCONNECT reaches the broker
+            assert (await _next(watcher)).payload == b"offline"
+            with pytest.raises(aiomqtt.MqttError):  # the dead client sees its loss too
+                await _next(dying)
+            await dying.__aexit__(None, None, None)
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="late") as late:
+            await late.subscribe("gw/status", qos=1)
+            got = await _next(late)
+            assert (got.payload, got.retain) == (b"offline", True)
+
+
+async def test_persistent_session_keeps_subscriptions_and_queues_messages() -> None:
+    async with EmbeddedBroker() as broker:
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="gw1", clean_session=False) as gw:
+            await gw.subscribe("jobs/#", qos=1)
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="server") as server:
+            await server.publish("jobs/1", b"while away", qos=1)
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="gw1", clean_session=False) as gw:
+            got = await _next(gw)  # no new SUBSCRIBE: the session kept it
+            assert (got.topic.value, got.payload, got.qos) == ("jobs/1", b"while away", 1)
+
+
+async def test_close_with_clients_connected_leaves_no_tasks() -> None:
+    broker = EmbeddedBroker()
+    await broker.start()
+    client = aiomqtt.Client("127.0.0.1", broker.port, identifier="stay")
+    await client.__aenter__()
+    await client.subscribe("x", qos=1)
+    await broker.aclose()
+    with pytest.raises(aiomqtt.MqttError):
+        await _next(client)
+    await client.__aexit__(None, None, None)
+
+
+async def test_two_brokers_in_one_process_are_independent() -> None:
+    async with EmbeddedBroker() as first:
+        second = EmbeddedBroker()
+        await second.start()
+        assert first.port != second.port
+        async with aiomqtt.Client("127.0.0.1", first.port, identifier="on-first") as client:
+            await client.subscribe("x", qos=1)
+            await second.aclose()  # must not disturb the first broker's connections
+            await client.publish("x", b"still here", qos=1)
+            assert (await _next(client)).payload == b"still here"
