@@ -67,8 +67,10 @@ class Ingest:
     """The POS side of the server (MQTT and HTTP both end here)."""
 
     def __init__(self, db: Database, settings: Settings, metrics: Metrics,
-                 on_dirty: Callable[[], None] = lambda: None) -> None:
+                 on_dirty: Callable[[], None] = lambda: None,
+                 on_result: Callable[[int, int], None] = lambda accepted, rejected: None) -> None:
         self.db = db
+        self.on_result = on_result
         self.settings = settings
         self.metrics = metrics
         self.on_dirty = on_dirty
@@ -101,13 +103,14 @@ class Ingest:
                 self._reject(result, exc, source)
         self.metrics.updates_received.labels(source).inc(len(items))
         if not updates:
+            self.on_result(0, len(result.errors))
             return result
         dirty = False
         async with self.db.transaction() as conn:
             for index, update in updates:
                 status = await self._accept(conn, update, received, source, actor)
                 result.accepted.append({"index": index, "sku": update.sku, "status": status})
-                dirty |= status == "applied"
+                dirty |= status != "stale"  # applied, or scheduled: the scheduler must look again
         for item in result.accepted:
             if item["status"] == "stale":
                 self.metrics.updates_stale.labels(source).inc()
@@ -115,6 +118,7 @@ class Ingest:
                 self.metrics.updates_scheduled.labels(source).inc()
         if dirty:
             self.on_dirty()
+        self.on_result(len(result.accepted), len(result.errors))
         return result
 
     def _reject(self, result: IngestResult, exc: PriceError, source: str) -> None:
@@ -157,8 +161,9 @@ class Ingest:
                                  (store, iso(now)))
             for row in due:
                 await conn.execute("DELETE FROM scheduled_updates WHERE id = ?", (row["id"],))
-                update = PriceUpdate(sku=row["sku"], fields=pricing.record_from_json(row["fields"]),
-                                     seq=row["seq"], valid_from=parse_iso(row["valid_from"]))
+                # stored as validated JSON (decimal text, ISO times): validate again to get the values back
+                update = pricing.validate_update({**pricing.record_from_json(row["fields"]), "sku": row["sku"],
+                                                  "seq": row["seq"]}, default_currency=self.settings.currency)
                 current = await fetchone(conn, "SELECT seq FROM products WHERE store = ? AND sku = ?",
                                          (store, update.sku))
                 if update.seq is not None and current is not None and current[0] is not None \

@@ -9,10 +9,11 @@ tasks) and releases them in reverse order on `aclose`. Parts can be left out (``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing
-from collections.abc import Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
@@ -60,9 +61,10 @@ class Server:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._state_queue: set[str] = set()
+        self._watchers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._state_wake = asyncio.Event()
         self._schedule_wake = asyncio.Event()
-        self.ingest = Ingest(self.db, settings, self.metrics, on_dirty=self._dirty)
+        self.ingest = Ingest(self.db, settings, self.metrics, on_dirty=self._dirty, on_result=self._ingested)
         self.pipeline = Pipeline(self.db, settings, self.metrics, None, on_jobs=self._jobs, on_states=self.publish_states)
         self.dispatcher = Dispatcher(self.db, settings, self.metrics, self._publish, on_states=self.publish_states,
                                      on_dirty=self._dirty)
@@ -75,15 +77,40 @@ class Server:
         self.pipeline.poke()
         self._schedule_wake.set()
 
+    def _ingested(self, accepted: int, rejected: int) -> None:
+        self.notify({"type": "prices", "accepted": accepted, "rejected": rejected})
+
     def _jobs(self) -> None:
         self.dispatcher.poke()
 
     def publish_states(self, macs: Iterable[str]) -> None:
-        """Queue the retained label-state messages of `macs` (coalesced)."""
+        """Queue the retained label-state messages of `macs` (coalesced), and tell watchers."""
+        macs = list(macs)
+        self.notify({"type": "labels", "macs": macs})
         if self.mqtt is None:
             return
         self._state_queue.update(macs)
         self._state_wake.set()
+
+    def notify(self, change: dict[str, Any]) -> None:
+        """Hand a change to every `watch` iterator (live dashboards); never blocks: a
+        watcher that falls behind loses the oldest changes, not the server's time."""
+        for queue in list(self._watchers):
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+            queue.put_nowait(change)
+
+    async def watch(self) -> AsyncIterator[dict[str, Any]]:
+        """Changes as they happen: ``{"type": "labels", "macs": [...]}``,
+        ``{"type": "prices", "accepted": n, "rejected": n}``, ``{"type": "gateway", ...}``."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self._watchers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.discard(queue)
 
     def topic(self, *parts: str) -> str:
         return "/".join((self.settings.topic_prefix, self.settings.store, *parts))
