@@ -328,7 +328,10 @@ async def test_a_tour_gets_a_documented_success_from_every_route(api: ApiClient)
         ("POST", "/api/v1/templates/preview", {"name": "tour", "sku": "T1"}),
         ("GET", "/api/v1/jobs", None), ("GET", "/api/v1/audit", None), ("GET", "/api/v1/summary", None),
         ("GET", "/api/v1/me", None), ("GET", "/metrics", None), ("GET", "/healthz", None),
-        ("GET", "/api/v1/openapi.json", None), ("DELETE", f"/api/v1/labels/{mac}/binding", None),
+        ("GET", "/api/v1/openapi.json", None),
+        ("GET", f"/api/v1/labels/{mac}/history", None),
+        ("POST", "/api/v1/import", {"rows": [{"line": 2, "fields": {"sku": "T1", "price": "2.59"}, "label": mac}]}),
+        ("DELETE", f"/api/v1/labels/{mac}/binding", None),
     ]
     for method, path, body in calls:
         reply = await api.call(method, path, json=body)
