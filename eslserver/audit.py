@@ -9,7 +9,7 @@ import aiosqlite
 
 from eslserver.timeutil import iso, utcnow
 
-__all__ = ["Who", "record_audit", "json_default"]
+__all__ = ["Who", "json_default", "record_audit"]
 
 
 class Who(Protocol):

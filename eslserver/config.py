@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, get_type_hints
 
-__all__ = ["ConfigError", "Settings", "load_settings", "DEFAULT_TEMPLATES", "ENV_PREFIX"]
+__all__ = ["DEFAULT_TEMPLATES", "ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
 
 ENV_PREFIX: Final = "ESL_"
 

@@ -26,13 +26,12 @@ from eslserver.gateway.links.loopback import LoopbackRadio
 from eslserver.mqtt import MqttConnection, MqttSettings
 from eslserver.server import SYSTEM, Server
 from eslserver.timeutil import utcnow
-
 from render.samples import sample_catalogue
 from simulator.radio_server import RadioServer
 from simulator.snapshots import SnapshotWriter
 from simulator.store import SimStore, StoreConfig
 
-__all__ = ["DemoConfig", "demo_catalogue", "DEMO_MODELS", "run_demo"]
+__all__ = ["DEMO_MODELS", "DemoConfig", "demo_catalogue", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ async def run_demo(settings: Settings, config: DemoConfig, *, print_line: Callab
                     waiters = [asyncio.create_task(run_until_signal() if stop is None else stop.wait())]
                     if config.duration_s is not None:
                         waiters.append(asyncio.create_task(asyncio.sleep(config.duration_s)))
-                    done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                    _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                     for task in pending:
                         task.cancel()
                     await asyncio.gather(*pending, return_exceptions=True)

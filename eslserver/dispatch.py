@@ -35,18 +35,23 @@ from eslserver.ingest import dirty_generation
 from eslserver.jobs import JobKind, ensure_pair_job
 from eslserver.metrics import Metrics
 from eslserver.timeutil import iso, parse_iso, utcnow
-
 from firmware_proto.auth import ReplayWindow, derive_factory_key, new_label_key
-from firmware_proto.envelope import CommandJob, EnvelopeError, ImageJob, JobEnvelope, PairJob
+from firmware_proto.envelope import (
+    CommandJob,
+    EnvelopeError,
+    ImageJob,
+    JobEnvelope,
+    PairJob,
+)
 from firmware_proto.errors import ProtocolError
 from firmware_proto.frames import Checkin as CheckinFrame
 from firmware_proto.frames import address_str, parse_frame
 from firmware_proto.gateway import GatewaySession
-from firmware_proto.image import HASH_SIZE, ImageFormat, Region
+from firmware_proto.image import ImageFormat, Region
 from firmware_proto.models import MODELS_BY_ID
 from firmware_proto.transfer import part_size_for
 
-__all__ = ["Dispatcher", "Publish", "counter_budget", "backoff_s"]
+__all__ = ["Dispatcher", "Publish", "backoff_s", "counter_budget"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,7 @@ Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
 
 _SENT_GRACE_S = 10.0
 _CLAIM_LIMIT = 512
+_EVENT_BATCH = 500
 
 
 def counter_budget(payload_len: int, max_frame: int = 244) -> int:
@@ -84,6 +90,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._rng = random.Random()
         self._warned: set[tuple[str, str]] = set()
+        self._inbox: list[tuple[str, Ack | Nack | Checkin | Status, asyncio.Future[None]]] = []
+        self._inbox_wake = asyncio.Event()
         self.factory_secret = settings.factory_secret.encode()
 
     def poke(self) -> None:
@@ -212,27 +220,79 @@ class Dispatcher:
         lost; treat it as an unreachable attempt."""
         cutoff = utcnow() - timedelta(seconds=self.settings.job_deadline_s + _SENT_GRACE_S)
         rows = await self.db.read("SELECT id, mac FROM jobs WHERE state = 'sent' AND sent_at < ?", (iso(cutoff),))
-        for row in rows:
-            await self._nack(None, Nack(job=row["id"], mac=row["mac"], code="unreachable",
-                                        reason="no answer from the gateway before the deadline", retry=True))
+        if not rows:
+            return
+        changed: set[str] = set()
+        async with self.db.transaction() as conn:
+            for row in rows:
+                changed |= await self._nack(conn, None, Nack(
+                    job=row["id"], mac=row["mac"], code="unreachable",
+                    reason="no answer from the gateway before the deadline", retry=True))
+        self.on_states(changed)
 
     # -- events -------------------------------------------------------------------------------
     async def on_event(self, gateway: str, payload: bytes) -> None:
-        """One message from ``…/gateway/{gateway}/events``."""
+        """One message from ``…/gateway/{gateway}/events``; returns once its effect is committed.
+
+        Acks, nacks and check-ins are applied in batches (one transaction for all the events
+        waiting, a savepoint each, so one bad event costs only itself): under a repricing
+        thousands arrive a second, and one commit each would be the bottleneck.
+        """
         try:
             event = parse_event(payload)
         except EventError as exc:
             self._warn_once(gateway, "bad_event", "gateway %s sent a bad event: %s", gateway, exc)
             return
-        if isinstance(event, Ack):
-            await self._ack(gateway, event)
-        elif isinstance(event, Nack):
-            await self._nack(gateway, event)
-        elif isinstance(event, Checkin):
-            await self._checkin(gateway, event)
-        elif isinstance(event, Status):
+        if isinstance(event, Status):
             await self.set_gateway(gateway, "online", info={"in_flight": event.in_flight, "spooled": event.spooled,
                                                             "labels_heard": event.labels_heard})
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inbox.append((gateway, event, done))
+        self._inbox_wake.set()
+        await done
+
+    async def run_events(self) -> None:
+        """The task that applies queued gateway events, a batch per transaction."""
+        while True:
+            await self._inbox_wake.wait()
+            self._inbox_wake.clear()
+            while self._inbox:
+                batch, self._inbox = self._inbox[:_EVENT_BATCH], self._inbox[_EVENT_BATCH:]
+                changed: set[str] = set()
+                try:
+                    async with self.db.transaction() as conn:
+                        for gateway, event, _ in batch:
+                            await conn.execute("SAVEPOINT event")
+                            try:
+                                changed |= await self._apply_event(conn, gateway, event)
+                            except Exception:  # one event's failure must not lose the batch
+                                log.exception("applying %s from gateway %s failed", type(event).__name__, gateway)
+                                await conn.execute("ROLLBACK TO event")
+                            await conn.execute("RELEASE event")
+                except Exception as exc:  # the database itself failed: the messages are not acked
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+                if changed:
+                    self.on_states(changed)
+                self.poke()
+
+    async def _apply_event(self, conn: aiosqlite.Connection, gateway: str | None,
+                           event: Ack | Nack | Checkin | Status) -> set[str]:
+        if isinstance(event, Ack):
+            assert gateway is not None
+            return await self._ack(conn, gateway, event)
+        if isinstance(event, Nack):
+            return await self._nack(conn, gateway, event)
+        if isinstance(event, Checkin):
+            assert gateway is not None
+            return await self._checkin(conn, gateway, event)
+        return set()
 
     async def set_gateway(self, gateway: str, status: str, *, info: dict[str, Any] | None = None) -> None:
         """Record a gateway's status (retained ``online``/``offline`` or a status event)."""
@@ -254,32 +314,30 @@ class Dispatcher:
                                        "WHERE state = 'sent' AND gateway = ?", (now, gateway))
             self.poke()
 
-    async def _ack(self, gateway: str, ev: Ack) -> None:
+    async def _ack(self, conn: aiosqlite.Connection, gateway: str, ev: Ack) -> set[str]:
         now = utcnow()
-        async with self.db.transaction() as conn:
-            job = await fetchone(conn, "SELECT kind, state, command, image_hash FROM jobs WHERE id = ? AND mac = ?",
-                                 (ev.job, ev.mac))
-            label = await fetchone(conn, "SELECT sku, expected_hash, origin_at, state FROM labels WHERE mac = ?",
-                                   (ev.mac,))
-            if job is None or label is None:
-                self._warn_once(gateway, "unknown_job", "gateway %s acked unknown job %d (%s)", gateway, ev.job, ev.mac)
-                return
-            if job["state"] in ("sent", "queued"):
-                await conn.execute("UPDATE jobs SET state = 'done', finished_at = ?, error = NULL WHERE id = ?",
-                                   (iso(now), ev.job))
-                self.metrics.jobs_finished.labels("done").inc()
-            displayed = ev.displayed_hash.hex() if ev.displayed_hash is not None else None
-            if job["kind"] == JobKind.PAIR:
-                # a new key: both counters start again under it
-                await conn.execute("UPDATE labels SET label_key = ?, tx_counter = ?, rx_highest = ? WHERE mac = ?",
-                                   (job["command"], ev.tx_counter, ev.rx_highest, ev.mac))
-            else:
-                await conn.execute("UPDATE labels SET tx_counter = MAX(tx_counter, ?), rx_highest = MAX(rx_highest, ?) "
-                                   "WHERE mac = ?", (ev.tx_counter, ev.rx_highest, ev.mac))
-            await self._seen(conn, ev.mac, gateway, now, displayed=displayed, battery_mv=ev.battery_mv,
-                             temperature_c=ev.temperature_c, rssi=ev.rssi, label=label)
-        self.on_states([ev.mac])
-        self.poke()
+        job = await fetchone(conn, "SELECT kind, state, command, image_hash FROM jobs WHERE id = ? AND mac = ?",
+                             (ev.job, ev.mac))
+        label = await fetchone(conn, "SELECT sku, expected_hash, origin_at, state FROM labels WHERE mac = ?",
+                               (ev.mac,))
+        if job is None or label is None:
+            self._warn_once(gateway, "unknown_job", "gateway %s acked unknown job %d (%s)", gateway, ev.job, ev.mac)
+            return set()
+        if job["state"] in ("sent", "queued"):
+            await conn.execute("UPDATE jobs SET state = 'done', finished_at = ?, error = NULL WHERE id = ?",
+                               (iso(now), ev.job))
+            self.metrics.jobs_finished.labels("done").inc()
+        displayed = ev.displayed_hash.hex() if ev.displayed_hash is not None else None
+        if job["kind"] == JobKind.PAIR:
+            # a new key: both counters start again under it
+            await conn.execute("UPDATE labels SET label_key = ?, tx_counter = ?, rx_highest = ? WHERE mac = ?",
+                               (job["command"], ev.tx_counter, ev.rx_highest, ev.mac))
+        else:
+            await conn.execute("UPDATE labels SET tx_counter = MAX(tx_counter, ?), rx_highest = MAX(rx_highest, ?) "
+                               "WHERE mac = ?", (ev.tx_counter, ev.rx_highest, ev.mac))
+        await self._seen(conn, ev.mac, gateway, now, displayed=displayed, battery_mv=ev.battery_mv,
+                         temperature_c=ev.temperature_c, rssi=ev.rssi, label=label)
+        return {ev.mac}
 
     async def _seen(self, conn: aiosqlite.Connection, mac: str, gateway: str | None, now: datetime, *,
                     displayed: str | None, battery_mv: int | None, temperature_c: float | None, rssi: int | None,
@@ -310,101 +368,96 @@ class Dispatcher:
                                    (dirty_generation(), iso(now), mac))
                 self.on_dirty()
 
-    async def _nack(self, gateway: str | None, ev: Nack) -> None:
+    async def _nack(self, conn: aiosqlite.Connection, gateway: str | None, ev: Nack) -> set[str]:
         now = utcnow()
-        async with self.db.transaction() as conn:
-            job = await fetchone(conn, "SELECT kind, state, attempts, image_hash FROM jobs WHERE id = ? AND mac = ?",
-                                 (ev.job, ev.mac))
-            if job is None or job["state"] != "sent":
-                return  # a duplicate, or already handed back
-            if ev.tx_counter is not None and job["kind"] != JobKind.PAIR:
-                await conn.execute("UPDATE labels SET tx_counter = MAX(tx_counter, ?), "
-                                   "rx_highest = MAX(rx_highest, COALESCE(?, 0)) WHERE mac = ?",
-                                   (ev.tx_counter, ev.rx_highest, ev.mac))
-            await conn.execute("INSERT INTO events (at, store, mac, gateway, kind, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                               (iso(now), self.settings.store, ev.mac, gateway, "nack",
-                                json.dumps({"job": ev.job, "code": ev.code, "reason": ev.reason})))
-            if ev.code == "base_mismatch":
-                await conn.execute("UPDATE jobs SET state = 'queued', base_hash = NULL, region = NULL, delta = 0, "
-                                   "format = (SELECT format FROM images WHERE hash = jobs.image_hash), "
-                                   "payload = (SELECT payload FROM images WHERE hash = jobs.image_hash), "
-                                   "next_attempt_at = ?, error = ? WHERE id = ?", (iso(now), ev.reason, ev.job))
-                self.metrics.jobs_retried.labels(ev.code).inc()
-            elif ev.retry and job["attempts"] < self.settings.max_attempts:
-                delay = backoff_s(job["attempts"], self.settings, self._rng)
-                await conn.execute("UPDATE jobs SET state = 'queued', next_attempt_at = ?, error = ? WHERE id = ?",
-                                   (iso(now + timedelta(seconds=delay)), f"{ev.code}: {ev.reason}", ev.job))
-                self.metrics.jobs_retried.labels(ev.code).inc()
-            else:
-                state = "offline" if ev.code in ("unreachable", "budget") else "failed"
-                await conn.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
-                                   (iso(now), f"{ev.code}: {ev.reason}", ev.job))
-                await conn.execute("UPDATE labels SET state = ?, failures = failures + 1, updated_at = ? WHERE mac = ?",
-                                   (state, iso(now), ev.mac))
-                self.metrics.jobs_finished.labels("failed").inc()
-                log.warning("label %s is %s after %d attempts: %s", ev.mac, state, job["attempts"], ev.reason)
-        self.on_states([ev.mac])
-        self.poke()
+        job = await fetchone(conn, "SELECT kind, state, attempts, image_hash FROM jobs WHERE id = ? AND mac = ?",
+                             (ev.job, ev.mac))
+        if job is None or job["state"] != "sent":
+            return set()  # a duplicate, or already handed back
+        if ev.tx_counter is not None and job["kind"] != JobKind.PAIR:
+            await conn.execute("UPDATE labels SET tx_counter = MAX(tx_counter, ?), "
+                               "rx_highest = MAX(rx_highest, COALESCE(?, 0)) WHERE mac = ?",
+                               (ev.tx_counter, ev.rx_highest, ev.mac))
+        await conn.execute("INSERT INTO events (at, store, mac, gateway, kind, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                           (iso(now), self.settings.store, ev.mac, gateway, "nack",
+                            json.dumps({"job": ev.job, "code": ev.code, "reason": ev.reason})))
+        if ev.code == "base_mismatch":
+            await conn.execute("UPDATE jobs SET state = 'queued', base_hash = NULL, region = NULL, delta = 0, "
+                               "format = (SELECT format FROM images WHERE hash = jobs.image_hash), "
+                               "payload = (SELECT payload FROM images WHERE hash = jobs.image_hash), "
+                               "next_attempt_at = ?, error = ? WHERE id = ?", (iso(now), ev.reason, ev.job))
+            self.metrics.jobs_retried.labels(ev.code).inc()
+        elif ev.retry and job["attempts"] < self.settings.max_attempts:
+            delay = backoff_s(job["attempts"], self.settings, self._rng)
+            await conn.execute("UPDATE jobs SET state = 'queued', next_attempt_at = ?, error = ? WHERE id = ?",
+                               (iso(now + timedelta(seconds=delay)), f"{ev.code}: {ev.reason}", ev.job))
+            self.metrics.jobs_retried.labels(ev.code).inc()
+        else:
+            state = "offline" if ev.code in ("unreachable", "budget") else "failed"
+            await conn.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                               (iso(now), f"{ev.code}: {ev.reason}", ev.job))
+            await conn.execute("UPDATE labels SET state = ?, failures = failures + 1, updated_at = ? WHERE mac = ?",
+                               (state, iso(now), ev.mac))
+            self.metrics.jobs_finished.labels("failed").inc()
+            log.warning("label %s is %s after %d attempts: %s", ev.mac, state, job["attempts"], ev.reason)
+        return {ev.mac}
 
-    async def _checkin(self, gateway: str, ev: Checkin) -> None:
+    async def _checkin(self, conn: aiosqlite.Connection, gateway: str, ev: Checkin) -> set[str]:
         try:
             frame = parse_frame(ev.frame)
         except ProtocolError as exc:
             self._warn_once(gateway, "bad_checkin", "gateway %s forwarded a bad check-in: %s", gateway, exc)
-            return
+            return set()
         if not isinstance(frame, CheckinFrame) or frame.address is None or address_str(frame.address) != ev.mac:
             self._warn_once(gateway, "bad_checkin", "gateway %s forwarded a check-in not from %s", gateway, ev.mac)
-            return
+            return set()
         now = utcnow()
         changed = False
-        async with self.db.transaction() as conn:
-            row = await fetchone(conn, "SELECT sku, label_key, rx_highest, expected_hash, origin_at, state "
-                                       "FROM labels WHERE mac = ?", (ev.mac,))
-            if row is None:
-                model = MODELS_BY_ID.get(frame.model_id)
-                if model is None:
-                    self._warn_once(ev.mac, "model", "label %s has unknown model id %d", ev.mac, frame.model_id)
-                    return
-                await conn.execute(
-                    "INSERT INTO labels (mac, store, model, gateway, state, rssi, battery_mv, last_seen, updated_at, "
-                    "factory_counter) VALUES (?, ?, ?, ?, 'unpaired', ?, ?, ?, ?, ?)",
-                    (ev.mac, self.settings.store, model.name, gateway, ev.rssi, frame.battery_mv, iso(now), iso(now),
-                     frame.rx_counter if frame.auth is None else 0))
-                await conn.execute("INSERT INTO events (at, store, mac, gateway, kind, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                                   (iso(now), self.settings.store, ev.mac, gateway, "discovered",
-                                    json.dumps({"model": model.name})))
-                log.info("discovered label %s (%s) via %s", ev.mac, model.name, gateway)
-                changed = True
-            elif frame.auth is None:  # the label has no key: new, or factory reset
-                await conn.execute("UPDATE labels SET factory_counter = MAX(factory_counter, ?), gateway = ?, "
-                                   "rssi = ?, last_seen = ? WHERE mac = ?",
-                                   (frame.rx_counter, gateway, ev.rssi, iso(now), ev.mac))
-                if row["sku"] is not None:
-                    if row["label_key"] is not None:
-                        log.warning("label %s checked in without its key (reset?); pairing it again", ev.mac)
-                        await conn.execute("UPDATE labels SET label_key = NULL WHERE mac = ?", (ev.mac,))
-                    if await ensure_pair_job(conn, store=self.settings.store, mac=ev.mac, now=now,
-                                             new_key=new_label_key()):
-                        self.metrics.jobs_created.labels(JobKind.PAIR).inc()
-                        await conn.execute("UPDATE labels SET dirty = ?, state = 'pending', "
-                                           "origin_at = COALESCE(origin_at, ?) WHERE mac = ?",
-                                           (dirty_generation(), iso(now), ev.mac))
-                        self.on_dirty()
-                        changed = True
-            else:
-                key = await self._verify(conn, row, ev, frame)
-                if key is None:
-                    return
-                await conn.execute("UPDATE labels SET rx_highest = MAX(rx_highest, ?), "
-                                   "tx_counter = MAX(tx_counter, ?) WHERE mac = ?",
-                                   (frame.auth.counter, frame.rx_counter, ev.mac))
-                await self._seen(conn, ev.mac, gateway, now, displayed=frame.displayed_hash.hex(),
-                                 battery_mv=frame.battery_mv, temperature_c=frame.temperature_c, rssi=ev.rssi,
-                                 label=row)
-                changed = True
-        if changed:
-            self.on_states([ev.mac])
-            self.poke()
+        row = await fetchone(conn, "SELECT sku, label_key, rx_highest, expected_hash, origin_at, state "
+                                   "FROM labels WHERE mac = ?", (ev.mac,))
+        if row is None:
+            model = MODELS_BY_ID.get(frame.model_id)
+            if model is None:
+                self._warn_once(ev.mac, "model", "label %s has unknown model id %d", ev.mac, frame.model_id)
+                return set()
+            await conn.execute(
+                "INSERT INTO labels (mac, store, model, gateway, state, rssi, battery_mv, last_seen, updated_at, "
+                "factory_counter) VALUES (?, ?, ?, ?, 'unpaired', ?, ?, ?, ?, ?)",
+                (ev.mac, self.settings.store, model.name, gateway, ev.rssi, frame.battery_mv, iso(now), iso(now),
+                 frame.rx_counter if frame.auth is None else 0))
+            await conn.execute("INSERT INTO events (at, store, mac, gateway, kind, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                               (iso(now), self.settings.store, ev.mac, gateway, "discovered",
+                                json.dumps({"model": model.name})))
+            log.info("discovered label %s (%s) via %s", ev.mac, model.name, gateway)
+            changed = True
+        elif frame.auth is None:  # the label has no key: new, or factory reset
+            await conn.execute("UPDATE labels SET factory_counter = MAX(factory_counter, ?), gateway = ?, "
+                               "rssi = ?, last_seen = ? WHERE mac = ?",
+                               (frame.rx_counter, gateway, ev.rssi, iso(now), ev.mac))
+            if row["sku"] is not None:
+                if row["label_key"] is not None:
+                    log.warning("label %s checked in without its key (reset?); pairing it again", ev.mac)
+                    await conn.execute("UPDATE labels SET label_key = NULL WHERE mac = ?", (ev.mac,))
+                if await ensure_pair_job(conn, store=self.settings.store, mac=ev.mac, now=now,
+                                         new_key=new_label_key()):
+                    self.metrics.jobs_created.labels(JobKind.PAIR).inc()
+                    await conn.execute("UPDATE labels SET dirty = ?, state = 'pending', "
+                                       "origin_at = COALESCE(origin_at, ?) WHERE mac = ?",
+                                       (dirty_generation(), iso(now), ev.mac))
+                    self.on_dirty()
+                    changed = True
+        else:
+            key = await self._verify(conn, row, ev, frame)
+            if key is None:
+                return set()
+            await conn.execute("UPDATE labels SET rx_highest = MAX(rx_highest, ?), "
+                               "tx_counter = MAX(tx_counter, ?) WHERE mac = ?",
+                               (frame.auth.counter, frame.rx_counter, ev.mac))
+            await self._seen(conn, ev.mac, gateway, now, displayed=frame.displayed_hash.hex(),
+                             battery_mv=frame.battery_mv, temperature_c=frame.temperature_c, rssi=ev.rssi,
+                             label=row)
+            changed = True
+        return {ev.mac} if changed else set()
 
     async def _verify(self, conn: aiosqlite.Connection, row: Any, ev: Checkin, frame: CheckinFrame) -> bytes | None:
         """The key the check-in is authenticated with (adopting a pairing whose ack was lost)."""
@@ -436,5 +489,3 @@ class Dispatcher:
             self._warned.add((who, kind))
             log.warning(msg, *args)
 
-
-assert HASH_SIZE == 8

@@ -34,7 +34,7 @@ from eslserver.metrics import Metrics
 from eslserver.pricing import PriceError, PriceUpdate
 from eslserver.timeutil import iso, parse_iso, utcnow
 
-__all__ = ["Ingest", "IngestResult", "mark_dirty_sql", "dirty_generation"]
+__all__ = ["Ingest", "IngestResult", "dirty_generation", "mark_dirty_sql"]
 
 log = logging.getLogger(__name__)
 

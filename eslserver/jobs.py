@@ -16,7 +16,7 @@ import aiosqlite
 from eslserver.db.database import fetchone
 from eslserver.timeutil import iso
 
-__all__ = ["insert_job", "supersede_queued_images", "ensure_pair_job", "OPEN_STATES", "JobKind"]
+__all__ = ["OPEN_STATES", "JobKind", "ensure_pair_job", "insert_job", "supersede_queued_images"]
 
 OPEN_STATES: Final = ("queued", "sent")
 

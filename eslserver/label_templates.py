@@ -17,13 +17,12 @@ from typing import Any
 
 from PIL import Image
 
+from eslserver import pricing
 from eslserver.audit import Who, record_audit
 from eslserver.config import DEFAULT_TEMPLATES, Settings
 from eslserver.db.database import Database, fetchone
 from eslserver.ingest import dirty_generation
-from eslserver import pricing
 from eslserver.timeutil import iso, parse_iso, utcnow
-
 from firmware_proto.image import decompress
 from firmware_proto.models import get_model
 from firmware_proto.transfer import framebuffer_size
@@ -33,10 +32,14 @@ from render.pack import from_framebuffer
 from render.palette import to_rgb_image
 from render.samples import image_resolver, sample_catalogue
 from render.templates import (
-    Template, TemplateError, load_template, shipped_template_names, template_from_string,
+    Template,
+    TemplateError,
+    load_template,
+    shipped_template_names,
+    template_from_string,
 )
 
-__all__ = ["Templates", "png_of_indices", "framebuffer_png"]
+__all__ = ["Templates", "framebuffer_png", "png_of_indices"]
 
 
 def png_of_indices(indices: Any) -> bytes:

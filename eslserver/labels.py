@@ -28,11 +28,11 @@ from eslserver.ingest import dirty_generation
 from eslserver.jobs import JobKind, insert_job
 from eslserver.metrics import Metrics
 from eslserver.timeutil import iso, utcnow
-
+from firmware_proto.errors import FrameError
 from firmware_proto.frames import address_bytes
 from firmware_proto.models import get_model
 
-__all__ = ["LabelError", "Labels", "state_json", "normalise_mac", "STATE_COLUMNS", "LED_FLASH"]
+__all__ = ["LED_FLASH", "STATE_COLUMNS", "LabelError", "Labels", "normalise_mac", "state_json"]
 
 STATE_COLUMNS = ("mac, sku, model, gateway, state, expected_hash, displayed_hash, battery_mv, temperature_c, "
                  "rssi, last_seen, updated_at, template, aisle")
@@ -60,7 +60,7 @@ def normalise_mac(mac: str) -> str:
         raw = ":".join(raw[i:i + 2] for i in range(0, 12, 2))
     try:
         data = address_bytes(raw)
-    except Exception:
+    except (FrameError, ValueError, TypeError):
         raise LabelError("bad_mac", f"mac: expected AA:BB:CC:DD:EE:FF, got {mac!r}") from None
     return ":".join(f"{b:02X}" for b in data)
 

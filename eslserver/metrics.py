@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
-__all__ = ["Metrics", "LABEL_STATES", "JOB_STATES"]
+__all__ = ["JOB_STATES", "LABEL_STATES", "Metrics"]
 
 LABEL_STATES = ("ok", "pending", "failed", "offline", "unpaired")
 JOB_STATES = ("queued", "sent", "done", "failed", "superseded")

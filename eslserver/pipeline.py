@@ -37,7 +37,6 @@ from eslserver.jobs import JobKind, ensure_pair_job, insert_job, supersede_queue
 from eslserver.metrics import Metrics
 from eslserver.render_worker import RenderItem, RenderJob, RenderOutcome, render_job
 from eslserver.timeutil import iso, parse_iso, utcnow
-
 from firmware_proto.auth import new_label_key
 
 __all__ = ["Pipeline", "template_for"]

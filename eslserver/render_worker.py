@@ -19,9 +19,14 @@ from firmware_proto.transfer import framebuffer_size, plan_update
 from render.batch import render_batch
 from render.context import Store
 from render.samples import image_resolver
-from render.templates import Template, TemplateError, load_template, template_from_string
+from render.templates import (
+    Template,
+    TemplateError,
+    load_template,
+    template_from_string,
+)
 
-__all__ = ["RenderItem", "RenderJob", "LabelUpdate", "RenderOutcome", "render_job", "warm_up"]
+__all__ = ["LabelUpdate", "RenderItem", "RenderJob", "RenderOutcome", "render_job", "warm_up"]
 
 _TEMPLATES: OrderedDict[tuple[str, int], Template] = OrderedDict()
 _TEMPLATE_CACHE = 32

@@ -33,7 +33,7 @@ from eslserver.pipeline import Pipeline
 from eslserver.render_worker import warm_up
 from eslserver.timeutil import iso, utcnow
 
-__all__ = ["Server", "SYSTEM"]
+__all__ = ["SYSTEM", "Server"]
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,8 @@ class Server:
                                        client_id=f"eslserver-{s.store}-{s.instance}", clean_session=False,
                                        on_connect=self._on_connect)
             self.mqtt.subscribe(self.topic("pos", "prices"), self._on_prices, qos=1)
-            self.mqtt.subscribe(self.topic("gateway", "+", "events"), self._on_gateway_event, qos=1)
+            # many handlers wait at once so that their events are applied in one batch
+            self.mqtt.subscribe(self.topic("gateway", "+", "events"), self._on_gateway_event, qos=1, concurrency=256)
             self.mqtt.subscribe(self.topic("gateway", "+", "status"), self._on_gateway_status, qos=1)
             await self.mqtt.__aenter__()
         self._spawn(self.pipeline.run(), "pipeline")
@@ -165,6 +166,7 @@ class Server:
         self._spawn(self._housekeeping(), "housekeeping")
         if self.mqtt is not None:
             self._spawn(self.dispatcher.run(), "dispatcher")
+            self._spawn(self.dispatcher.run_events(), "gateway-events")
             self._spawn(self._state_loop(), "label-states")
         if self.use_http:
             from eslserver.api.app import create_app

@@ -1,5 +1,5 @@
 """Storage: SQLite through aiosqlite (WAL, ordered migrations), and the queries per table."""
 
-from eslserver.db.database import Database, DatabaseError, SCHEMA_VERSION
+from eslserver.db.database import SCHEMA_VERSION, Database, DatabaseError
 
-__all__ = ["Database", "DatabaseError", "SCHEMA_VERSION"]
+__all__ = ["SCHEMA_VERSION", "Database", "DatabaseError"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiosqlite
 
-__all__ = ["Database", "DatabaseError", "migrations", "SCHEMA_VERSION"]
+__all__ = ["SCHEMA_VERSION", "Database", "DatabaseError", "migrations"]
 
 log = logging.getLogger(__name__)
 
