@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from decimal import Decimal
 from pathlib import Path
@@ -315,7 +316,7 @@ async def server_rss(labels: int) -> dict[str, Any]:
         server = _Proc([*_esl(), "serve"], {"ESL_DATA_DIR": str(data), "ESL_HTTP_PORT": str(port),
                                             "ESL_BROKER_URL": f"mqtt://127.0.0.1:{broker.port}",
                                             "ESL_LOG_LEVEL": "warning"})
-        base = _Proc([sys.executable, "-c", "import eslserver.server, sys; print('ready', flush=True); sys.stdin.read()"])
+        base = _Proc([sys.executable, "-c", "import eslserver.server, time; print('ready', flush=True); time.sleep(600)"])
         try:
             server.line_with("eslserver: http://")
             base.line_with("ready")
@@ -327,7 +328,10 @@ async def server_rss(labels: int) -> dict[str, Any]:
             for path in ("/api/v1/labels?limit=100", "/api/v1/summary", "/api/v1/labels?state=ok&limit=500",
                          "/api/v1/products?limit=100"):
                 req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
-                await asyncio.to_thread(lambda r=req: urllib.request.urlopen(r, timeout=60).read())
+                try:
+                    await asyncio.to_thread(lambda r=req: urllib.request.urlopen(r, timeout=60).read())
+                except urllib.error.HTTPError as exc:
+                    raise RuntimeError(f"GET {path}: {exc.code} {exc.read()[:300]!r}") from None
             await asyncio.sleep(3)  # a housekeeping round over all labels
             server_mib = _rss_mib(server.popen.pid)
             workers_mib = sum(_rss_mib(c) for c in _children(server.popen.pid))

@@ -103,6 +103,7 @@ class Dispatcher:
     # -- sending ------------------------------------------------------------------------------
     async def run(self) -> None:
         while True:
+            self._wake.clear()  # before looking: a poke while we look is not lost
             try:
                 await self.requeue_overdue()
                 sent = await self.dispatch_once()
@@ -112,7 +113,6 @@ class Dispatcher:
             except Exception:  # outermost boundary of the loop
                 log.exception("dispatcher failed; retrying in 1 s")
                 delay = 1.0
-            self._wake.clear()
             try:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()

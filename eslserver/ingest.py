@@ -15,6 +15,7 @@ product's ``next_change_at`` says when its label must be redrawn.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -63,6 +64,20 @@ class IngestResult:
         return {"accepted": self.accepted, "errors": self.errors}
 
 
+_GROUP = 200  # messages per transaction at most
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A validated message waiting for the group commit."""
+
+    updates: list[tuple[int, PriceUpdate]]
+    received: datetime
+    source: str
+    actor: Who
+    done: asyncio.Future[list[str]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class Ingest:
     """The POS side of the server (MQTT and HTTP both end here)."""
 
@@ -74,6 +89,8 @@ class Ingest:
         self.settings = settings
         self.metrics = metrics
         self.on_dirty = on_dirty
+        self._queue: list[_Pending] = []
+        self._leading = False
 
     async def submit(self, payload: bytes | str | Sequence[object] | Mapping[str, Any], *, source: str,
                      actor: Who) -> IngestResult:
@@ -105,12 +122,11 @@ class Ingest:
         if not updates:
             self.on_result(0, len(result.errors))
             return result
+        statuses = await self._group_commit(_Pending(updates, received, source, actor))
         dirty = False
-        async with self.db.transaction() as conn:
-            for index, update in updates:
-                status = await self._accept(conn, update, received, source, actor)
-                result.accepted.append({"index": index, "sku": update.sku, "status": status})
-                dirty |= status != "stale"  # applied, or scheduled: the scheduler must look again
+        for (index, update), status in zip(updates, statuses, strict=True):
+            result.accepted.append({"index": index, "sku": update.sku, "status": status})
+            dirty |= status != "stale"  # applied, or scheduled: the scheduler must look again
         for item in result.accepted:
             if item["status"] == "stale":
                 self.metrics.updates_stale.labels(source).inc()
@@ -120,6 +136,54 @@ class Ingest:
             self.on_dirty()
         self.on_result(len(result.accepted), len(result.errors))
         return result
+
+    async def _group_commit(self, pending: _Pending) -> list[str]:
+        """Apply `pending` in a transaction shared with the messages that arrive meanwhile.
+
+        The first caller leads: it lets the loop run once (so that concurrent handlers queue
+        their messages), then applies everything queued, in arrival order, in one transaction
+        with a savepoint per message, and hands each caller its statuses after the commit. One
+        commit per burst instead of per message is what sustains hundreds of messages a second.
+        """
+        self._queue.append(pending)
+        if self._leading:
+            return await pending.done
+        self._leading = True
+        try:
+            await asyncio.sleep(0)
+            while self._queue:
+                batch, self._queue = self._queue[:_GROUP], self._queue[_GROUP:]
+                results: list[list[str] | BaseException] = []
+                try:
+                    async with self.db.transaction() as conn:
+                        for item in batch:
+                            await conn.execute("SAVEPOINT message")
+                            try:
+                                results.append([await self._accept(conn, update, item.received, item.source,
+                                                                   item.actor) for _, update in item.updates])
+                            except Exception as exc:  # this message only; the others still commit
+                                await conn.execute("ROLLBACK TO message")
+                                results.append(exc)
+                            await conn.execute("RELEASE message")
+                except BaseException as exc:
+                    for item in batch:
+                        if not item.done.done():
+                            item.done.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for item, outcome in zip(batch, results, strict=True):
+                    if isinstance(outcome, BaseException):
+                        item.done.set_exception(outcome)
+                    else:
+                        item.done.set_result(outcome)
+        finally:
+            self._leading = False
+            for item in self._queue:  # the leader was cancelled: followers must not wait forever
+                if not item.done.done():
+                    item.done.set_exception(RuntimeError("ingest interrupted; message not stored"))
+            self._queue = []
+        return await pending.done
 
     def _reject(self, result: IngestResult, exc: PriceError, source: str) -> None:
         body = exc.to_json()

@@ -16,7 +16,7 @@ import aiosqlite
 from eslserver.db.database import fetchone
 from eslserver.timeutil import iso
 
-__all__ = ["OPEN_STATES", "JobKind", "ensure_pair_job", "insert_job", "supersede_queued_images"]
+__all__ = ["OPEN_STATES", "JobKind", "ensure_pair_job", "insert_job"]
 
 OPEN_STATES: Final = ("queued", "sent")
 
@@ -36,11 +36,6 @@ async def insert_job(conn: aiosqlite.Connection, *, store: str, mac: str, kind: 
                              values)
     assert cur.lastrowid is not None
     return cur.lastrowid
-
-
-async def supersede_queued_images(conn: aiosqlite.Connection, mac: str, now: datetime) -> None:
-    await conn.execute("UPDATE jobs SET state = 'superseded', finished_at = ? "
-                       "WHERE mac = ? AND kind = 'image' AND state = 'queued'", (iso(now), mac))
 
 
 async def ensure_pair_job(conn: aiosqlite.Connection, *, store: str, mac: str, now: datetime,

@@ -33,7 +33,7 @@ from typing import Any
 from eslserver import pricing
 from eslserver.config import DEFAULT_TEMPLATES, Settings
 from eslserver.db.database import Database, fetchall, placeholders
-from eslserver.jobs import JobKind, ensure_pair_job, insert_job, supersede_queued_images
+from eslserver.jobs import JobKind, ensure_pair_job
 from eslserver.metrics import Metrics
 from eslserver.render_worker import RenderItem, RenderJob, RenderOutcome, render_job
 from eslserver.timeutil import iso, parse_iso, utcnow
@@ -164,70 +164,80 @@ class Pipeline:
         store = self.settings.store
         changed: list[str] = []
         stamp = iso(now)
-        new_jobs = 0
+        # collected per statement and written with executemany: one round trip per kind of
+        # row instead of several per label keeps the event loop free during a repricing
+        images: list[tuple[Any, ...]] = []
+        supersede: list[tuple[Any, ...]] = []
+        shown: list[tuple[Any, ...]] = []
+        pending: list[tuple[Any, ...]] = []
+        failed: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+        clear: list[tuple[Any, ...]] = [(r["mac"], r["dirty"]) for r in orphans]
+        jobs: list[tuple[Any, ...]] = []
+        unpaired: list[str] = []
         async with self.db.transaction() as conn:
             macs = [o.mac for o in outcomes]
             current: dict[str, int] = {}
+            open_images: set[tuple[str, str]] = set()
             for i in range(0, len(macs), 500):
                 part = macs[i:i + 500]
                 for row in await fetchall(conn, f"SELECT mac, dirty FROM labels WHERE mac IN ({placeholders(part)})",
                                           part):
                     current[row["mac"]] = row["dirty"]
-            for r in orphans:  # unbound, or bound to a product that does not exist (yet)
-                await conn.execute("UPDATE labels SET dirty = 0 WHERE mac = ? AND dirty = ?", (r["mac"], r["dirty"]))
+                for row in await fetchall(conn, f"SELECT mac, image_hash FROM jobs WHERE kind = 'image' AND state IN "
+                                                f"('queued', 'sent') AND mac IN ({placeholders(part)})", part):
+                    open_images.add((row["mac"], row["image_hash"]))
             for out in outcomes:
                 r = rows[out.mac]
                 if current.get(out.mac) != r["dirty"]:
-                    # changed while we drew it (new price, unbound, rebound): the newer mark wins
-                    continue
+                    continue  # changed while we drew it (new price, unbound, rebound): the newer mark wins
                 if out.error is not None or out.image_hash is None:
                     self.metrics.render_errors.inc()
                     log.warning("label %s (sku %s): %s", out.mac, r["sku"], out.error)
-                    await conn.execute("INSERT INTO events (at, store, mac, kind, detail) VALUES (?, ?, ?, ?, ?)",
-                                       (stamp, store, out.mac, "render_error", json.dumps({"error": out.error})))
-                    await conn.execute("UPDATE labels SET state = 'failed', updated_at = ?, "
-                                       "dirty = CASE WHEN dirty = ? THEN 0 ELSE dirty END WHERE mac = ?",
-                                       (stamp, r["dirty"], out.mac))
+                    events.append((stamp, store, out.mac, "render_error", json.dumps({"error": out.error})))
+                    failed.append((stamp, out.mac))
                     changed.append(out.mac)
                     continue
                 self.metrics.labels_rendered.inc()
                 digest = out.image_hash.hex()
-                await conn.execute("INSERT OR IGNORE INTO images (hash, model, format, payload, created_at) "
-                                   "VALUES (?, ?, ?, ?, ?)", (digest, r["model"], out.image_format,
-                                                              out.image_payload, stamp))
+                images.append((digest, r["model"], out.image_format, out.image_payload, stamp))
                 if out.update is None or digest == r["displayed_hash"]:
                     self.metrics.labels_skipped.inc()
-                    await supersede_queued_images(conn, out.mac, now)
-                    await conn.execute(
-                        "UPDATE labels SET expected_hash = ?, state = 'ok', origin_at = NULL, updated_at = ?, "
-                        "dirty = CASE WHEN dirty = ? THEN 0 ELSE dirty END WHERE mac = ?",
-                        (digest, stamp, r["dirty"], out.mac))
+                    supersede.append((stamp, out.mac))
+                    shown.append((digest, stamp, out.mac))
                     changed.append(out.mac)
                     continue
-                if digest == r["expected_hash"]:
-                    open_job = await (await conn.execute(
-                        "SELECT 1 FROM jobs WHERE mac = ? AND kind = 'image' AND image_hash = ? "
-                        "AND state IN ('queued', 'sent')", (out.mac, digest))).fetchone()
-                    if open_job is not None:  # already on its way
-                        await conn.execute("UPDATE labels SET dirty = 0 WHERE mac = ? AND dirty = ?",
-                                           (out.mac, r["dirty"]))
-                        continue
-                await supersede_queued_images(conn, out.mac, now)
+                if (out.mac, digest) in open_images:  # already on its way
+                    clear.append((out.mac, r["dirty"]))
+                    continue
+                supersede.append((stamp, out.mac))
                 if not r["paired"]:
-                    await ensure_pair_job(conn, store=store, mac=out.mac, now=now, new_key=new_label_key())
+                    unpaired.append(out.mac)
                 u = out.update
-                await insert_job(conn, store=store, mac=out.mac, kind=JobKind.IMAGE, now=now,
-                                 origin_at=r["origin_at"], image_hash=digest,
-                                 base_hash=u.base_hash.hex() if u.base_hash else None,
-                                 region=",".join(map(str, u.region)) if u.region else None,
-                                 delta=int(u.delta), format=u.image_format, payload=u.payload)
-                new_jobs += 1
-                await conn.execute(
-                    "UPDATE labels SET expected_hash = ?, state = CASE WHEN state = 'offline' "
-                    "THEN state ELSE 'pending' END, updated_at = ?, "
-                    "dirty = CASE WHEN dirty = ? THEN 0 ELSE dirty END WHERE mac = ?",
-                    (digest, stamp, r["dirty"], out.mac))
+                jobs.append((store, out.mac, JobKind.IMAGE, "queued", stamp, stamp, r["origin_at"], digest,
+                             u.base_hash.hex() if u.base_hash else None,
+                             ",".join(map(str, u.region)) if u.region else None, int(u.delta), u.image_format,
+                             u.payload))
+                pending.append((digest, stamp, out.mac))
                 changed.append(out.mac)
+            new_jobs = len(jobs)
+            await conn.executemany("INSERT OR IGNORE INTO images (hash, model, format, payload, created_at) "
+                                   "VALUES (?, ?, ?, ?, ?)", images)
+            await conn.executemany("UPDATE jobs SET state = 'superseded', finished_at = ? "
+                                   "WHERE mac = ? AND kind = 'image' AND state = 'queued'", supersede)
+            for mac in unpaired:  # the image waits behind the pairing (one job per label at a time)
+                await ensure_pair_job(conn, store=store, mac=mac, now=now, new_key=new_label_key())
+            await conn.executemany(
+                "INSERT INTO jobs (store, mac, kind, state, next_attempt_at, created_at, origin_at, image_hash, "
+                "base_hash, region, delta, format, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", jobs)
+            await conn.executemany("UPDATE labels SET expected_hash = ?, state = 'ok', origin_at = NULL, "
+                                   "updated_at = ?, dirty = 0 WHERE mac = ?", shown)
+            await conn.executemany("UPDATE labels SET expected_hash = ?, state = CASE WHEN state = 'offline' "
+                                   "THEN state ELSE 'pending' END, updated_at = ?, dirty = 0 WHERE mac = ?", pending)
+            await conn.executemany("UPDATE labels SET state = 'failed', updated_at = ?, dirty = 0 WHERE mac = ?",
+                                   failed)
+            await conn.executemany("INSERT INTO events (at, store, mac, kind, detail) VALUES (?, ?, ?, ?, ?)", events)
+            await conn.executemany("UPDATE labels SET dirty = 0 WHERE mac = ? AND dirty = ?", clear)
         if new_jobs:
             self.metrics.jobs_created.labels(JobKind.IMAGE).inc(new_jobs)
         return changed

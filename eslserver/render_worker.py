@@ -142,7 +142,8 @@ def render_job(job: RenderJob) -> list[RenderOutcome]:
         if base_fb is None:
             update = LabelUpdate(res.payload.data, int(res.payload.format), None, None, False)
         else:
-            plan = plan_update(model, res.framebuffer, base_fb=base_fb)
+            plan = plan_update(model, res.framebuffer, base_fb=base_fb,
+                               full=(res.payload.data, res.payload.format))
             update = None if plan is None else LabelUpdate(
                 plan.payload, int(plan.image_format),
                 None if plan.region is None else (plan.region.x, plan.region.y, plan.region.w, plan.region.h),

@@ -156,7 +156,7 @@ class Server:
             self.mqtt = MqttConnection(MqttSettings.from_url(self.broker_url, **overrides),
                                        client_id=f"eslserver-{s.store}-{s.instance}", clean_session=False,
                                        on_connect=self._on_connect)
-            self.mqtt.subscribe(self.topic("pos", "prices"), self._on_prices, qos=1)
+            self.mqtt.subscribe(self.topic("pos", "prices"), self._on_prices, qos=1, concurrency=64)
             # many handlers wait at once so that their events are applied in one batch
             self.mqtt.subscribe(self.topic("gateway", "+", "events"), self._on_gateway_event, qos=1, concurrency=256)
             self.mqtt.subscribe(self.topic("gateway", "+", "status"), self._on_gateway_status, qos=1)
@@ -254,6 +254,7 @@ class Server:
 
     async def _schedule_loop(self) -> None:
         while True:
+            self._schedule_wake.clear()  # before looking: a change while we look is not lost
             try:
                 due = await self.ingest.next_due()
                 now = utcnow()
@@ -264,7 +265,6 @@ class Server:
             except Exception:
                 log.exception("scheduler failed; retrying in 1 s")
                 delay = 1.0
-            self._schedule_wake.clear()
             try:
                 async with asyncio.timeout(max(0.001, delay)):
                     await self._schedule_wake.wait()

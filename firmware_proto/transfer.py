@@ -271,18 +271,20 @@ class ImageUpdate:
 
 
 def plan_update(model: LabelModel, new_fb: bytes, *, base_fb: bytes | None = None,
-                region: Region | None = None) -> ImageUpdate | None:
+                region: Region | None = None,
+                full: tuple[bytes, ImageFormat] | None = None) -> ImageUpdate | None:
     """The cheapest update from `base_fb` (what the label shows, if known) to `new_fb`.
 
     None when the label already shows `new_fb`. Without a base: the whole image in its smallest
     format. With a base: the smallest of whole image, region (`region`, or the bytes that
-    changed) and XOR delta of either, counting the offer's extra header bytes.
+    changed) and XOR delta of either, counting the offer's extra header bytes. `full` is
+    `best_payload(new_fb)` when the caller has it (it is not computed again).
     """
     size = framebuffer_size(model)
     if len(new_fb) != size or (base_fb is not None and len(base_fb) != size):
         raise TransferError(f"framebuffers must be {size} bytes for {model.name}")
     target = image_hash(new_fb)
-    payload, fmt = best_payload(new_fb)
+    payload, fmt = full if full is not None else best_payload(new_fb)  # the caller may have it already
     best = ImageUpdate(payload, fmt, target)
     if base_fb is None:
         return best

@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 from aiohttp.typedefs import Handler as AiohttpHandler
 
-from eslserver.api import routes_labels, routes_misc, routes_prices, routes_products, routes_templates
+from eslserver.api import (
+    routes_labels, routes_live, routes_misc, routes_prices, routes_products, routes_tech, routes_templates,
+)
 from eslserver.api.errors import ApiError
 from eslserver.api.routing import MAX_JSON_BODY, Call, Route, json_response
 from eslserver.auth import ROLES, Actor, verify_token
+from eslserver.web import setup_web
 
 if TYPE_CHECKING:
     from eslserver.server import Server
@@ -40,7 +43,8 @@ _REASONS: Final = {404: "not_found", 405: "method_not_allowed", 413: "body_too_l
 def all_routes() -> tuple[Route, ...]:
     """Every route the application serves (the OpenAPI document documents exactly these)."""
     return (*routes_prices.ROUTES, *routes_products.ROUTES, *routes_labels.ROUTES,
-            *routes_templates.ROUTES, *routes_misc.ROUTES)
+            *routes_templates.ROUTES, *routes_misc.ROUTES, *routes_tech.ROUTES,
+            *routes_live.ROUTES)
 
 
 def _unauthorised(code: str, detail: str) -> ApiError:
@@ -127,4 +131,6 @@ def create_app(server: Server, *, routes: Sequence[Route] | None = None) -> web.
     app[BODY_LIMIT_KEY] = biggest
     for route in table:
         app.router.add_route(route.method, route.path, _guard(route))
+    routes_live.setup_live(app)
+    setup_web(app)
     return app

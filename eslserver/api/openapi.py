@@ -164,6 +164,19 @@ SCHEMAS: Final[dict[str, Schema]] = {
                     "database": {"type": "string", "description": "ok, or error: …"},
                     "mqtt": {"type": "string", "enum": ["connected", "disconnected", "disabled"]}}),
 }
+SCHEMAS["ImportRow"] = _obj({
+    "line": {"type": "integer", "minimum": 1, "description": "the row's line in the file (for the report)"},
+    "fields": {"type": "object", "description": "product fields as in a price update (sku required; sku alone: "
+                                              "bind the label to a product already in the catalogue)"},
+    "label": _null("string"), "template": _null("string"), "model": _null("string")}, ("line", "fields"))
+SCHEMAS["ImportResult"] = _obj({
+    "line": {"type": "integer"}, "sku": {"type": "string"},
+    "product": {"type": "string", "enum": ["created", "updated", "unchanged", "none"]},
+    "label": _null("string"), "binding": {"type": ["string", "null"], "enum": ["bound", "unchanged", None]}})
+SCHEMAS["ImportError"] = _obj({"line": {"type": "integer"}, "sku": _null("string"), "field": {"type": "string"},
+                               "value": _ANY, "error": {"type": "string"}, "detail": {"type": "string"}})
+SCHEMAS["ImportReport"] = _obj({"results": {"type": "array", "items": _ref("ImportResult")},
+                                "errors": {"type": "array", "items": _ref("ImportError")}})
 SCHEMAS["LabelDetail"] = copy.deepcopy(SCHEMAS["Label"])
 SCHEMAS["LabelDetail"]["properties"].update(
     product={"oneOf": [_ref("ProductSummary"), {"type": "null"}]},
@@ -297,6 +310,22 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
                        _q("before", {"type": "integer", "minimum": 1}, "events older than this id")],
         "responses": {"200": _json("EventList", "events"), "400": _BAD, "404": _NO_LABEL},
     },
+    ("GET", "/api/v1/labels/{mac}/history"): {
+        "summary": "The label's audit trail (bound, unbound, flashed), newest first",
+        "parameters": [_MAC, _q("limit", {"type": "integer", "minimum": 1}, "page size"),
+                       _q("before", {"type": "integer", "minimum": 1}, "entries older than this id")],
+        "responses": {"200": _json("AuditList", "audit entries of this label"), "400": _BAD, "404": _NO_LABEL},
+    },
+    ("POST", "/api/v1/import"): {
+        "summary": "Import catalogue rows (products and the labels showing them)",
+        "description": "Rows parsed from a catalogue file (at most 1000 a request; `esl import` sends a CSV in "
+                       "chunks). Each row is validated as a price update and its binding checked, then applied "
+                       "whole or not at all; a product or binding already as the row says is left alone, so "
+                       "re-sending rows changes nothing. Audited.",
+        "requestBody": _body(_obj({"rows": {"type": "array", "items": _ref("ImportRow")}})),
+        "responses": {"200": _json("ImportReport", "one result per applied row, one error per rejected row"),
+                      **_BODY_ERRORS},
+    },
     ("GET", "/api/v1/images/{hash}.png"): {
         "summary": "Any stored image by content hash (immutable, cacheable)",
         "parameters": [_p("hash", "16 hex digits", {"type": "string", "pattern": "^[0-9a-fA-F]{16}$"})],
@@ -355,6 +384,17 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "summary": "Dashboard numbers: labels by state, gateways, open jobs, last hour's updates and time-to-shelf",
         "parameters": [_q("battery_below", {"type": "integer", "minimum": 0}, "low-battery threshold, mV")],
         "responses": {"200": _json("Summary", "the numbers"), "400": _BAD},
+    },
+    ("GET", "/api/v1/events/stream"): {
+        "summary": "Live changes as server-sent events (dashboards, the web UI's shelf)",
+        "description": "One event per change, named by its type (`labels` with `macs`, `prices` with "
+                       "`accepted` and `rejected`, …), data as JSON. The first event is `ready` (the "
+                       "subscription is live: load state after it); a comment line every 15 s keeps the "
+                       "stream alive. The stream ends when the server shuts down, or after `limit` events.",
+        "parameters": [_q("limit", {"type": "integer", "minimum": 1}, "end after this many events (ready included)")],
+        "responses": {"200": {"description": "text/event-stream",
+                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                      "400": _BAD},
     },
     ("GET", "/api/v1/me"): {
         "summary": "Who this token is: its name and role (sign-in check)",

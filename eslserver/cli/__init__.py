@@ -26,6 +26,8 @@ from eslserver.cli import token_cmds  # noqa: E402
 token_cmds.register(app)
 from eslserver.cli import gateway_cmds  # noqa: E402
 gateway_cmds.register(app)
+from eslserver.cli import tech_cmds  # noqa: E402
+tech_cmds.register(app)
 
 
 def main() -> None:
