@@ -100,7 +100,7 @@ async def run_demo(settings: Settings, config: DemoConfig, *, print_line: Callab
                 token = await create_token(server.db, "admin", "demo")
                 print_line(f"eslserver demo store '{settings.store}': {config.labels} simulated labels")
                 print_line(f"  http    http://{settings.http_host}:{server.http_port}/  "
-                           f"(API http://{settings.http_host}:{server.http_port}/api/v1/)")
+                           f"(web UI /ui/, API /api/v1/, metrics /metrics)")
                 print_line(f"  broker  {server.broker_url}  (POS topic {server.topic('pos', 'prices')})")
                 print_line(f"  token   {token}   (admin)")
                 print_line(f"  screens {(settings.data_dir / 'snapshots').resolve()}")

@@ -35,7 +35,7 @@ from eslserver.ingest import dirty_generation
 from eslserver.jobs import JobKind, ensure_pair_job
 from eslserver.metrics import Metrics
 from eslserver.timeutil import iso, parse_iso, utcnow
-from firmware_proto.auth import ReplayWindow, derive_factory_key, new_label_key
+from firmware_proto.auth import REPLAY_WINDOW, ReplayWindow, derive_factory_key, new_label_key
 from firmware_proto.envelope import (
     CommandJob,
     EnvelopeError,
@@ -71,8 +71,8 @@ def counter_budget(payload_len: int, max_frame: int = 244) -> int:
 
 def backoff_s(attempts: int, settings: Settings, rng: random.Random) -> float:
     """Delay before attempt ``attempts + 1``: exponential, capped, with ±50 % jitter."""
-    base = min(settings.retry_max_s, settings.retry_base_s * 2 ** max(0, attempts - 1))
-    return base * (0.5 + rng.random())
+    base = min(settings.retry_max_s, settings.retry_base_s * 2.0 ** max(0, attempts - 1))
+    return float(base * (0.5 + rng.random()))
 
 
 class Dispatcher:
@@ -179,7 +179,7 @@ class Dispatcher:
         if kind == JobKind.PAIR:
             await conn.execute("UPDATE labels SET factory_counter = factory_counter + 1 WHERE mac = ?", (mac,))
             return PairJob(factory_key=derive_factory_key(self.factory_secret, mac), new_key=row["command"],
-                           factory_counter=row["factory_counter"], **common), 0  # type: ignore[arg-type]
+                           factory_counter=row["factory_counter"], **common), 0
         key = row["label_key"]
         if key is None:  # the pairing failed for good: start it again, the image waits behind it
             if await ensure_pair_job(conn, store=self.settings.store, mac=mac, now=now, new_key=new_label_key()):
@@ -206,7 +206,7 @@ class Dispatcher:
         budget = counter_budget(len(payload))
         return ImageJob(image_format=ImageFormat(fmt), image_hash=bytes.fromhex(row["image_hash"]), payload=payload,
                         region=region, base_hash=base, delta=delta, budget=budget, **counters,
-                        **common), budget  # type: ignore[arg-type]
+                        **common), budget
 
     async def _fail(self, conn: aiosqlite.Connection, job_id: int, mac: str, reason: str, now: datetime) -> None:
         log.error("job %d for %s failed: %s", job_id, mac, reason)
@@ -469,9 +469,12 @@ class Dispatcher:
                 "ORDER BY id DESC", (ev.mac,))).fetchall():
             candidates.append((pair["command"], pair["id"]))
         for key, pair_job in candidates:
-            highest = row["rx_highest"] if pair_job is None else 0
+            # nothing at or below the highest counter we know is believed: the window's mask is
+            # not kept, and a check-in older than frames already seen is stale news at best
+            window = (ReplayWindow(highest=row["rx_highest"], mask=(1 << REPLAY_WINDOW) - 1)
+                      if pair_job is None else ReplayWindow())
             try:
-                GatewaySession(ev.mac, key, rx=ReplayWindow(highest=highest)).open(ev.frame)
+                GatewaySession(ev.mac, key, rx=window).open(ev.frame)
             except ProtocolError:
                 continue
             if pair_job is not None:

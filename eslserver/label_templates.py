@@ -96,7 +96,7 @@ class Templates:
         for model in tpl.info.models:
             for result in render_batch(tpl, records, model=model, images=image_resolver()):
                 if result.error is not None:
-                    raise TemplateError(name, None, "render", f"{model}, sample {result.sku}: {result.error}")
+                    raise TemplateError(name, None, "runtime", f"{model}, sample {result.sku}: {result.error}")
         return tpl
 
     async def save(self, name: str, source: str, *, actor: Who) -> int:
@@ -155,7 +155,7 @@ class Templates:
                                                                            self.settings.currency),
                                   now=when, images=image_resolver(), keep_indices=True)[0]
             if result.error is not None or result.indices is None:
-                raise TemplateError(name or "<preview>", None, "render", result.error or "no image")
+                raise TemplateError(name or "<preview>", None, "runtime", result.error or "no image")
             return png_of_indices(result.indices)
 
         return await asyncio.to_thread(draw)

@@ -216,6 +216,10 @@ class Server:
     async def _on_connect(self) -> None:
         self.metrics.mqtt_connected.set(1)
         self.dispatcher.poke()
+        # a broker without persistence forgets retained messages when it restarts: state them again
+        rows = await self.db.read("SELECT mac FROM labels WHERE store = ?", (self.settings.store,))
+        self._state_queue.update(r["mac"] for r in rows)
+        self._state_wake.set()
 
     async def _on_prices(self, message: Message) -> None:
         result = await self.ingest.submit(message.payload, source="mqtt", actor=POS_MQTT)
@@ -234,7 +238,9 @@ class Server:
         if status not in ("online", "offline"):
             log.warning("gateway status %r on %s is neither online nor offline", status, message.topic)
             return
-        await self.dispatcher.set_gateway(self._gateway_of(message.topic), status)
+        gateway = self._gateway_of(message.topic)
+        await self.dispatcher.set_gateway(gateway, status)
+        self.notify({"type": "gateway", "gateway": gateway, "status": status})
 
     # -- background loops -----------------------------------------------------------------------
     async def _state_loop(self) -> None:

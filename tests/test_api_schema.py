@@ -330,6 +330,7 @@ async def test_a_tour_gets_a_documented_success_from_every_route(api: ApiClient)
         ("GET", "/api/v1/me", None), ("GET", "/metrics", None), ("GET", "/healthz", None),
         ("GET", "/api/v1/openapi.json", None),
         ("GET", f"/api/v1/labels/{mac}/history", None),
+        ("GET", "/api/v1/events/stream?limit=1", None),
         ("POST", "/api/v1/import", {"rows": [{"line": 2, "fields": {"sku": "T1", "price": "2.59"}, "label": mac}]}),
         ("DELETE", f"/api/v1/labels/{mac}/binding", None),
     ]

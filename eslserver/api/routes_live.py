@@ -28,7 +28,7 @@ from aiohttp import web
 
 from eslserver.api.routing import ANY_ROLE, Call, Route, query_int
 
-__all__ = ["ROUTES", "setup_live", "HEARTBEAT_S", "STREAMS_KEY"]
+__all__ = ["HEARTBEAT_S", "ROUTES", "STREAMS_KEY", "setup_live"]
 
 log = logging.getLogger(__name__)
 

@@ -6,4 +6,4 @@ aiohttp application at ``/ui/``; every number and image comes from the HTTP API.
 
 from eslserver.web.routes import UI_PREFIX, setup_web
 
-__all__ = ["setup_web", "UI_PREFIX"]
+__all__ = ["UI_PREFIX", "setup_web"]

@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import MatchInfoError
 
-__all__ = ["setup_web", "UI_PREFIX", "static_files", "CONTENT_SECURITY_POLICY"]
+__all__ = ["CONTENT_SECURITY_POLICY", "UI_PREFIX", "setup_web", "static_files"]
 
 log = logging.getLogger(__name__)
 
