@@ -92,6 +92,7 @@ class Dispatcher:
         self._warned: set[tuple[str, str]] = set()
         self._inbox: list[tuple[str, Ack | Nack | Checkin | Status, asyncio.Future[None]]] = []
         self._inbox_wake = asyncio.Event()
+        self._dirtied = False
         self.factory_secret = settings.factory_secret.encode()
 
     def poke(self) -> None:
@@ -278,6 +279,9 @@ class Dispatcher:
                 for _, _, fut in batch:
                     if not fut.done():
                         fut.set_result(None)
+                if self._dirtied:  # only now can the pipeline's reader see the marks
+                    self._dirtied = False
+                    self.on_dirty()
                 if changed:
                     self.on_states(changed)
                 self.poke()
@@ -366,7 +370,7 @@ class Dispatcher:
             if open_job is None:
                 await conn.execute("UPDATE labels SET dirty = ?, origin_at = COALESCE(origin_at, ?) WHERE mac = ?",
                                    (dirty_generation(), iso(now), mac))
-                self.on_dirty()
+                self._dirtied = True  # the pipeline is told after the commit
 
     async def _nack(self, conn: aiosqlite.Connection, gateway: str | None, ev: Nack) -> set[str]:
         now = utcnow()
@@ -444,7 +448,7 @@ class Dispatcher:
                     await conn.execute("UPDATE labels SET dirty = ?, state = 'pending', "
                                        "origin_at = COALESCE(origin_at, ?) WHERE mac = ?",
                                        (dirty_generation(), iso(now), ev.mac))
-                    self.on_dirty()
+                    self._dirtied = True  # the pipeline is told after the commit
                     changed = True
         else:
             key = await self._verify(conn, row, ev, frame)

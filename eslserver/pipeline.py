@@ -44,6 +44,7 @@ __all__ = ["Pipeline", "template_for"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 64  # labels per task handed to a render process
+_RECHECK_S = 5.0
 
 
 def template_for(model: str, template: str | None) -> str:
@@ -72,7 +73,11 @@ class Pipeline:
         self._wake.set()  # labels left dirty by a previous run
         debounce = self.settings.debounce_ms / 1000
         while True:
-            await self._wake.wait()
+            try:  # a safety net: look every few seconds even if nobody pokes
+                async with asyncio.timeout(_RECHECK_S):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
             if debounce:
                 await asyncio.sleep(debounce)
             self._wake.clear()
