@@ -59,7 +59,7 @@ Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
 """(topic, payload, qos, retain) → published."""
 
 _SENT_GRACE_S = 10.0
-_CLAIM_LIMIT = 512
+_CLAIM_LIMIT = 128  # also bounds publishes in flight: aiomqtt scans its pending calls per publish
 _EVENT_BATCH = 500
 
 

@@ -248,7 +248,7 @@ class Server:
             await self._state_wake.wait()
             self._state_wake.clear()
             while self._state_queue:
-                batch = [self._state_queue.pop() for _ in range(min(500, len(self._state_queue)))]
+                batch = [self._state_queue.pop() for _ in range(min(100, len(self._state_queue)))]
                 try:
                     states = await self.labels.states(batch)
                     await asyncio.gather(*(self._publish(self.topic("label", st["mac"], "state"),

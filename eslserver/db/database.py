@@ -140,8 +140,9 @@ class Database:
         """Rows from a query on the read connection (sees committed data only)."""
         if self._reader is None:
             raise DatabaseError(f"database {str(self.path)!r} is not open")
-        async with self._reader.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        # one call into the connection's thread: a statement left open between an execute and
+        # its fetch would let other readers' queries run inside its older snapshot
+        return list(await self._reader.execute_fetchall(sql, params))
 
     async def read_one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> aiosqlite.Row | None:
         rows = await self.read(sql, params)
@@ -150,15 +151,14 @@ class Database:
 
 async def fetchall(conn: aiosqlite.Connection, sql: str,
                    params: Sequence[Any] | dict[str, Any] = ()) -> list[aiosqlite.Row]:
-    """Rows from a query inside a transaction."""
-    async with conn.execute(sql, params) as cur:
-        return list(await cur.fetchall())
+    """Rows from a query inside a transaction (one call into the connection's thread)."""
+    return list(await conn.execute_fetchall(sql, params))
 
 
 async def fetchone(conn: aiosqlite.Connection, sql: str,
                    params: Sequence[Any] | dict[str, Any] = ()) -> aiosqlite.Row | None:
-    async with conn.execute(sql, params) as cur:
-        return await cur.fetchone()
+    rows = await conn.execute_fetchall(sql, params)
+    return next(iter(rows), None)
 
 
 def placeholders(items: Iterable[object]) -> str:
