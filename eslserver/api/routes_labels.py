@@ -14,8 +14,8 @@ from aiohttp import web
 
 from eslserver.api.errors import ApiError, bad_input, not_found
 from eslserver.api.routing import (
-    ANY_ROLE, Call, Route, json_object, json_response, normalise_mac, page_params, query_bool, query_choice,
-    query_int, query_text, read_json,
+    ANY_ROLE, Call, Route, json_object, json_response, newest_first, normalise_mac, page_params, query_bool,
+    query_choice, query_int, query_text, read_json,
 )
 from eslserver.labels import STATE_COLUMNS, LabelError, state_json
 from eslserver.metrics import LABEL_STATES
@@ -207,17 +207,9 @@ async def image_png(call: Call) -> web.StreamResponse:
 async def label_events(call: Call) -> web.StreamResponse:
     mac = _mac(call)
     await _label_row(call, mac)
-    limit = query_int(call.request, "limit", default=100, lo=1, hi=1000)
-    before = query_int(call.request, "before", default=None, lo=1, hi=2**63 - 1)
-    sql = "SELECT id, at, gateway, kind, detail FROM events WHERE mac = ?"
-    params: list[Any] = [mac]
-    if before is not None:
-        sql += " AND id < ?"
-        params.append(before)
-    rows = await call.server.db.read(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
-    items = [{"id": r["id"], "at": r["at"], "gateway": r["gateway"], "kind": r["kind"],
-              "detail": json_column(r["detail"])} for r in rows]
-    return json_response({"items": items, "next_before": items[-1]["id"] if len(items) == limit else None})
+    return await newest_first(call, "SELECT id, at, gateway, kind, detail FROM events", ["mac = ?"], [mac],
+                              lambda r: {"id": r["id"], "at": r["at"], "gateway": r["gateway"], "kind": r["kind"],
+                                         "detail": json_column(r["detail"])})
 
 
 ROUTES: Final = (

@@ -12,7 +12,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from eslserver.api.routes_labels import json_column
 from eslserver.api.routing import (
-    ANY_ROLE, PUBLIC, Call, Route, json_response, normalise_mac, page_params, query_choice, query_int, query_text,
+    ANY_ROLE, PUBLIC, Call, Route, json_response, newest_first, normalise_mac, page_params, query_choice, query_int,
+    query_text,
 )
 from eslserver.metrics import JOB_STATES, LABEL_STATES
 from eslserver.timeutil import iso, parse_iso, utcnow
@@ -74,28 +75,24 @@ async def list_jobs(call: Call) -> web.StreamResponse:
                           "limit": limit, "offset": offset})
 
 
+AUDIT_SELECT: Final = "SELECT id, at, actor, role, action, target, before, after FROM audit"
+
+
+def audit_item(row: Any) -> dict[str, Any]:
+    """One audit row as the API shows it (before/after decoded)."""
+    return {"id": row["id"], "at": row["at"], "actor": row["actor"], "role": row["role"], "action": row["action"],
+            "target": row["target"], "before": json_column(row["before"]), "after": json_column(row["after"])}
+
+
 async def list_audit(call: Call) -> web.StreamResponse:
-    request = call.request
     where: list[str] = []
     params: list[Any] = []
     for name in ("actor", "action", "target"):
-        value = query_text(request, name)
+        value = query_text(call.request, name)
         if value is not None:
             where.append(f"{name} = ?")
             params.append(value)
-    before = query_int(request, "before", default=None, lo=1, hi=2**63 - 1)
-    if before is not None:
-        where.append("id < ?")
-        params.append(before)
-    limit = query_int(request, "limit", default=100, lo=1, hi=1000)
-    clause = ("WHERE " + " AND ".join(where)) if where else ""
-    rows = await call.server.db.read(
-        f"SELECT id, at, actor, role, action, target, before, after FROM audit {clause} ORDER BY id DESC LIMIT ?",
-        [*params, limit])
-    items = [{"id": r["id"], "at": r["at"], "actor": r["actor"], "role": r["role"], "action": r["action"],
-              "target": r["target"], "before": json_column(r["before"]), "after": json_column(r["after"])}
-             for r in rows]
-    return json_response({"items": items, "next_before": items[-1]["id"] if len(items) == limit else None})
+    return await newest_first(call, AUDIT_SELECT, where, params, audit_item)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:

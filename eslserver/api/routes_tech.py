@@ -12,20 +12,20 @@ flashed: when, by whom, before and after), for any token: the full audit log sta
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
 
 from eslserver.api.errors import ApiError, bad_input, not_found
-from eslserver.api.routes_labels import json_column
+from eslserver.api.routes_misc import AUDIT_SELECT, audit_item
 from eslserver.api.routing import (
     ANY_ROLE,
     Call,
     Route,
     json_object,
     json_response,
+    newest_first,
     normalise_mac,
-    query_int,
     read_json,
 )
 from eslserver.catalogue import MAX_ROWS, CatalogueError, apply_rows, row_from_json
@@ -53,21 +53,9 @@ async def post_import(call: Call) -> web.StreamResponse:
 
 async def label_history(call: Call) -> web.StreamResponse:
     mac = normalise_mac(call.request.match_info["mac"])
-    db = call.server.db
-    if await db.read_one("SELECT 1 FROM labels WHERE mac = ?", (mac,)) is None:
+    if await call.server.db.read_one("SELECT 1 FROM labels WHERE mac = ?", (mac,)) is None:
         raise not_found("unknown_label", f"label {mac} is not known", field="mac")
-    limit = query_int(call.request, "limit", default=100, lo=1, hi=1000)
-    before = query_int(call.request, "before", default=None, lo=1, hi=2**63 - 1)
-    sql = "SELECT id, at, actor, role, action, target, before, after FROM audit WHERE target = ? AND action LIKE 'label.%'"
-    params: list[Any] = [mac]
-    if before is not None:
-        sql += " AND id < ?"
-        params.append(before)
-    rows = await db.read(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
-    items = [{"id": r["id"], "at": r["at"], "actor": r["actor"], "role": r["role"], "action": r["action"],
-              "target": r["target"], "before": json_column(r["before"]), "after": json_column(r["after"])}
-             for r in rows]
-    return json_response({"items": items, "next_before": items[-1]["id"] if len(items) == limit else None})
+    return await newest_first(call, AUDIT_SELECT, ["target = ?", "action LIKE 'label.%'"], [mac], audit_item)
 
 
 ROUTES: Final = (

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Call", "Route", "Handler", "ANY_ROLE", "PUBLIC", "json_response", "query_int", "query_bool",
     "query_choice", "query_text", "read_json", "read_body", "parse_json", "json_object", "normalise_mac",
-    "page_params", "dumps", "MAX_JSON_BODY",
+    "page_params", "newest_first", "dumps", "MAX_JSON_BODY",
 ]
 
 MAX_JSON_BODY: Final = 4 * 1024 * 1024
@@ -142,6 +142,23 @@ def page_params(request: web.Request, *, default: int = 100, maximum: int = 1000
     offset = query_int(request, "offset", default=0, lo=0, hi=10**9)
     assert limit is not None and offset is not None
     return limit, offset
+
+
+async def newest_first(call: Call, select: str, where: list[str], params: list[Any],
+                       item: Callable[[Any], dict[str, Any]]) -> web.Response:
+    """A listing of rows newest first by ``id``, ``limit`` at a time: ``before`` (an id from the
+    last page's ``next_before``) continues it. `select` is the query up to its WHERE clause."""
+    limit = query_int(call.request, "limit", default=100, lo=1, hi=1000)
+    before = query_int(call.request, "before", default=None, lo=1, hi=2**63 - 1)
+    assert limit is not None
+    clauses, args = list(where), list(params)
+    if before is not None:
+        clauses.append("id < ?")
+        args.append(before)
+    clause = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    rows = await call.server.db.read(f"{select}{clause} ORDER BY id DESC LIMIT ?", [*args, limit])
+    items = [item(r) for r in rows]
+    return json_response({"items": items, "next_before": items[-1]["id"] if len(items) == limit else None})
 
 
 def normalise_mac(value: str, field: str = "mac") -> str:
