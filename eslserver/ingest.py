@@ -30,7 +30,7 @@ import aiosqlite
 from eslserver import pricing
 from eslserver.audit import Who, record_audit
 from eslserver.config import Settings
-from eslserver.db.database import Database, fetchall, fetchone
+from eslserver.db.database import Database, fetchall, fetchone, placeholders
 from eslserver.metrics import Metrics
 from eslserver.pricing import PriceError, PriceUpdate
 from eslserver.timeutil import iso, parse_iso, utcnow
@@ -279,6 +279,19 @@ async def apply_update(conn: aiosqlite.Connection, store: str, update: PriceUpda
         (store, update.sku, pricing.record_to_json(after), seq, iso(received), iso(nxt) if nxt else None))
     await conn.execute(mark_dirty_sql, (dirty_generation(), iso(received), store, update.sku))
     await record_audit(conn, actor, "price.update", update.sku, before, after)
+
+
+async def price_periods(db: Database, store: str, skus: Sequence[str]) -> dict[str, list[pricing.PricePeriod]]:
+    """Each SKU's price history in the order it was written, as `pricing` reads it."""
+    out: dict[str, list[pricing.PricePeriod]] = {sku: [] for sku in skus}
+    keys = list(out)
+    for i in range(0, len(keys), 500):
+        part = keys[i:i + 500]
+        for h in await db.read(f"SELECT sku, price, start_at, end_at, reduction FROM price_history WHERE store = ? "
+                               f"AND sku IN ({placeholders(part)}) ORDER BY id", (store, *part)):
+            out[h["sku"]].append(pricing.PricePeriod.from_row(h["price"], h["start_at"], h["end_at"],
+                                                              h["reduction"]))
+    return out
 
 
 def error_message(result: IngestResult) -> bytes:

@@ -12,7 +12,6 @@ import asyncio
 import io
 from collections.abc import Callable
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from PIL import Image
@@ -21,8 +20,8 @@ from eslserver import pricing
 from eslserver.audit import Who, record_audit
 from eslserver.config import DEFAULT_TEMPLATES, Settings
 from eslserver.db.database import Database, fetchone
-from eslserver.ingest import dirty_generation
-from eslserver.timeutil import iso, parse_iso, utcnow
+from eslserver.ingest import dirty_generation, price_periods
+from eslserver.timeutil import iso, utcnow
 from firmware_proto.image import decompress
 from firmware_proto.models import get_model
 from firmware_proto.transfer import framebuffer_size
@@ -140,10 +139,7 @@ class Templates:
                                          (self.settings.store, sku))
             if row is None:
                 raise KeyError(f"sku {sku!r} is not in the catalogue")
-            periods = [pricing.PricePeriod(Decimal(h["price"]), parse_iso(h["start_at"]),
-                                           parse_iso(h["end_at"]) if h["end_at"] else None, bool(h["reduction"]))
-                       for h in await self.db.read("SELECT price, start_at, end_at, reduction FROM price_history "
-                                                   "WHERE store = ? AND sku = ? ORDER BY id", (self.settings.store, sku))]
+            periods = (await price_periods(self.db, self.settings.store, [sku]))[sku]
             record = pricing.product_for_render(pricing.record_from_json(row["record"]), periods, when)
         else:
             record = sample_catalogue(when)[0]

@@ -27,16 +27,16 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
-from decimal import Decimal
 from typing import Any
 
 from eslserver import pricing
 from eslserver.config import DEFAULT_TEMPLATES, Settings
 from eslserver.db.database import Database, fetchall, placeholders
+from eslserver.ingest import price_periods
 from eslserver.jobs import JobKind, ensure_pair_job
 from eslserver.metrics import Metrics
 from eslserver.render_worker import RenderItem, RenderJob, RenderOutcome, render_job
-from eslserver.timeutil import iso, parse_iso, utcnow
+from eslserver.timeutil import iso, utcnow
 from firmware_proto.auth import new_label_key
 
 __all__ = ["Pipeline", "template_for"]
@@ -104,14 +104,7 @@ class Pipeline:
         orphans = [r for r in rows if r["record"] is None]
         rows = [r for r in rows if r["record"] is not None]
         skus = sorted({r["sku"] for r in rows})
-        periods: dict[str, list[pricing.PricePeriod]] = defaultdict(list)
-        if skus:
-            for h in await self.db.read(
-                    f"SELECT sku, price, start_at, end_at, reduction FROM price_history WHERE store = ? "
-                    f"AND sku IN ({placeholders(skus)}) ORDER BY id", (store, *skus)):
-                periods[h["sku"]].append(pricing.PricePeriod(
-                    Decimal(h["price"]), parse_iso(h["start_at"]),
-                    parse_iso(h["end_at"]) if h["end_at"] else None, bool(h["reduction"])))
+        periods = await price_periods(self.db, store, skus)
         bases = await self._bases({r["displayed_hash"] for r in rows if r["displayed_hash"]})
         templates = await self._templates({template_for(r["model"], r["template"]) for r in rows})
         groups: dict[tuple[str, str], list[RenderItem]] = defaultdict(list)

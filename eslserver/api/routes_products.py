@@ -7,7 +7,6 @@ exactly, so a scanner's barcode finds its product.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any, Final
 
 from aiohttp import web
@@ -16,7 +15,7 @@ from eslserver import pricing
 from eslserver.api.errors import not_found
 from eslserver.api.routes_labels import json_column
 from eslserver.api.routing import ANY_ROLE, Call, Route, json_response, page_params, query_int, query_text
-from eslserver.timeutil import parse_iso, utcnow
+from eslserver.timeutil import utcnow
 
 __all__ = ["ROUTES", "product_json"]
 
@@ -76,9 +75,7 @@ async def show_product(call: Call) -> web.StreamResponse:
     history_limit = query_int(call.request, "history", default=100, lo=0, hi=_HISTORY_MAX)
     rows = await db.read("SELECT id, price, start_at, end_at, reduction, seq, source, recorded_at "
                          "FROM price_history WHERE store = ? AND sku = ? ORDER BY id", (store, sku))
-    periods = [pricing.PricePeriod(Decimal(r["price"]), parse_iso(r["start_at"]),
-                                   parse_iso(r["end_at"]) if r["end_at"] else None, bool(r["reduction"]))
-               for r in rows]
+    periods = [pricing.PricePeriod.from_row(r["price"], r["start_at"], r["end_at"], r["reduction"]) for r in rows]
     out = product_json(row, row["n_labels"])
     now = utcnow()
     selling = pricing.selling_price_at(periods, now)
