@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
+from eslserver import labels
 from eslserver.api.errors import ApiError, bad_input
 from eslserver.auth import Actor
 
@@ -162,11 +163,11 @@ async def newest_first(call: Call, select: str, where: list[str], params: list[A
 
 
 def normalise_mac(value: str, field: str = "mac") -> str:
-    """``aa-bb-cc-dd-ee-ff``, ``aabbccddeeff`` or ``AA:BB:…`` → ``AA:BB:CC:DD:EE:FF``."""
+    """A MAC from a request (``aa-bb-cc-dd-ee-ff``, ``aabbccddeeff``, ``AA:BB:…``, one kind of
+    separator throughout) in `eslserver.labels.normalise_mac`'s canonical form; ApiError if not."""
     if not isinstance(value, str) or not _MAC_RE.fullmatch(value):
         raise bad_input(field, value, "a MAC address such as AA:BB:CC:DD:EE:FF")
-    digits = re.sub(r"[:-]", "", value).upper()
-    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+    return labels.normalise_mac(value)
 
 
 def _media_type(request: web.Request) -> str:
