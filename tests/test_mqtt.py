@@ -420,15 +420,20 @@ async def test_last_will_on_abrupt_loss_not_on_clean_close(connect: Connect, bro
     status = Inbox()
     await connect("watcher", subs={"esl/s1/gateway/+/status": status}, clean_session=True)
     async with TcpProxy(MqttSettings.from_url(broker_url).port) as proxy:
+        acked = asyncio.Event()
 
         async def online() -> None:
             await gw.publish("esl/s1/gateway/gw1/status", b"online", retain=True, timeout=5)
+            acked.set()
 
         gw = MqttConnection(MqttSettings.from_url(proxy.url), client_id="esl-gateway-s1-gw1",
                             will=Will("esl/s1/gateway/gw1/status", b"offline", retain=True),
                             on_connect=online, reconnect_min_s=MIN_S, reconnect_max_s=MAX_S)
         async with gw:
             assert (await status.get()).payload == b"online"
+            # cut only once the broker acknowledged it: a publish cut before its PUBACK is sent
+            # again on the next connection (at least once), which would be a second "online"
+            await asyncio.wait_for(acked.wait(), 5)
             await proxy.refuse()
             proxy.cut()
             assert (await status.get()).payload == b"offline"
