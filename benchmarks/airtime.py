@@ -17,7 +17,7 @@ What is counted
   (checksum 1, data version 8, block id 1, type 1, requested-parts bitmap 6 → 41 bytes) and the
   AP answers a blockRequestAck (checksum 1, please-wait 2 → 27 bytes). Per transfer the AP sends
   AvailDataInfo (17 → 41 bytes) and the tag an xferComplete (→ 25 bytes). "oepl" resends the
-  whole block if any part of it is lost (the issue's model); "oepl-sel" is kinder, resending only
+  whole block if any part of it is lost (the pessimistic model); "oepl-sel" is kinder, resending only
   the parts the tag's requested-parts bitmap names.
 - "frame" columns count each protocol's frames as defined above; "+phy" columns add the radio's
   own per-packet overhead: 802.15.4 PHY 6 bytes (preamble 4, SFD 1, length 1); BLE 1M PHY with a

@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in names:
         rows.append(bench_template(name, args.n, args.baseline_n))
-        if name == "shelf-2.9":  # the reference label: also with a QR code instead of EAN
+        if name == "shelf-2.9":  # the reference label: also with a QR code instead of EAN
             rows.append(bench_template(name, args.n, args.baseline_n, "qr"))
 
     print(f"render benchmark: {args.n} distinct products per template, baseline on "

@@ -3,7 +3,7 @@
 Each scenario runs in its own subprocess (so peak RSS is that scenario's alone):
 
 - baseline: N labels, lossless air;
-- lossy: the same N labels under 10 % loss in each direction (the issue's figure:
+- lossy: the same N labels under 10 % loss in each direction (the target:
   all converge, RSS under 500 MB).
 
 Every label is paired and sent its own image by the simulated gateway over in-memory links

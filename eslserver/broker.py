@@ -1,14 +1,24 @@
-"""An MQTT broker inside our own process (amqtt), for `esl demo` and tests.
+"""The MQTT broker `esl serve` and `esl demo` run when no broker URL is configured.
 
-`EmbeddedBroker` runs amqtt's `Broker` on one TCP listener bound to ``host`` (loopback by
-default) and a free port, with no websocket listener, no ``$SYS`` topics and no packet logging.
+`EmbeddedBroker` listens on one TCP port of ``host`` (loopback by default; port 0 picks a free
+one) and runs one of two implementations, chosen by ``implementation``:
 
-Promised: QoS 1, retained messages, last wills and persistent sessions (``clean_session=False``
-keeps subscriptions and queues QoS 1 messages for a disconnected client, in memory). amqtt's own
-``AnonymousAuthPlugin`` marks every client it lets in as anonymous, and amqtt keeps no session
-for anonymous clients; so instead of it we install `OpenAuthPlugin`, which lets every client in
-without that mark. The embedded broker is therefore open to anyone who can reach the port: keep
-it on loopback (the default) or put a real broker in front of real stores.
+* ``"mosquitto"``: a Mosquitto child process (`eslserver.broker_mosquitto`), the broker stores
+  run in production;
+* ``"amqtt"``: amqtt in our own event loop (`eslserver.broker_amqtt`, with the fixes amqtt
+  0.12.1 needs), for machines without Mosquitto;
+* ``"auto"`` (the default): Mosquitto when a ``mosquitto`` binary is found, amqtt otherwise.
+
+Both promise what the server and gateways rely on, as MQTT 3.1.1 says (and
+tests/test_broker_conformance.py checks against both): retained messages of every QoS go to
+new subscribers; a persistent session (``clean_session=False``) keeps its subscriptions and the
+QoS 1/2 messages published while its client was away; unacknowledged QoS 1/2 messages are sent
+again when the client reconnects; a client's will is published when its connection fails or its
+keepalive expires; and a client gets only what it subscribed to. Sessions and retained messages
+live in memory: they survive a client's restart, not the broker's.
+
+The broker lets every client in without a password: keep it on loopback (the default), or run
+a real broker with its own access rules for a real store.
 """
 
 from __future__ import annotations
@@ -16,37 +26,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from amqtt.broker import Broker  # type: ignore[import-untyped]
-from amqtt.contexts import BaseContext  # type: ignore[import-untyped]
 from amqtt.errors import BrokerError as AmqttBrokerError  # type: ignore[import-untyped]
-from amqtt.plugins.base import BaseAuthPlugin  # type: ignore[import-untyped]
-from amqtt.session import Session  # type: ignore[import-untyped]
 
-__all__ = ["BrokerError", "EmbeddedBroker", "OpenAuthPlugin", "free_port"]
+from eslserver.broker_amqtt import OpenAuthPlugin, fixed_amqtt_broker
+from eslserver.broker_mosquitto import MosquittoProcess, find_mosquitto
+from eslserver.config import EMBEDDED_BROKERS as IMPLEMENTATIONS
+
+__all__ = ["IMPLEMENTATIONS", "BrokerError", "EmbeddedBroker", "OpenAuthPlugin", "free_port"]
 
 _log = logging.getLogger(__name__)
 
 
 class BrokerError(RuntimeError):
-    """The embedded broker could not be started (port taken, bad host)."""
-
-
-class OpenAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
-    """amqtt authentication plugin that accepts every client as a named (non-anonymous) one.
-
-    Why: amqtt drops the session of anonymous clients on disconnect, which would break
-    ``clean_session=False`` (gateways must get the jobs published while they were away).
-    """
-
-    def __init__(self, context: BaseContext) -> None:
-        super().__init__(context)
-
-    async def authenticate(self, *, session: Session) -> bool:
-        del session
-        return True
+    """The embedded broker could not be started (port taken, bad host, Mosquitto missing or failing)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -59,21 +56,30 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EmbeddedBroker:
-    """amqtt broker on ``host:port`` (port 0 = pick a free one) as an async context manager.
+    """The embedded broker on ``host:port`` (port 0 = pick a free one) as an async context manager.
+
+    `directory` holds Mosquitto's generated configuration and log (a temporary directory when
+    None); amqtt writes nothing.
 
     >>> async with EmbeddedBroker() as broker:   # doctest: +SKIP
-    ...     print(broker.url)                   # mqtt://127.0.0.1:PORT
+    ...     print(broker.url, broker.implementation)   # mqtt://127.0.0.1:PORT mosquitto
     """
 
-    _running = 0  # started and not yet closed, in this process
+    _amqtt_running = 0  # amqtt brokers started and not yet closed, in this process
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, implementation: str = "auto",
+                 directory: Path | None = None) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, got {port!r}")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {implementation!r}")
         self.host = host
+        self.requested = implementation
+        self.directory = directory
         self._requested_port = port
         self._port: int | None = None
-        self._broker: Broker | None = None
+        self._amqtt: Broker | None = None
+        self._mosquitto: MosquittoProcess | None = None
         self._closed = False
 
     @property
@@ -89,51 +95,93 @@ class EmbeddedBroker:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"mqtt://{host}:{self.port}"
 
-    def _config(self, port: int) -> dict[str, Any]:
+    @property
+    def implementation(self) -> str:
+        """``"mosquitto"`` or ``"amqtt"``: what runs (known once started)."""
+        if self._mosquitto is not None:
+            return "mosquitto"
+        if self._amqtt is not None:
+            return "amqtt"
+        raise BrokerError("the embedded broker is not started")
+
+    def _mosquitto_binary(self) -> str | None:
+        if self.requested == "amqtt":
+            return None
+        binary = find_mosquitto()
+        if binary is None and self.requested == "mosquitto":
+            raise BrokerError("embedded_broker: 'mosquitto' was asked for, but no mosquitto binary is on PATH "
+                              "(install Mosquitto, or use 'auto' or 'amqtt')")
+        return binary
+
+    async def start(self) -> None:
+        """Bind and start serving; raises `BrokerError` naming the port if it cannot."""
+        if self._closed:
+            raise BrokerError("the embedded broker was closed; make a new one")
+        if self._port is not None:
+            raise BrokerError("the embedded broker is already started")
+        binary = self._mosquitto_binary()
+        attempts = 3 if self._requested_port == 0 else 1
+        last: Exception | None = None
+        for _ in range(attempts):  # a port picked free may be taken before the broker binds it
+            port = self._requested_port or free_port(self.host)
+            try:
+                if binary is not None:
+                    await self._start_mosquitto(binary, port)
+                else:
+                    await self._start_amqtt(port)
+            except (AmqttBrokerError, OSError, RuntimeError) as exc:
+                last = exc
+                continue
+            self._port = port
+            _log.info("embedded MQTT broker (%s) listening on %s", self.implementation, self.url)
+            return
+        hint = " (mqtt_port, or --broker-port, chooses another)" if self._requested_port else ""
+        raise BrokerError(f"cannot start the embedded broker on {self.host}:{self._requested_port}: {last}{hint}")
+
+    async def _start_mosquitto(self, binary: str, port: int) -> None:
+        process = MosquittoProcess(binary, self.directory)
+        try:
+            await process.start(self.host, port)
+        except BaseException:
+            await process.aclose()  # its temporary directory
+            raise
+        self._mosquitto = process
+
+    def _amqtt_config(self, port: int) -> dict[str, Any]:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return {
             "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
             "timeout_disconnect_delay": 0,
-            "plugins": {f"{__name__}.OpenAuthPlugin": {}},
+            "plugins": {f"{OpenAuthPlugin.__module__}.OpenAuthPlugin": {}},
         }
 
-    async def start(self) -> None:
-        """Bind and start serving; raises `BrokerError` if the port cannot be bound."""
-        if self._broker is not None:
-            raise BrokerError("the embedded broker is already started")
-        if self._closed:
-            raise BrokerError("the embedded broker was closed; make a new one")
-        attempts = 3 if self._requested_port == 0 else 1
-        last: Exception | None = None
-        for _ in range(attempts):  # a port picked free may be taken before amqtt binds it
-            port = self._requested_port or free_port(self.host)
-            broker = Broker(self._config(port))
-            try:
-                await broker.start()
-            except (AmqttBrokerError, OSError) as exc:  # amqtt wraps bind errors in its BrokerError
-                last = exc
-                if EmbeddedBroker._running == 0:
-                    await _drain(broker)
-                continue
-            self._broker, self._port = broker, port
-            EmbeddedBroker._running += 1
-            _log.info("embedded MQTT broker listening on %s", self.url)
-            return
-        raise BrokerError(f"cannot start the embedded broker on {self.host}:{self._requested_port}: {last}")
+    async def _start_amqtt(self, port: int) -> None:
+        broker = fixed_amqtt_broker(self._amqtt_config(port))
+        try:
+            await broker.start()
+        except BaseException:  # amqtt wraps bind errors in its BrokerError
+            if EmbeddedBroker._amqtt_running == 0:
+                await _drain_amqtt()
+            raise
+        self._amqtt = broker
+        EmbeddedBroker._amqtt_running += 1
 
     async def aclose(self) -> None:
-        """Stop the broker, close client connections and wait for amqtt's tasks. Safe twice."""
+        """Stop the broker, close client connections and wait until it is gone. Safe twice."""
         self._closed = True
-        broker, self._broker = self._broker, None
-        if broker is None:
-            return
-        EmbeddedBroker._running -= 1
-        try:
-            await broker.shutdown()
-        finally:
-            if EmbeddedBroker._running == 0:  # amqtt's tasks are not tagged by broker
-                await _drain(broker)
-        _log.info("embedded MQTT broker on port %s stopped", self._port)
+        mosquitto, self._mosquitto = self._mosquitto, None
+        amqtt_broker, self._amqtt = self._amqtt, None
+        if mosquitto is not None:
+            await mosquitto.aclose()
+        if amqtt_broker is not None:
+            EmbeddedBroker._amqtt_running -= 1
+            try:
+                await amqtt_broker.shutdown()
+            finally:
+                if EmbeddedBroker._amqtt_running == 0:  # amqtt's tasks are not tagged by broker
+                    await _drain_amqtt()
+        if mosquitto is not None or amqtt_broker is not None:
+            _log.info("embedded MQTT broker on port %s stopped", self._port)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -145,18 +193,13 @@ class EmbeddedBroker:
         await self.aclose()
 
 
-async def _drain(broker: Broker) -> None:
+async def _drain_amqtt() -> None:
     """Cancel and await whatever amqtt tasks are left (session handlers of clients still
-    connected at shutdown). Only called when no other embedded broker runs in the process."""
-    del broker
+    connected at shutdown). Only called when no other amqtt broker runs in the process."""
     me = asyncio.current_task()
     for _ in range(3):
         await asyncio.sleep(0)
-    left = [
-        t
-        for t in asyncio.all_tasks()
-        if t is not me and not t.done() and _is_amqtt_task(t)
-    ]
+    left = [t for t in asyncio.all_tasks() if t is not me and not t.done() and _is_amqtt_task(t)]
     for task in left:
         task.cancel()
     if left:
@@ -167,4 +210,4 @@ def _is_amqtt_task(task: asyncio.Task[Any]) -> bool:
     coro = task.get_coro()
     code = getattr(coro, "cr_code", None)
     filename = getattr(code, "co_filename", "")
-    return "/amqtt/" in str(filename)
+    return "/amqtt/" in str(filename) or str(filename).endswith("broker_amqtt.py")

@@ -35,6 +35,7 @@ from eslserver.audit import Who, record_audit
 from eslserver.db.database import fetchone
 from eslserver.ingest import apply_update, dirty_generation
 from eslserver.labels import STATE_COLUMNS, LabelError, normalise_mac, state_json
+from eslserver.pos_fields import read_update
 from eslserver.timeutil import iso, utcnow
 from firmware_proto.models import MODELS
 
@@ -360,10 +361,8 @@ async def apply_rows(server: Server, rows: Sequence[ImportRow], actor: Who) -> I
             update: pricing.PriceUpdate | None = None
             if not row.binding_only:
                 try:
-                    mapped = (pricing.apply_field_map(row.fields, settings.field_map)
-                              if settings.field_map else row.fields)
-                    update = pricing.validate_update(mapped, default_currency=settings.currency)
-                except pricing.PriceError as exc:
+                    update = read_update(row.fields, settings.field_map, default_currency=settings.currency)
+                except pricing.PriceError as exc:  # in the file's own column names
                     report.errors.append(_row_error(row, exc))
                     continue
                 sku = update.sku

@@ -21,7 +21,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, get_type_hints
 
-__all__ = ["DEFAULT_TEMPLATES", "ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
+from eslserver.logs import LOG_FORMATS
+
+__all__ = ["DEFAULT_TEMPLATES", "EMBEDDED_BROKERS", "ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
 
 ENV_PREFIX: Final = "ESL_"
 
@@ -30,6 +32,9 @@ DEFAULT_TEMPLATES: Final[Mapping[str, str]] = MappingProxyType({
     "7.5-bwry": "talker-7.5", "1.54-bw": "shelf-1.54-bw",
 })
 """The template a newly bound label gets, by model (a label can name another)."""
+
+EMBEDDED_BROKERS: Final = ("auto", "mosquitto", "amqtt")
+"""Values of `Settings.embedded_broker` (`eslserver.broker.EmbeddedBroker` implementations)."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -47,6 +52,10 @@ class Settings:
     http_port: int = 8080
     broker_url: str | None = None
     """``mqtt://[user:pass@]host:port`` or ``mqtts://…``; None runs the embedded broker."""
+    mqtt_port: int = 0
+    """The embedded broker's port on 127.0.0.1 (0: any free port; printed at start)."""
+    embedded_broker: str = "auto"
+    """``auto`` (Mosquitto if installed, else amqtt), ``mosquitto`` or ``amqtt``."""
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_ca_file: str | None = None
@@ -78,9 +87,14 @@ class Settings:
     """Derives each label's factory key (`firmware_proto.derive_factory_key`); the default is
     the simulator's (seed 0). Real labels come with their vendor's secret."""
     log_level: str = "info"
+    log_format: str = "text"
+    """``text`` for a terminal, ``json`` for one JSON object per line (log collectors)."""
 
     def __post_init__(self) -> None:
         _check_port("http_port", self.http_port, allow_zero=True)
+        _check_port("mqtt_port", self.mqtt_port, allow_zero=True)
+        if self.embedded_broker not in EMBEDDED_BROKERS:
+            raise ConfigError(f"embedded_broker: expected {', '.join(EMBEDDED_BROKERS)}, got {self.embedded_broker!r}")
         for name in ("store", "instance"):
             value = getattr(self, name)
             if not isinstance(value, str) or not _NAME_RE.match(value):
@@ -103,6 +117,8 @@ class Settings:
                 raise ConfigError(f"{name}: expected a number > 0, got {value!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: expected debug, info, warning or error, got {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format: expected {' or '.join(LOG_FORMATS)}, got {self.log_format!r}")
         for pos, target in self.field_map.items():
             if not isinstance(pos, str) or not isinstance(target, str) or not pos or not target:
                 raise ConfigError(f"field_map: expected text → text, got {pos!r} → {target!r}")

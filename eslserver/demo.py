@@ -3,8 +3,16 @@
 The server (with the embedded broker unless a broker URL is given), a simulated store radio
 with a few hundred labels (`simulator`), a gateway bridging MQTT and that radio exactly as
 ``esl gateway --radio sim://…`` does, a catalogue made from the sample products, every label
-bound to a product, and a small POS that publishes price changes on MQTT every few seconds.
+bound to a product, and a small POS that publishes price changes on MQTT every few seconds
+(logged one line each; ``feed_interval_s=0`` turns it off, so an integrator's own prices stay).
 Each label's screen is written as a PNG under ``{data}/snapshots`` when it changes.
+
+The catalogue starts with five weeks of price history, sent as back-dated POS updates
+(``valid_from`` in the past) through the normal ingest path, so promotions show the prior
+price ("lowest in the 30 days before the reduction") from the first picture. The simulated
+labels keep their keys, counters and screens in ``{data}/simulator/{store}.json`` (as real
+labels keep them in flash), so a second demo on the same data continues where the first
+stopped instead of finding labels that lost their keys.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -23,24 +32,30 @@ from eslserver.cli.serve_cmds import run_until_signal
 from eslserver.config import Settings
 from eslserver.gateway.bridge import Gateway, GatewayConfig
 from eslserver.gateway.links.loopback import LoopbackRadio
+from eslserver.ingest import current_prices
 from eslserver.mqtt import MqttConnection, MqttSettings
 from eslserver.server import SYSTEM, Server
 from eslserver.timeutil import utcnow
+from render.context import parse_when
 from render.samples import sample_catalogue
 from simulator.radio_server import RadioServer
 from simulator.snapshots import SnapshotWriter
 from simulator.store import SimStore, StoreConfig
 
-__all__ = ["DEMO_MODELS", "DemoConfig", "demo_catalogue", "run_demo"]
+__all__ = ["DEMO_MODELS", "HISTORY_DAYS", "DemoConfig", "demo_catalogue", "demo_price_history", "run_demo"]
 
 log = logging.getLogger(__name__)
 
 DEMO_MODELS = ("2.9-bwry",) * 12 + ("4.2-bwry", "4.2-bwry", "1.54-bw", "7.5-bwry")
 """The mix of label models in the demo store (cycled): mostly 2.9" shelf labels."""
+HISTORY_DAYS = 35
+"""How far back the demo catalogue's price history starts (more than the 30 days of the rule)."""
 
 
 @dataclass(frozen=True, slots=True)
 class DemoConfig:
+    """What `run_demo` runs; ``feed_interval_s=0`` means no POS feed at all."""
+
     labels: int = 300
     feed_interval_s: float = 3.0
     feed_size: int = 5
@@ -50,9 +65,12 @@ class DemoConfig:
     wake_interval_s: float = 30.0
 
 
-def demo_catalogue(count: int) -> list[dict[str, Any]]:
-    """`count` products: the sample catalogue, then variants of it with their own SKU and price."""
-    base = sample_catalogue(utcnow())
+def demo_catalogue(count: int, now: datetime | None = None) -> list[dict[str, Any]]:
+    """`count` products: the sample catalogue, then variants of it with their own SKU and price.
+
+    A promoted product keeps the sample's ``lowest_30d``: not to be sent (the server works
+    it out from its price history), but to build that history (`demo_price_history`)."""
+    base = sample_catalogue(now or utcnow())
     out: list[dict[str, Any]] = []
     for i in range(count):
         rec = json.loads(json.dumps(base[i % len(base)], default=str))
@@ -63,9 +81,39 @@ def demo_catalogue(count: int) -> list[dict[str, Any]]:
             rec.pop("ean", None)
             if rec.get("promo"):
                 rec["promo"]["price"] = str(Decimal(str(rec["promo"]["price"])) + step)
-        rec.pop("lowest_30d", None)  # the server works it out from its own price history
+            if rec.get("lowest_30d"):
+                rec["lowest_30d"] = str(Decimal(str(rec["lowest_30d"])) + step)
         out.append(rec)
     return out
+
+
+def demo_price_history(record: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """POS updates that build `record` with `HISTORY_DAYS` of past prices, oldest first.
+
+    Each carries a ``valid_from`` in the past, so the server records it at that time exactly
+    as if the POS had sent it then. A promoted product had its regular price, then for a week
+    the sample's ``lowest_30d``, then its regular price again, and the promotion from its
+    start: so the prior price the server computes is that ``lowest_30d``. Other products were
+    a little dearer five weeks ago. The last update is `record` itself (without ``lowest_30d``).
+    """
+    price = Decimal(str(record["price"]))
+    final = {k: v for k, v in record.items() if k != "lowest_30d"}
+    first = {k: v for k, v in final.items() if k != "promo"}
+    promo = record.get("promo") or {}
+    lowest = record.get("lowest_30d")
+    if promo.get("from") and lowest:
+        start = min(parse_when(promo["from"]), now)
+        steps: list[tuple[datetime, dict[str, Any]]] = [
+            (start - timedelta(days=HISTORY_DAYS), first),
+            (start - timedelta(days=21), {"sku": record["sku"], "price": str(lowest)}),
+            (start - timedelta(days=14), {"sku": record["sku"], "price": str(price)}),
+            (start - timedelta(days=7), final),
+        ]
+    else:
+        dearer = (price * Decimal("1.08")).quantize(Decimal("0.01"))
+        steps = [(now - timedelta(days=HISTORY_DAYS), {**first, "price": str(dearer)}),
+                 (now - timedelta(days=20), final)]
+    return [{**update, "valid_from": when.isoformat()} for when, update in steps]
 
 
 async def run_demo(settings: Settings, config: DemoConfig, *, print_line: Callable[[str], None] = print,
@@ -73,15 +121,19 @@ async def run_demo(settings: Settings, config: DemoConfig, *, print_line: Callab
     """Run the demo store until SIGINT/SIGTERM, `stop`, or ``duration_s``."""
     async with Server(settings) as server:
         assert server.broker_url is not None
-        catalogue = demo_catalogue(config.labels)
-        have = await server.db.read_one("SELECT COUNT(*) FROM products WHERE store = ?", (settings.store,))
-        if not have or have[0] == 0:
-            result = await server.ingest.submit(catalogue, source="demo", actor=SYSTEM)
+        now = utcnow()
+        catalogue = demo_catalogue(config.labels, now)
+        prices = await current_prices(server.db, settings.store)
+        history = [update for rec in catalogue if rec["sku"] not in prices for update in demo_price_history(rec, now)]
+        if history:  # products a previous run on this data did not have yet
+            result = await server.ingest.submit(history, source="demo", actor=SYSTEM)
             if result.errors:
-                log.warning("demo catalogue: %d products refused: %s", len(result.errors), result.errors[:3])
+                log.warning("demo catalogue: %d updates refused: %s", len(result.errors), result.errors[:3])
+            prices = await current_prices(server.db, settings.store)
         store = SimStore(StoreConfig(labels=config.labels, models=DEMO_MODELS, seed=config.seed,
                                      wake_interval_s=config.wake_interval_s, always_listening=True,
-                                     start_spread_s=1.0))
+                                     start_spread_s=1.0,
+                                     state_file=settings.data_dir / "simulator" / f"{settings.store}.json"))
         async with server.db.transaction() as conn:
             for i, (mac, label) in enumerate(store.labels.items()):
                 await server.labels.register(conn, mac, label.model.name, sku=catalogue[i]["sku"],
@@ -104,8 +156,14 @@ async def run_demo(settings: Settings, config: DemoConfig, *, print_line: Callab
                 print_line(f"  broker  {server.broker_url}  (POS topic {server.topic('pos', 'prices')})")
                 print_line(f"  token   {token}   (admin)")
                 print_line(f"  screens {(settings.data_dir / 'snapshots').resolve()}")
-                feed = asyncio.create_task(_pos_feed(server, catalogue, config), name="demo-pos-feed")
-                summary = asyncio.create_task(_summaries(server, print_line), name="demo-summary")
+                tasks = [asyncio.create_task(_summaries(server, print_line), name="demo-summary")]
+                if config.feed_interval_s > 0:
+                    print_line(f"  POS     {config.feed_size} price changes every {config.feed_interval_s:g} s "
+                               f"(--no-feed turns it off)")
+                    tasks.append(asyncio.create_task(_pos_feed(server, catalogue, prices, config),
+                                                     name="demo-pos-feed"))
+                else:
+                    print_line("  POS     off: prices change only when you send them")
                 try:
                     waiters = [asyncio.create_task(run_until_signal() if stop is None else stop.wait())]
                     if config.duration_s is not None:
@@ -115,30 +173,37 @@ async def run_demo(settings: Settings, config: DemoConfig, *, print_line: Callab
                         task.cancel()
                     await asyncio.gather(*pending, return_exceptions=True)
                 finally:
-                    for task in (feed, summary):
+                    for task in tasks:
                         task.cancel()
-                    await asyncio.gather(feed, summary, return_exceptions=True)
+                    await asyncio.gather(*tasks, return_exceptions=True)
             await snapshots.aclose()
         print_line(f"stopped: {await _summary_line(server)}")
 
 
-async def _pos_feed(server: Server, catalogue: list[dict[str, Any]], config: DemoConfig) -> None:
-    """A POS: every interval, a batch of price changes published on MQTT (QoS 1)."""
+async def _pos_feed(server: Server, catalogue: list[dict[str, Any]], stored: dict[str, Decimal],
+                    config: DemoConfig) -> None:
+    """A POS: every interval, a batch of price changes published on MQTT (QoS 1), each
+    logged once the broker has it, from the price the server had when the demo started."""
     assert server.broker_url is not None
     rng = random.Random(config.seed)
-    prices = {rec["sku"]: Decimal(str(rec["price"])) for rec in catalogue}
+    names = {rec["sku"]: rec.get("name") or "" for rec in catalogue}
+    prices = {rec["sku"]: stored.get(rec["sku"], Decimal(str(rec["price"]))) for rec in catalogue}
     seq = int(utcnow().timestamp())
     async with MqttConnection(MqttSettings.from_url(server.broker_url), client_id=f"demo-pos-{server.settings.store}",
                               clean_session=True) as pos:
         while True:
             await asyncio.sleep(config.feed_interval_s)
             batch = []
+            changes: list[tuple[str, Decimal, Decimal]] = []
             for sku in rng.sample(sorted(prices), min(config.feed_size, len(prices))):
                 change = Decimal(rng.choice((-30, -20, -10, 10, 20, 50))) / 100
-                prices[sku] = max(Decimal("0.49"), prices[sku] + change)
+                old, prices[sku] = prices[sku], max(Decimal("0.49"), prices[sku] + change)
                 seq += 1
                 batch.append({"sku": sku, "price": str(prices[sku]), "seq": seq})
+                changes.append((sku, old, prices[sku]))
             await pos.publish(server.topic("pos", "prices"), json.dumps(batch).encode(), qos=1)
+            for sku, old, new in changes:
+                log.info("POS price %s %s: %s → %s", sku, names[sku], old, new)
 
 
 async def _summary_line(server: Server) -> str:

@@ -32,7 +32,8 @@ from eslserver.config import Settings
 from eslserver.db.database import Database, fetchone
 from eslserver.gateway.events import Ack, Checkin, EventError, Nack, Status, parse_event
 from eslserver.ingest import dirty_generation
-from eslserver.jobs import JobKind, ensure_pair_job
+from eslserver.jobs import JobKind, Outbox
+from eslserver.logs import FailureLog
 from eslserver.metrics import Metrics
 from eslserver.timeutil import iso, parse_iso, utcnow
 from firmware_proto.auth import REPLAY_WINDOW, ReplayWindow, derive_factory_key, new_label_key
@@ -87,6 +88,7 @@ class Dispatcher:
         self.publish = publish
         self.on_states = on_states
         self.on_dirty = on_dirty
+        self.outbox = Outbox(db, metrics)
         self._wake = asyncio.Event()
         self._rng = random.Random()
         self._warned: set[tuple[str, str]] = set()
@@ -103,17 +105,19 @@ class Dispatcher:
 
     # -- sending ------------------------------------------------------------------------------
     async def run(self) -> None:
+        failure = FailureLog(log, "dispatcher", store=self.settings.store)
         while True:
             self._wake.clear()  # before looking: a poke while we look is not lost
             try:
                 await self.requeue_overdue()
                 sent = await self.dispatch_once()
-                if sent:
-                    continue
-                delay = await self._next_timer()
-            except Exception:  # outermost boundary of the loop
-                log.exception("dispatcher failed; retrying in 1 s")
+                delay = 0.0 if sent else await self._next_timer()
+                failure.ok()
+            except Exception as exc:  # outermost boundary of the loop
+                failure.failed(exc, retry_s=1.0)
                 delay = 1.0
+            if delay <= 0:
+                continue  # more may go at once
             try:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -183,8 +187,7 @@ class Dispatcher:
                            factory_counter=row["factory_counter"], **common), 0
         key = row["label_key"]
         if key is None:  # the pairing failed for good: start it again, the image waits behind it
-            if await ensure_pair_job(conn, store=self.settings.store, mac=mac, now=now, new_key=new_label_key()):
-                self.metrics.jobs_created.labels(JobKind.PAIR).inc()
+            await self.outbox.ensure_pair(conn, store=self.settings.store, mac=mac, now=now, new_key=new_label_key())
             return None
         counters = {"label_key": key, "tx_counter": row["tx_counter"], "rx_highest": row["rx_highest"]}
         if kind == JobKind.COMMAND:
@@ -210,11 +213,10 @@ class Dispatcher:
                         **common), budget
 
     async def _fail(self, conn: aiosqlite.Connection, job_id: int, mac: str, reason: str, now: datetime) -> None:
-        log.error("job %d for %s failed: %s", job_id, mac, reason)
-        await conn.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
-                           (iso(now), reason, job_id))
+        log.error("job %d for %s failed: %s", job_id, mac, reason,
+                  extra={"store": self.settings.store, "job": job_id, "mac": mac})
+        await self.outbox.finish(conn, job_id, "failed", now, error=reason)
         await conn.execute("UPDATE labels SET state = 'failed', updated_at = ? WHERE mac = ?", (iso(now), mac))
-        self.metrics.jobs_finished.labels("failed").inc()
 
     async def requeue_overdue(self) -> None:
         """Jobs sent longer ago than their deadline allows: the gateway (or the publish) was
@@ -264,13 +266,12 @@ class Dispatcher:
                 try:
                     async with self.db.transaction() as conn:
                         for gateway, event, _ in batch:
-                            await conn.execute("SAVEPOINT event")
                             try:
-                                changed |= await self._apply_event(conn, gateway, event)
+                                async with self.db.savepoint(conn):
+                                    changed |= await self._apply_event(conn, gateway, event)
                             except Exception:  # one event's failure must not lose the batch
-                                log.exception("applying %s from gateway %s failed", type(event).__name__, gateway)
-                                await conn.execute("ROLLBACK TO event")
-                            await conn.execute("RELEASE event")
+                                log.exception("applying %s from gateway %s failed", type(event).__name__, gateway,
+                                              extra=_fields(self.settings.store, gateway, event))
                 except Exception as exc:  # the database itself failed: the messages are not acked
                     for _, _, fut in batch:
                         if not fut.done():
@@ -310,7 +311,7 @@ class Dispatcher:
                 "info = CASE WHEN ? THEN excluded.info ELSE gateways.info END",
                 (self.settings.store, gateway, status, now, json.dumps(info or {}), info is not None))
         if before is None or before["status"] != status:
-            log.info("gateway %s is %s", gateway, status)
+            log.info("gateway %s is %s", gateway, status, extra={"store": self.settings.store, "gateway": gateway})
             if status == "offline":
                 # its jobs will not be answered: hand them back now rather than at their deadline
                 async with self.db.transaction() as conn:
@@ -327,10 +328,7 @@ class Dispatcher:
         if job is None or label is None:
             self._warn_once(gateway, "unknown_job", "gateway %s acked unknown job %d (%s)", gateway, ev.job, ev.mac)
             return set()
-        if job["state"] in ("sent", "queued"):
-            await conn.execute("UPDATE jobs SET state = 'done', finished_at = ?, error = NULL WHERE id = ?",
-                               (iso(now), ev.job))
-            self.metrics.jobs_finished.labels("done").inc()
+        await self.outbox.finish(conn, ev.job, "done", now)
         displayed = ev.displayed_hash.hex() if ev.displayed_hash is not None else None
         if job["kind"] == JobKind.PAIR:
             # a new key: both counters start again under it
@@ -361,10 +359,11 @@ class Dispatcher:
                 self.metrics.time_to_shelf.observe(max(0.0, (now - parse_iso(label["origin_at"])).total_seconds()))
             await conn.execute("UPDATE labels SET state = 'ok', origin_at = NULL WHERE mac = ?", (mac,))
             if label["state"] in ("offline", "failed"):
-                log.info("label %s is back and up to date", mac)
+                log.info("label %s is back and up to date", mac, extra={"store": self.settings.store, "mac": mac})
         elif label["state"] in ("offline", "failed", "ok"):
             if label["state"] != "ok":
-                log.info("label %s is back (was %s); catching it up", mac, label["state"])
+                log.info("label %s is back (was %s); catching it up", mac, label["state"],
+                         extra={"store": self.settings.store, "mac": mac})
             open_job = await fetchone(conn, "SELECT 1 FROM jobs WHERE mac = ? AND state IN ('queued', 'sent')", (mac,))
             await conn.execute("UPDATE labels SET state = 'pending' WHERE mac = ?", (mac,))
             if open_job is None:
@@ -398,12 +397,11 @@ class Dispatcher:
             self.metrics.jobs_retried.labels(ev.code).inc()
         else:
             state = "offline" if ev.code in ("unreachable", "budget") else "failed"
-            await conn.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
-                               (iso(now), f"{ev.code}: {ev.reason}", ev.job))
+            await self.outbox.finish(conn, ev.job, "failed", now, error=f"{ev.code}: {ev.reason}")
             await conn.execute("UPDATE labels SET state = ?, failures = failures + 1, updated_at = ? WHERE mac = ?",
                                (state, iso(now), ev.mac))
-            self.metrics.jobs_finished.labels("failed").inc()
-            log.warning("label %s is %s after %d attempts: %s", ev.mac, state, job["attempts"], ev.reason)
+            log.warning("label %s is %s after %d attempts: %s", ev.mac, state, job["attempts"], ev.reason,
+                        extra=_fields(self.settings.store, gateway, ev))
         return {ev.mac}
 
     async def _checkin(self, conn: aiosqlite.Connection, gateway: str, ev: Checkin) -> set[str]:
@@ -432,7 +430,8 @@ class Dispatcher:
             await conn.execute("INSERT INTO events (at, store, mac, gateway, kind, detail) VALUES (?, ?, ?, ?, ?, ?)",
                                (iso(now), self.settings.store, ev.mac, gateway, "discovered",
                                 json.dumps({"model": model.name})))
-            log.info("discovered label %s (%s) via %s", ev.mac, model.name, gateway)
+            log.info("discovered label %s (%s) via %s", ev.mac, model.name, gateway,
+                     extra=_fields(self.settings.store, gateway, ev))
             changed = True
         elif frame.auth is None:  # the label has no key: new, or factory reset
             await conn.execute("UPDATE labels SET factory_counter = MAX(factory_counter, ?), gateway = ?, "
@@ -440,11 +439,11 @@ class Dispatcher:
                                (frame.rx_counter, gateway, ev.rssi, iso(now), ev.mac))
             if row["sku"] is not None:
                 if row["label_key"] is not None:
-                    log.warning("label %s checked in without its key (reset?); pairing it again", ev.mac)
+                    log.warning("label %s checked in without its key (reset?); pairing it again", ev.mac,
+                                extra=_fields(self.settings.store, gateway, ev))
                     await conn.execute("UPDATE labels SET label_key = NULL WHERE mac = ?", (ev.mac,))
-                if await ensure_pair_job(conn, store=self.settings.store, mac=ev.mac, now=now,
-                                         new_key=new_label_key()):
-                    self.metrics.jobs_created.labels(JobKind.PAIR).inc()
+                if await self.outbox.ensure_pair(conn, store=self.settings.store, mac=ev.mac, now=now,
+                                                 new_key=new_label_key()):
                     await conn.execute("UPDATE labels SET dirty = ?, state = 'pending', "
                                        "origin_at = COALESCE(origin_at, ?) WHERE mac = ?",
                                        (dirty_generation(), iso(now), ev.mac))
@@ -484,8 +483,7 @@ class Dispatcher:
             if pair_job is not None:
                 await conn.execute("UPDATE labels SET label_key = ?, tx_counter = ?, rx_highest = 0 WHERE mac = ?",
                                    (key, frame.rx_counter, ev.mac))
-                await conn.execute("UPDATE jobs SET state = 'done', finished_at = ? WHERE id = ?",
-                                   (iso(utcnow()), pair_job))
+                await self.outbox.finish(conn, pair_job, "done", utcnow())
             return key
         self._warn_once(ev.mac, "checkin_auth", "check-in from %s failed authentication (forged, replayed or "
                                                  "another key)", ev.mac)
@@ -496,3 +494,12 @@ class Dispatcher:
             self._warned.add((who, kind))
             log.warning(msg, *args)
 
+
+
+def _fields(store: str, gateway: str | None, event: Ack | Nack | Checkin | Status) -> dict[str, Any]:
+    """The structured log fields of a gateway event (`eslserver.logs`)."""
+    fields: dict[str, Any] = {"store": store, "gateway": gateway}
+    for name in ("mac", "job"):
+        if getattr(event, name, None) is not None:
+            fields[name] = getattr(event, name)
+    return fields

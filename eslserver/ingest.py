@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import aiosqlite
@@ -32,10 +33,11 @@ from eslserver.audit import Who, record_audit
 from eslserver.config import Settings
 from eslserver.db.database import Database, fetchall, fetchone, placeholders
 from eslserver.metrics import Metrics
+from eslserver.pos_fields import read_update
 from eslserver.pricing import PriceError, PriceUpdate
 from eslserver.timeutil import iso, parse_iso, utcnow
 
-__all__ = ["Ingest", "IngestResult", "dirty_generation", "mark_dirty_sql"]
+__all__ = ["Ingest", "IngestResult", "current_prices", "dirty_generation", "mark_dirty_sql"]
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +112,9 @@ class Ingest:
         updates: list[tuple[int, PriceUpdate]] = []
         for index, item in enumerate(items):
             try:
-                mapped = (pricing.apply_field_map(item, self.settings.field_map, index=index)
-                          if isinstance(item, Mapping) and self.settings.field_map else item)
-                updates.append((index, pricing.validate_update(mapped, index=index,
-                                                               default_currency=self.settings.currency)))
-            except PriceError as exc:
-                if exc.index is None:
-                    exc.index = index
+                updates.append((index, read_update(item, self.settings.field_map, index=index,
+                                                   default_currency=self.settings.currency)))
+            except PriceError as exc:  # named in the POS's own field names
                 self._reject(result, exc, source)
         self.metrics.updates_received.labels(source).inc(len(items))
         if not updates:
@@ -232,18 +230,20 @@ class Ingest:
                                          (store, update.sku))
                 if update.seq is not None and current is not None and current[0] is not None \
                         and update.seq <= current[0]:
-                    log.info("scheduled update for %s (seq %s) superseded by seq %s", update.sku, update.seq, current[0])
+                    log.info("scheduled update for %s (seq %s) superseded by seq %s", update.sku, update.seq,
+                             current[0], extra={"store": store, "sku": update.sku})
                     continue
                 await apply_update(conn, store, update, parse_iso(row["valid_from"]), parse_iso(row["received_at"]),
                                    row["source"], actor)
                 changed += 1
-            flips = await fetchall(conn, "SELECT sku, record FROM products WHERE store = ? AND next_change_at <= ?",
-                                   (store, iso(now)))
+            flips = await fetchall(conn, "SELECT sku, record, next_change_at FROM products WHERE store = ? "
+                                         "AND next_change_at <= ?", (store, iso(now)))
             for row in flips:
                 nxt = pricing.next_change_after(pricing.record_from_json(row["record"]), now)
                 await conn.execute("UPDATE products SET next_change_at = ? WHERE store = ? AND sku = ?",
                                    (iso(nxt) if nxt else None, store, row["sku"]))
-                await conn.execute(mark_dirty_sql, (dirty_generation(), iso(now), store, row["sku"]))
+                # a promotion starting or ending took effect at its time, not when this loop woke
+                await conn.execute(mark_dirty_sql, (dirty_generation(), row["next_change_at"], store, row["sku"]))
                 changed += 1
         if changed:
             self.on_dirty()
@@ -277,7 +277,9 @@ async def apply_update(conn: aiosqlite.Connection, store: str, update: PriceUpda
         "ON CONFLICT (store, sku) DO UPDATE SET record = excluded.record, seq = excluded.seq, "
         "updated_at = excluded.updated_at, next_change_at = excluded.next_change_at",
         (store, update.sku, pricing.record_to_json(after), seq, iso(received), iso(nxt) if nxt else None))
-    await conn.execute(mark_dirty_sql, (dirty_generation(), iso(received), store, update.sku))
+    # time-to-shelf counts from when the change took effect: its arrival, or a scheduled
+    # change's valid_from (it could not be on the shelf before then)
+    await conn.execute(mark_dirty_sql, (dirty_generation(), iso(max(effective, received)), store, update.sku))
     await record_audit(conn, actor, "price.update", update.sku, before, after)
 
 
@@ -291,6 +293,15 @@ async def price_periods(db: Database, store: str, skus: Sequence[str]) -> dict[s
                                f"AND sku IN ({placeholders(part)}) ORDER BY id", (store, *part)):
             out[h["sku"]].append(pricing.PricePeriod.from_row(h["price"], h["start_at"], h["end_at"],
                                                               h["reduction"]))
+    return out
+
+
+async def current_prices(db: Database, store: str) -> dict[str, Decimal]:
+    """Every product's stored base price (``price`` of its record), by SKU: what a POS
+    starting up (the demo's) needs to know to continue from the catalogue as it is."""
+    out: dict[str, Decimal] = {}
+    for row in await db.read("SELECT sku, record FROM products WHERE store = ? ORDER BY sku", (store,)):
+        out[row["sku"]] = Decimal(str(pricing.record_from_json(row["record"])["price"]))
     return out
 
 

@@ -4,19 +4,26 @@ A job is ``queued`` until the dispatcher claims it (``sent``, with the gateway i
 then ``done`` or back to ``queued`` with a later ``next_attempt_at`` (retry), or ``failed``.
 A newer image for a label turns its older queued image jobs into ``superseded``. At most one
 job per label is ``sent`` at a time, oldest first, so a pairing always precedes the image.
+
+`Outbox` is the one place a job is created or ended, and it counts each such change in the
+metrics when its transaction commits (``esl_jobs_created_total``,
+``esl_jobs_finished_total``): counted where it happens, the counters cannot disagree with
+each other or with the table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
 import aiosqlite
 
-from eslserver.db.database import fetchone
+from eslserver.db.database import Database, fetchall, fetchone, placeholders
+from eslserver.metrics import JOB_OUTCOMES, Metrics
 from eslserver.timeutil import iso
 
-__all__ = ["OPEN_STATES", "JobKind", "ensure_pair_job", "insert_job"]
+__all__ = ["OPEN_STATES", "JobKind", "Outbox"]
 
 OPEN_STATES: Final = ("queued", "sent")
 
@@ -27,23 +34,88 @@ class JobKind:
     COMMAND: Final = "command"
 
 
-async def insert_job(conn: aiosqlite.Connection, *, store: str, mac: str, kind: str, now: datetime,
+class Outbox:
+    """Creates and ends jobs inside the caller's transaction (`conn`), and counts them."""
+
+    def __init__(self, db: Database, metrics: Metrics) -> None:
+        self.db = db
+        self.metrics = metrics
+
+    async def insert(self, conn: aiosqlite.Connection, *, store: str, mac: str, kind: str, now: datetime,
                      origin_at: str | None = None, **columns: Any) -> int:
-    """Queue a job; `columns` are other job columns (image_hash, payload, command, …)."""
-    names = ["store", "mac", "kind", "state", "next_attempt_at", "created_at", "origin_at", *columns]
-    values = [store, mac, kind, "queued", iso(now), iso(now), origin_at, *columns.values()]
-    cur = await conn.execute(f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                             values)
-    assert cur.lastrowid is not None
-    return cur.lastrowid
+        """Queue a job; `columns` are other job columns (image_hash, payload, command, …)."""
+        names = ["store", "mac", "kind", "state", "next_attempt_at", "created_at", "origin_at", *columns]
+        values = [store, mac, kind, "queued", iso(now), iso(now), origin_at, *columns.values()]
+        cur = await conn.execute(f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                                 values)
+        assert cur.lastrowid is not None
+        self._created(kind, 1)
+        return cur.lastrowid
 
+    async def insert_many(self, conn: aiosqlite.Connection, *, store: str, kind: str, now: datetime,
+                          columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Queue one job of `kind` per row, a row holding the values of `columns` (one
+        statement for all: a repricing queues thousands at once)."""
+        if not rows:
+            return
+        names = ["store", "kind", "state", "next_attempt_at", "created_at", *columns]
+        stamp = iso(now)
+        await conn.executemany(f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                               [(store, kind, "queued", stamp, stamp, *row) for row in rows])
+        self._created(kind, len(rows))
 
-async def ensure_pair_job(conn: aiosqlite.Connection, *, store: str, mac: str, now: datetime,
+    async def ensure_pair(self, conn: aiosqlite.Connection, *, store: str, mac: str, now: datetime,
                           new_key: bytes) -> bool:
-    """Queue a pairing for `mac` unless one is open; True if one was queued."""
-    row = await fetchone(conn, "SELECT 1 FROM jobs WHERE mac = ? AND kind = 'pair' AND state IN ('queued', 'sent')",
-                         (mac,))
-    if row is not None:
-        return False
-    await insert_job(conn, store=store, mac=mac, kind=JobKind.PAIR, now=now, command=new_key)
-    return True
+        """Queue a pairing for `mac` unless it has a key or a pairing is open; True if one was
+        queued. Checked here, in the caller's transaction: what the caller read before may be
+        stale (a pairing acked meanwhile), and a needless pairing replaces a good key."""
+        row = await fetchone(conn, "SELECT label_key IS NOT NULL AS paired, EXISTS (SELECT 1 FROM jobs WHERE mac = ? "
+                                   "AND kind = 'pair' AND state IN ('queued', 'sent')) AS pairing "
+                                   "FROM labels WHERE mac = ?", (mac, mac))
+        if row is None or row["paired"] or row["pairing"]:
+            return False
+        await self.insert(conn, store=store, mac=mac, kind=JobKind.PAIR, now=now, command=new_key)
+        return True
+
+    async def finish(self, conn: aiosqlite.Connection, job_id: int, outcome: str, now: datetime, *,
+                     error: str | None = None) -> bool:
+        """End an open job as `outcome` (``done``, ``failed``); False if it was not open (a
+        duplicate ack, a job already superseded or failed): nothing is changed or counted."""
+        if outcome not in JOB_OUTCOMES:
+            raise ValueError(f"outcome: expected one of {', '.join(JOB_OUTCOMES)}, got {outcome!r}")
+        row = await fetchone(conn, "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state IN "
+                                   "('queued', 'sent') RETURNING kind", (outcome, iso(now), error, job_id))
+        if row is None:
+            return False
+        self._finished(row["kind"], outcome, 1)
+        return True
+
+    async def supersede_images(self, conn: aiosqlite.Connection, macs: Iterable[str], now: datetime) -> int:
+        """End the queued image jobs of `macs` as ``superseded`` (a newer image, or none, is
+        wanted); returns how many."""
+        keys = list(macs)
+        superseded = 0
+        for i in range(0, len(keys), 500):
+            part = keys[i:i + 500]
+            rows = await fetchall(conn, f"UPDATE jobs SET state = 'superseded', finished_at = ? WHERE kind = 'image' "
+                                        f"AND state = 'queued' AND mac IN ({placeholders(part)}) RETURNING id",
+                                  (iso(now), *part))
+            superseded += len(rows)
+        self._finished(JobKind.IMAGE, "superseded", superseded)
+        return superseded
+
+    async def adopt_open(self) -> None:
+        """Count the jobs a previous run left open as created by this one: they will finish
+        here, and ``created - finished = open`` must hold from the first scrape. Called at
+        start, before anything else can create or end a job."""
+        for row in await self.db.read("SELECT kind, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'sent') "
+                                      "GROUP BY kind"):
+            self.metrics.jobs_created.labels(row["kind"]).inc(row["n"])
+
+    def _created(self, kind: str, n: int) -> None:
+        if n:
+            self.db.after_commit(lambda: self.metrics.jobs_created.labels(kind).inc(n))
+
+    def _finished(self, kind: str, outcome: str, n: int) -> None:
+        if n:
+            self.db.after_commit(lambda: self.metrics.jobs_finished.labels(kind, outcome).inc(n))

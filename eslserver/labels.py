@@ -1,9 +1,9 @@
 """Labels: their state as the world sees it, binding to products, and commands (LED).
 
-The label state (DESIGN.md) is one JSON shape, served by the HTTP API and published
-retained on ``{prefix}/{store}/label/{mac}/state``. A label is up to date exactly when the
-hash it reported (``displayed_hash``) equals the hash the server rendered for it
-(``expected_hash``); ``state`` says why not when it is not:
+The label state (``LabelState`` in docs/mqtt.asyncapi.yaml) is one JSON shape, served by the
+HTTP API and published retained on ``{prefix}/{store}/label/{mac}/state``. A label is up to
+date exactly when the hash it reported (``displayed_hash``) equals the hash the server
+rendered for it (``expected_hash``); ``state`` says why not when it is not:
 
 - ``unpaired``: bound to no product;
 - ``pending``: an update is on its way;
@@ -25,7 +25,7 @@ from eslserver.audit import Who, record_audit
 from eslserver.config import Settings
 from eslserver.db.database import Database, fetchone
 from eslserver.ingest import dirty_generation
-from eslserver.jobs import JobKind, insert_job
+from eslserver.jobs import JobKind, Outbox
 from eslserver.metrics import Metrics
 from eslserver.timeutil import iso, utcnow
 from firmware_proto.errors import FrameError
@@ -66,7 +66,7 @@ def normalise_mac(mac: str) -> str:
 
 
 def state_json(row: Any) -> dict[str, Any]:
-    """The label-state JSON of DESIGN.md from a labels row (with `STATE_COLUMNS`)."""
+    """The label-state JSON (docs/mqtt.asyncapi.yaml) from a labels row (with `STATE_COLUMNS`)."""
     return {
         "mac": row["mac"], "sku": row["sku"], "model": row["model"], "gateway": row["gateway"],
         "state": row["state"], "expected_hash": row["expected_hash"], "displayed_hash": row["displayed_hash"],
@@ -84,6 +84,7 @@ class Labels:
         self.db = db
         self.settings = settings
         self.metrics = metrics
+        self.outbox = Outbox(db, metrics)
         self.on_dirty = on_dirty
         self.on_jobs = on_jobs
         self.on_states = on_states
@@ -150,8 +151,7 @@ class Labels:
             before = await fetchone(conn, f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (mac,))
             if before is None:
                 raise LabelError("unknown_label", f"label {mac} is not known", 404)
-            await conn.execute("UPDATE jobs SET state = 'superseded', finished_at = ? WHERE mac = ? AND "
-                               "kind = 'image' AND state = 'queued'", (iso(utcnow()), mac))
+            await self.outbox.supersede_images(conn, [mac], utcnow())
             await conn.execute("UPDATE labels SET sku = NULL, state = 'unpaired', dirty = 0, origin_at = NULL, "
                                "updated_at = ? WHERE mac = ?", (iso(utcnow()), mac))
             after = await fetchone(conn, f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (mac,))
@@ -172,9 +172,9 @@ class Labels:
             if not row["paired"]:
                 raise LabelError("not_paired", f"label {mac} is not paired yet: it cannot be commanded", 409)
             params = dict(LED_FLASH, repeat=(seconds << 1) | 1)
-            job = await insert_job(conn, store=self.settings.store, mac=mac, kind=JobKind.COMMAND, now=utcnow(),
-                                   command=json.dumps({"name": "led_control", "params": params}).encode())
+            job = await self.outbox.insert(conn, store=self.settings.store, mac=mac, kind=JobKind.COMMAND,
+                                           now=utcnow(),
+                                           command=json.dumps({"name": "led_control", "params": params}).encode())
             await record_audit(conn, actor, "label.flash", mac, None, {"seconds": seconds, "job": job})
-        self.metrics.jobs_created.labels(JobKind.COMMAND).inc()
         self.on_jobs()
         return job

@@ -2,28 +2,65 @@
 
 Counters and histograms are updated where things happen; the gauges of jobs and labels by
 state are read from the database by the server's housekeeping loop (`set_states`), so that
-several server instances sharing one database report the same truth.
+several server instances sharing one database report the same truth. The job counters are
+moved only by `eslserver.jobs.Outbox`, when the transaction that created or ended a job
+commits, so that ``esl_jobs_created_total`` minus every ``esl_jobs_finished_total`` is
+the number of open jobs.
+
+The registry also carries the standard ``process_*`` and ``python_*`` metrics, and leaves
+out the ``*_created`` series (the time each series was born): Prometheus' own exporters do
+not send them, dashboards never use them, and in the text format they double the lines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
 
-__all__ = ["JOB_STATES", "LABEL_STATES", "Metrics"]
+__all__ = ["JOB_KINDS", "JOB_OUTCOMES", "JOB_STATES", "LABEL_STATES", "Metrics"]
 
 LABEL_STATES = ("ok", "pending", "failed", "offline", "unpaired")
 JOB_STATES = ("queued", "sent", "done", "failed", "superseded")
+JOB_KINDS = ("pair", "image", "command")
+JOB_OUTCOMES = ("done", "failed", "superseded")
+"""The states a job ends in (`JOB_STATES` less the open ones)."""
+
+
+class _Registry(CollectorRegistry):
+    """A registry whose exposition has no ``*_created`` samples.
+
+    `prometheus_client.disable_created_metrics` would do it for every registry of the
+    process (it is a module global); this drops them from ours only.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in super().collect():
+            if metric.type in ("counter", "histogram", "summary"):
+                created = metric.name + "_created"
+                metric.samples = [s for s in metric.samples if s.name != created]
+            yield metric
 
 
 class Metrics:
     """The server's metrics, all prefixed ``esl_``."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry: CollectorRegistry = _Registry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        r.register(GC_COLLECTOR)
         self.updates_received = Counter("esl_price_updates_received", "Price updates received (items of a batch count one each)",
                                         ["source"], registry=r)
         self.updates_rejected = Counter("esl_price_updates_rejected", "Price updates rejected, by error code",
@@ -37,11 +74,14 @@ class Metrics:
         self.labels_rendered = Counter("esl_labels_rendered", "Labels rendered", registry=r)
         self.labels_skipped = Counter("esl_labels_unchanged", "Labels rendered that already showed that image", registry=r)
         self.render_errors = Counter("esl_render_errors", "Labels whose render failed (template or data error)", registry=r)
-        self.jobs_created = Counter("esl_jobs_created", "Jobs written to the outbox", ["kind"], registry=r)
-        self.jobs_finished = Counter("esl_jobs_finished", "Jobs finished, by outcome", ["outcome"], registry=r)
+        self.jobs_created = Counter("esl_jobs_created", "Jobs this server took charge of: written to the outbox, "
+                                    "or found open there when it started", ["kind"], registry=r)
+        self.jobs_finished = Counter("esl_jobs_finished", "Jobs that ended, by kind and outcome (done, failed, "
+                                     "superseded by a newer image)", ["kind", "outcome"], registry=r)
         self.jobs_retried = Counter("esl_jobs_retried", "Job attempts that will be retried, by reason", ["code"], registry=r)
         self.time_to_shelf = Histogram("esl_time_to_shelf_seconds",
-                                       "From a price change reaching the server to the label confirming the new image",
+                                       "From a change taking effect (a price arriving, or a scheduled price's "
+                                       "valid_from) to the label confirming the new image",
                                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=r)
         self.jobs = Gauge("esl_jobs", "Jobs by state", ["state"], registry=r)
         self.labels = Gauge("esl_labels", "Labels by state", ["state"], registry=r)
@@ -51,6 +91,10 @@ class Metrics:
             self.labels.labels(state).set(0)
         for state in JOB_STATES:
             self.jobs.labels(state).set(0)
+        for kind in JOB_KINDS:
+            self.jobs_created.labels(kind)
+            for outcome in JOB_OUTCOMES:
+                self.jobs_finished.labels(kind, outcome)
 
     def set_states(self, labels: Mapping[str, int], jobs: Mapping[str, int], gateways_online: int) -> None:
         for state in LABEL_STATES:

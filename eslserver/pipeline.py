@@ -33,7 +33,8 @@ from eslserver import pricing
 from eslserver.config import DEFAULT_TEMPLATES, Settings
 from eslserver.db.database import Database, fetchall, placeholders
 from eslserver.ingest import price_periods
-from eslserver.jobs import JobKind, ensure_pair_job
+from eslserver.jobs import JobKind, Outbox
+from eslserver.logs import FailureLog
 from eslserver.metrics import Metrics
 from eslserver.render_worker import RenderItem, RenderJob, RenderOutcome, render_job
 from eslserver.timeutil import iso, utcnow
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 64  # labels per task handed to a render process
 _RECHECK_S = 5.0
+_IMAGE_JOB_COLUMNS = ("mac", "origin_at", "image_hash", "base_hash", "region", "delta", "format", "payload")
 
 
 def template_for(model: str, template: str | None) -> str:
@@ -63,6 +65,7 @@ class Pipeline:
         self.executor = executor
         self.on_jobs = on_jobs
         self.on_states = on_states
+        self.outbox = Outbox(db, metrics)
         self._wake = asyncio.Event()
         self.batches = 0
 
@@ -72,6 +75,7 @@ class Pipeline:
     async def run(self) -> None:
         self._wake.set()  # labels left dirty by a previous run
         debounce = self.settings.debounce_ms / 1000
+        failure = FailureLog(log, "render pipeline", store=self.settings.store)
         while True:
             try:  # a safety net: look every few seconds even if nobody pokes
                 async with asyncio.timeout(_RECHECK_S):
@@ -84,10 +88,12 @@ class Pipeline:
             try:
                 while await self.step():
                     pass
-            except Exception:  # the outermost boundary of the loop: log, back off, go on
-                log.exception("render pipeline failed; retrying in 1 s")
+            except Exception as exc:  # the outermost boundary of the loop: log, back off, go on
+                failure.failed(exc, retry_s=1.0)
                 await asyncio.sleep(1.0)
                 self._wake.set()
+            else:
+                failure.ok()
 
     async def step(self) -> int:
         """Render one batch of dirty labels; returns how many labels it handled."""
@@ -165,7 +171,7 @@ class Pipeline:
         # collected per statement and written with executemany: one round trip per kind of
         # row instead of several per label keeps the event loop free during a repricing
         images: list[tuple[Any, ...]] = []
-        supersede: list[tuple[Any, ...]] = []
+        supersede: list[str] = []
         shown: list[tuple[Any, ...]] = []
         pending: list[tuple[Any, ...]] = []
         failed: list[tuple[Any, ...]] = []
@@ -191,7 +197,8 @@ class Pipeline:
                     continue  # changed while we drew it (new price, unbound, rebound): the newer mark wins
                 if out.error is not None or out.image_hash is None:
                     self.metrics.render_errors.inc()
-                    log.warning("label %s (sku %s): %s", out.mac, r["sku"], out.error)
+                    log.warning("label %s (sku %s): %s", out.mac, r["sku"], out.error,
+                                extra={"store": store, "mac": out.mac, "sku": r["sku"]})
                     events.append((stamp, store, out.mac, "render_error", json.dumps({"error": out.error})))
                     failed.append((stamp, out.mac))
                     changed.append(out.mac)
@@ -201,33 +208,29 @@ class Pipeline:
                 images.append((digest, r["model"], out.image_format, out.image_payload, stamp))
                 if out.update is None or digest == r["displayed_hash"]:
                     self.metrics.labels_skipped.inc()
-                    supersede.append((stamp, out.mac))
+                    supersede.append(out.mac)
                     shown.append((digest, stamp, out.mac))
                     changed.append(out.mac)
                     continue
                 if (out.mac, digest) in open_images:  # already on its way
                     clear.append((out.mac, r["dirty"]))
                     continue
-                supersede.append((stamp, out.mac))
+                supersede.append(out.mac)
                 if not r["paired"]:
                     unpaired.append(out.mac)
                 u = out.update
-                jobs.append((store, out.mac, JobKind.IMAGE, "queued", stamp, stamp, r["origin_at"], digest,
-                             u.base_hash.hex() if u.base_hash else None,
+                jobs.append((out.mac, r["origin_at"], digest, u.base_hash.hex() if u.base_hash else None,
                              ",".join(map(str, u.region)) if u.region else None, int(u.delta), u.image_format,
                              u.payload))
                 pending.append((digest, stamp, out.mac))
                 changed.append(out.mac)
-            new_jobs = len(jobs)
             await conn.executemany("INSERT OR IGNORE INTO images (hash, model, format, payload, created_at) "
                                    "VALUES (?, ?, ?, ?, ?)", images)
-            await conn.executemany("UPDATE jobs SET state = 'superseded', finished_at = ? "
-                                   "WHERE mac = ? AND kind = 'image' AND state = 'queued'", supersede)
+            await self.outbox.supersede_images(conn, supersede, now)
             for mac in unpaired:  # the image waits behind the pairing (one job per label at a time)
-                await ensure_pair_job(conn, store=store, mac=mac, now=now, new_key=new_label_key())
-            await conn.executemany(
-                "INSERT INTO jobs (store, mac, kind, state, next_attempt_at, created_at, origin_at, image_hash, "
-                "base_hash, region, delta, format, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", jobs)
+                await self.outbox.ensure_pair(conn, store=store, mac=mac, now=now, new_key=new_label_key())
+            await self.outbox.insert_many(conn, store=store, kind=JobKind.IMAGE, now=now, columns=_IMAGE_JOB_COLUMNS,
+                                          rows=jobs)
             await conn.executemany("UPDATE labels SET expected_hash = ?, state = 'ok', origin_at = NULL, "
                                    "updated_at = ?, dirty = 0 WHERE mac = ?", shown)
             await conn.executemany("UPDATE labels SET expected_hash = ?, state = CASE WHEN state = 'offline' "
@@ -236,6 +239,4 @@ class Pipeline:
                                    failed)
             await conn.executemany("INSERT INTO events (at, store, mac, kind, detail) VALUES (?, ?, ?, ?, ?)", events)
             await conn.executemany("UPDATE labels SET dirty = 0 WHERE mac = ? AND dirty = ?", clear)
-        if new_jobs:
-            self.metrics.jobs_created.labels(JobKind.IMAGE).inc(new_jobs)
         return changed

@@ -67,8 +67,8 @@ from typing import Any, Final
 from render.context import Product, ProductError, Promo, parse_decimal, parse_when
 
 __all__ = [
-    "PriceError", "PriceUpdate", "PricePeriod", "ERROR_CODES", "CANONICAL_FIELDS",
-    "parse_payload", "apply_field_map", "check_field_map", "validate_update", "merge_record",
+    "PriceError", "PriceUpdate", "PricePeriod", "ERROR_CODES", "CANONICAL_FIELDS", "FIELD_GROUPS",
+    "parse_payload", "field_path", "apply_field_map", "check_field_map", "validate_update", "merge_record",
     "record_to_json", "record_from_json", "periods_for_update", "selling_price_at",
     "prior_price", "product_for_render", "next_change_after",
 ]
@@ -84,7 +84,7 @@ ERROR_CODES: Final = frozenset({
     "invalid_field_map", # a store field map with a target that is not a canonical field
 })
 
-#: The canonical top-level fields of a price update (DESIGN.md "Price update").
+#: The canonical top-level fields of a price update (docs/mqtt.asyncapi.yaml, "PriceUpdate").
 CANONICAL_FIELDS: Final = frozenset({
     "sku", "price", "currency", "name", "regular_price", "promo", "unit", "vat_rate",
     "valid_from", "seq", "attributes", "ean", "url", "image", "lowest_30d",
@@ -96,6 +96,8 @@ _GROUPS: Final[Mapping[str, frozenset[str] | None]] = MappingProxyType({
     "unit": frozenset({"size", "measure"}),
     "attributes": None,
 })
+#: The groups a dotted field names (``promo.price``) and their sub-fields (None: any name).
+FIELD_GROUPS: Final = _GROUPS
 # Record fields an update carries (besides sku/seq/valid_from), in a fixed order.
 _UPDATE_FIELDS: Final = (
     "price", "currency", "name", "regular_price", "promo", "unit", "vat_rate", "ean", "url",
@@ -148,7 +150,10 @@ class PriceError(ValueError):
 
     Names where (``index`` in the batch, ``sku`` when known), what (``field``, dotted for
     nested ones such as ``promo.price``, and the ``value`` received) and why (``reason``,
-    with a stable ``code`` from `ERROR_CODES`). ``index`` may be set after the fact.
+    with a stable ``code`` from `ERROR_CODES`). ``index`` may be set after the fact, and so
+    may the POS's own words (`eslserver.pos_fields`): ``field`` then is the name the POS
+    sent (``Cena``), ``canonical`` the field it stands for (``price``), and ``hint`` a
+    suggestion for a name that looks misspelt ("did you mean price?").
     """
 
     def __init__(
@@ -159,11 +164,13 @@ class PriceError(ValueError):
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(field, value, reason)
         self.field = field
+        self.canonical = field
         self.value = value
         self.reason = reason
         self.code = code
         self.index = index
         self.sku = sku
+        self.hint: str | None = None
 
     def __str__(self) -> str:
         where = []
@@ -175,13 +182,15 @@ class PriceError(ValueError):
         if len(shown) > 60:
             shown = shown[:57] + "..."
         prefix = f"{', '.join(where)}: " if where else ""
-        return f"{prefix}{self.field}={shown}: {self.reason}"
+        field = self.field if self.canonical == self.field else f"{self.field} ({self.canonical})"
+        hint = f"; {self.hint}" if self.hint else ""
+        return f"{prefix}{field}={shown}: {self.reason}{hint}"
 
     def to_json(self) -> dict[str, Any]:
         """The error as answered to the POS (HTTP body item, or MQTT ``pos/errors``)."""
         return {
-            "index": self.index, "sku": self.sku, "field": self.field,
-            "value": _json_safe(self.value), "error": self.code, "detail": str(self),
+            "index": self.index, "sku": self.sku, "field": self.field, "canonical": self.canonical,
+            "value": _json_safe(self.value), "error": self.code, "detail": str(self), "hint": self.hint,
         }
 
 
@@ -341,6 +350,14 @@ def _key_path(key: str) -> tuple[str, ...]:
     return (head, sub) if sub and head in _GROUPS else (key,)  # validate_update checks sub
 
 
+def field_path(key: str, field_map: Mapping[str, str]) -> tuple[str, ...]:
+    """Where a key of a POS record lands: ``("price",)``, ``("promo", "price")``. A key the
+    map names goes to its target (`PriceError` ``invalid_field_map`` if that is no field);
+    any other key is a path of its own (dotted group keys such as ``promo.price`` nest)."""
+    target = field_map.get(key)
+    return _target_path(target, key) if target is not None else _key_path(key)
+
+
 def check_field_map(field_map: Mapping[str, str]) -> None:
     """Validate a store's field map once (at configuration): sources non-empty text,
     targets a field name or ``promo.price|from|to``, ``unit.size|measure``,
@@ -376,9 +393,8 @@ def apply_field_map(
     dotted: dict[tuple[str, str], tuple[str, Any]] = {}
     for raw_key, value in record.items():
         key = str(raw_key)
-        target = field_map.get(key)
         try:
-            path = _target_path(target, key) if target is not None else _key_path(key)
+            path = field_path(key, field_map)
         except PriceError as exc:
             exc.index, exc.sku = index, sku
             raise

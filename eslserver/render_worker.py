@@ -8,6 +8,7 @@ rendered once.
 
 from __future__ import annotations
 
+import signal
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
@@ -153,7 +154,12 @@ def render_job(job: RenderJob) -> list[RenderOutcome]:
 
 
 def warm_up() -> None:
-    """Import and compile what the first real job would (run once per worker at start)."""
+    """Import and compile what the first real job would (run once per worker at start).
+
+    A worker ignores SIGINT: Ctrl-C in a terminal reaches the whole process group, and the
+    server shuts its workers down itself; without this each worker died mid-wait with a
+    KeyboardInterrupt traceback on the operator's screen."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("shelf-2.9",):
         try:
             load_template(name)

@@ -22,15 +22,18 @@ from aiohttp import web
 from eslserver.auth import Actor
 from eslserver.broker import EmbeddedBroker
 from eslserver.config import Settings
-from eslserver.db.database import Database
+from eslserver.db.database import Database, DatabaseError
 from eslserver.dispatch import Dispatcher
 from eslserver.ingest import Ingest, error_message
+from eslserver.jobs import Outbox
 from eslserver.label_templates import Templates
 from eslserver.labels import Labels
+from eslserver.logs import FailureLog
 from eslserver.metrics import Metrics
 from eslserver.mqtt import Message, MqttConnection, MqttSettings
 from eslserver.pipeline import Pipeline
 from eslserver.render_worker import warm_up
+from eslserver.startup import StartupError, listen_error, os_reason
 from eslserver.timeutil import iso, utcnow
 
 __all__ = ["SYSTEM", "Server"]
@@ -134,15 +137,21 @@ class Server:
 
     async def start(self) -> None:
         s = self.settings
-        await self.db.open()
+        try:
+            await self.db.open()
+        except (OSError, DatabaseError) as exc:
+            reason = os_reason(exc) if isinstance(exc, OSError) else str(exc)
+            raise StartupError("data_dir", f"cannot use the data directory {s.data_dir}: {reason}") from exc
         await self._ensure_store()
+        await Outbox(self.db, self.metrics).adopt_open()
         if self.render_processes:
             self.executor = ProcessPoolExecutor(s.workers, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=warm_up)
             self.pipeline.executor = self.executor
         if self.use_mqtt:
             if self.broker_url is None:
-                self.broker = EmbeddedBroker()
+                self.broker = EmbeddedBroker(port=s.mqtt_port, implementation=s.embedded_broker,
+                                             directory=s.data_dir / "broker")
                 await self.broker.__aenter__()
                 self.broker_url = self.broker.url
             overrides: dict[str, Any] = {}
@@ -173,7 +182,11 @@ class Server:
             self._runner = web.AppRunner(create_app(self), access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, s.http_host, s.http_port)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                raise listen_error("HTTP", s.http_host, s.http_port, exc, port_setting="http_port",
+                                   host_setting="http_host") from exc
             sockets = self._runner.addresses
             self.http_port = sockets[0][1] if sockets else s.http_port
         log.info("eslserver %s/%s started (database %s, broker %s, http %s)", s.store, s.instance, self.db.path,
@@ -201,7 +214,15 @@ class Server:
         await self.db.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=f"eslserver-{name}"))
+        task = asyncio.create_task(coro, name=f"eslserver-{name}")
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A background loop ends only when cancelled: anything else is a bug, said loudly."""
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("%s stopped: %s", task.get_name(), task.exception(), exc_info=task.exception(),
+                         extra={"store": self.settings.store})
 
     async def _ensure_store(self) -> None:
         s = self.settings
@@ -244,6 +265,7 @@ class Server:
 
     # -- background loops -----------------------------------------------------------------------
     async def _state_loop(self) -> None:
+        failure = FailureLog(log, "publishing label states", store=self.settings.store)
         while True:
             await self._state_wake.wait()
             self._state_wake.clear()
@@ -253,12 +275,14 @@ class Server:
                     states = await self.labels.states(batch)
                     await asyncio.gather(*(self._publish(self.topic("label", st["mac"], "state"),
                                                          json.dumps(st).encode(), 1, True) for st in states))
-                except Exception:  # the broker went away mid-batch: try these again later
-                    log.exception("publishing label states failed; retrying")
+                    failure.ok()
+                except Exception as exc:  # the broker went away mid-batch: try these again later
+                    failure.failed(exc, retry_s=1.0)
                     self._state_queue.update(batch)
                     await asyncio.sleep(1.0)
 
     async def _schedule_loop(self) -> None:
+        failure = FailureLog(log, "scheduler", store=self.settings.store)
         while True:
             self._schedule_wake.clear()  # before looking: a change while we look is not lost
             try:
@@ -266,11 +290,15 @@ class Server:
                 now = utcnow()
                 if due is not None and due <= now:
                     await self.ingest.apply_due(now, SYSTEM)
-                    continue
-                delay = 60.0 if due is None else min(60.0, (due - now).total_seconds())
-            except Exception:
-                log.exception("scheduler failed; retrying in 1 s")
+                    delay = 0.0  # look again at once: more may be due by now
+                else:
+                    delay = 60.0 if due is None else min(60.0, (due - now).total_seconds())
+                failure.ok()
+            except Exception as exc:
+                failure.failed(exc, retry_s=1.0)
                 delay = 1.0
+            if delay <= 0:
+                continue
             try:
                 async with asyncio.timeout(max(0.001, delay)):
                     await self._schedule_wake.wait()
@@ -278,6 +306,7 @@ class Server:
                 pass
 
     async def _housekeeping(self) -> None:
+        failure = FailureLog(log, "housekeeping (label and job gauges)", store=self.settings.store)
         while True:
             try:
                 labels = {r[0]: r[1] for r in await self.db.read("SELECT state, COUNT(*) FROM labels GROUP BY state")}
@@ -286,6 +315,7 @@ class Server:
                 self.metrics.set_states(labels, jobs, online[0] if online else 0)
                 if self.mqtt is not None:
                     self.metrics.mqtt_connected.set(1 if self.mqtt.is_connected else 0)
-            except Exception:
-                log.exception("housekeeping failed")
+                failure.ok()
+            except Exception as exc:
+                failure.failed(exc, retry_s=2.0)
             await asyncio.sleep(2.0)

@@ -12,11 +12,15 @@ import hashlib
 import zlib
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cache
+from typing import TYPE_CHECKING
 
-import numpy as np
 from zlib_ng import zlib_ng
 
 from firmware_proto.models import LabelModel
+
+if TYPE_CHECKING:  # numpy is imported where bit planes are made: a gateway forwards payloads
+    import numpy as np  # without it and installs without numpy (see requirements/gateway.txt)
 
 __all__ = [
     "HASH_SIZE", "ImageFormat", "ImageError", "Region", "image_hash", "row_stride",
@@ -40,8 +44,12 @@ class ImageFormat(IntEnum):
     DEFLATE_PLANES = 2  # raw DEFLATE of the bytes split into bit planes (see `to_planes`)
 
 
+@cache
 def _plane_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-byte lookups: the nibble of high bits, the nibble of low bits, and the inverse."""
+    """Per-byte lookups: the nibble of high bits, the nibble of low bits, and the inverse
+    (built on first use, so that importing this module does not import numpy)."""
+    import numpy as np
+
     b = np.arange(256, dtype=np.uint16)
     hi = np.zeros(256, dtype=np.uint8)
     lo = np.zeros(256, dtype=np.uint8)
@@ -54,9 +62,6 @@ def _plane_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return hi, lo, join
 
 
-_HI_NIBBLE, _LO_NIBBLE, _JOIN_NIBBLES = _plane_tables()
-
-
 def to_planes(packed: bytes) -> bytes:
     """2-bit pixels regrouped as two bit planes: all high bits, then all low bits.
 
@@ -65,11 +70,14 @@ def to_planes(packed: bytes) -> bytes:
     Works on any byte string of 2-bit pixels (a framebuffer or a region's rows); an odd length
     leaves the last nibble of each plane zero.
     """
+    import numpy as np
+
+    hi_nibble, lo_nibble, _ = _plane_tables()
     arr = np.frombuffer(packed, dtype=np.uint8)
     if arr.size % 2:
         arr = np.append(arr, np.uint8(0))
     planes: list[bytes] = []
-    for table in (_HI_NIBBLE, _LO_NIBBLE):
+    for table in (hi_nibble, lo_nibble):
         nib = table[arr]
         planes.append(bytes(((nib[0::2] << 4) | nib[1::2]).data))
     return planes[0] + planes[1]
@@ -80,12 +88,14 @@ def from_planes(planes: bytes, size: int) -> bytes:
     half = (size * 4 + 7) // 8
     if len(planes) != 2 * half:
         raise ImageError(f"bit planes are {len(planes)} bytes, expected {2 * half} for {size} bytes")
+    import numpy as np
+
     arr = np.frombuffer(planes, dtype=np.uint8)
     hi = np.empty(2 * half, dtype=np.uint16)
     lo = np.empty(2 * half, dtype=np.uint16)
     hi[0::2], hi[1::2] = arr[:half] >> 4, arr[:half] & 0x0F
     lo[0::2], lo[1::2] = arr[half:] >> 4, arr[half:] & 0x0F
-    return bytes(_JOIN_NIBBLES[(hi << 4) | lo][:size].data)
+    return bytes(_plane_tables()[2][(hi << 4) | lo][:size].data)
 
 
 def image_hash(packed: bytes) -> bytes:

@@ -26,8 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import IntEnum
 
-import numpy as np
-
 from firmware_proto.commands import EslError
 from firmware_proto.errors import TransferError
 from firmware_proto.frames import (
@@ -118,8 +116,11 @@ class _Plan:
 def changed_region(old: bytes, new: bytes, model: LabelModel) -> Region | None:
     """The smallest byte-aligned region holding every byte that differs (None if none does).
 
-    The server uses it to send a price-only change as a region update.
+    The server uses it to send a price-only change as a region update. numpy is imported here,
+    not with the module: a gateway never calls this and installs without numpy.
     """
+    import numpy as np
+
     size = framebuffer_size(model)
     if len(old) != size or len(new) != size:
         raise TransferError(f"framebuffers must both be {size} bytes, got {len(old)} and {len(new)}")

@@ -31,7 +31,7 @@ Methods:
   - a numba kernel (`_raster_kernel`), used whenever numba imports: one pass over each image
     in integer arithmetic, with a four-row error ring, two rows in flight (the second two
     columns behind, so their dependency chains overlap) and nothing allocated per pixel.
-    One core, the GIL released. numba is used because numpy cannot reach the issue's figure
+    One core, the GIL released. numba is used because numpy cannot reach the target
     (at least Pillow's C ``quantize`` speed on batched 800x480): a serial recurrence leaves
     numpy a Python-level step per wavefront, about 0.6x Pillow at batch 16 and 0.14x for one
     image, after six approaches were tried. Compiled on first use and cached on disk.

@@ -1,10 +1,11 @@
 """The fonts labels are drawn with: DejaVu Sans and DejaVu Sans Bold from the operating system.
 
 Fonts are never copied into the repository; they come from Debian's ``fonts-dejavu-core``
-(or any system that has DejaVu). Lookup order: the directory named by ``ESL_FONT_DIR`` if
-set, the usual font directories, then ``fc-match``. A missing font is a
-`FontNotFoundError` naming the file and the package to install, raised the first time a
-font is needed (importing this module never fails).
+(or any system that has DejaVu). Lookup: the directory named by ``ESL_FONT_DIR`` only, when
+it is set (a deployment gets exactly the fonts it names, never a silent fallback); else the
+usual font directories, then ``fc-match``. A missing font is a `FontNotFoundError` naming the
+file and the package to install, raised the first time a font is needed (importing this
+module never fails), or up front by `require_fonts` in commands that are about to render.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from PIL import ImageFont
 
 __all__ = [
     "FontNotFoundError", "FontWeight", "FONT_FILES", "font_path", "get_font", "locate_font",
+    "require_fonts",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,20 +67,22 @@ def _from_fc_match(pattern: str, filename: str) -> Path | None:
     return None
 
 
-def locate_font(filename: str, pattern: str, dirs: list[str]) -> Path:
-    """`filename` from the first of `dirs` holding it, else from fc-match (`pattern`);
-    raises `FontNotFoundError` naming what is missing and how to install it."""
+def locate_font(filename: str, pattern: str, dirs: list[str], *, fc_match: bool = True) -> Path:
+    """`filename` from the first of `dirs` holding it, else (with `fc_match`) from fc-match
+    (`pattern`); raises `FontNotFoundError` naming what is missing and how to install it."""
     for d in dirs:
         candidate = Path(d) / filename
         if candidate.is_file():
             return candidate
-    found = _from_fc_match(pattern, filename)
+    found = _from_fc_match(pattern, filename) if fc_match else None
     if found is not None:
         return found
+    where = ", ".join(dirs) + (" nor by fc-match" if fc_match else "")
     raise FontNotFoundError(
-        f"font {filename} ({pattern}) not found in {', '.join(dirs)} nor by fc-match; "
-        "install the Debian package fonts-dejavu-core (apt-get install fonts-dejavu-core) "
-        "or set ESL_FONT_DIR to a directory containing it"
+        f"font {filename} (DejaVu Sans, needed to draw labels) not found in {where}; "
+        "install it with `apt-get install fonts-dejavu-core` (Debian/Ubuntu; `dnf install "
+        "dejavu-sans-fonts` on Fedora, `brew install --cask font-dejavu` on macOS) "
+        "or set ESL_FONT_DIR to a directory holding DejaVuSans.ttf and DejaVuSans-Bold.ttf"
     )
 
 
@@ -89,11 +93,17 @@ def font_path(weight: FontWeight) -> Path:
         filename, pattern = FONT_FILES[weight]
     except KeyError:
         raise ValueError(f"weight must be regular or bold, got {weight!r}") from None
-    dirs = list(_SEARCH_DIRS)
     override = os.environ.get("ESL_FONT_DIR")
     if override:
-        dirs.insert(0, override)
-    return locate_font(filename, pattern, dirs)
+        return locate_font(filename, pattern, [override], fc_match=False)
+    return locate_font(filename, pattern, list(_SEARCH_DIRS))
+
+
+def require_fonts() -> None:
+    """Find every font labels are drawn with now, so that a command about to render stops
+    with one clear `FontNotFoundError` instead of failing label by label later."""
+    for weight in get_args(FontWeight):
+        font_path(weight)
 
 
 @functools.lru_cache(maxsize=512)

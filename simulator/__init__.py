@@ -9,6 +9,7 @@ Modules, one concept each:
 - `simulator.screen`: framebuffer → upright indices → PNG in the panel's colours;
 - `simulator.links`: in-memory `Link` / `Radio` for tests (whole, byte-by-byte, lossy, delayed);
 - `simulator.radio_server`: the loopback TCP store radio behind ``esl simulate``;
+- `simulator.state`: the labels' flash (keys, counters, screens) in a file across restarts;
 - (the gateway side of a conversation lives in `eslserver.gateway.conversation`);
 - `simulator.snapshots`, `simulator.run`: PNG snapshots on change, the ``esl simulate`` runner.
 

@@ -23,6 +23,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from firmware_proto.frames import DEFAULT_MTU, MAX_FRAME
 from firmware_proto.label import MIN_DISPLAY_MV
@@ -32,6 +33,7 @@ from firmware_proto.models import LabelModel, get_model
 from simulator.battery import DEFAULT_POWER, PowerModel
 from simulator.faults import FaultConfig, FaultPlan, LinkFaults, SplitMix64
 from simulator.label import SimLabel, factory_key
+from simulator.state import StateFile
 from simulator.tasks import cancel_and_wait
 
 __all__ = ["StoreConfigError", "StoreConfig", "StoreStats", "SimStore", "label_address"]
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 _BATCH = 256  # wake-ups handled before yielding to the event loop
 _BOOT_S = 0.005  # a rebooted label checks in after this long
+_STATE_INTERVAL_S = 1.0  # snapshots of a changed store at most this often (keys, counters: journaled at once)
+_STATE_DUTY = 50  # ... and at most 1/50 of the time spent writing them (10,000 labels: every ~20 s)
 
 
 class StoreConfigError(ValueError):
@@ -63,7 +67,10 @@ class StoreConfig:
     label wakes, checks in and listens for ``listen_window_s`` (each frame it hears extends the
     window). ``always_listening`` (or a wake interval of 0) keeps labels receptive all the time;
     they then check in once at start (and after a reboot or time offline), plus every
-    ``wake_interval_s`` if it is > 0.
+    ``wake_interval_s`` if it is > 0. The first check-ins are spread over ``start_spread_s``
+    (0: over one wake interval), as labels powering up together do. ``state_file`` keeps the
+    labels' keys, counters and screens across restarts (`simulator.state`), as real labels
+    keep them in flash.
     """
 
     labels: int = 10
@@ -77,6 +84,7 @@ class StoreConfig:
     power: PowerModel = DEFAULT_POWER
     low_battery_mv: int = MIN_DISPLAY_MV - 100
     start_spread_s: float = 0.0
+    state_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.labels, int) or not 0 <= self.labels <= 1_000_000:
@@ -96,6 +104,8 @@ class StoreConfig:
             raise StoreConfigError(f"max_frame must be an int in 32..{MAX_FRAME}, got {self.max_frame!r}")
         if not isinstance(self.seed, int):
             raise StoreConfigError(f"seed must be an int, got {self.seed!r}")
+        if self.state_file is not None and not isinstance(self.state_file, Path):
+            raise StoreConfigError(f"state_file must be a Path or None, got {self.state_file!r}")
 
     @property
     def listens_always(self) -> bool:
@@ -157,6 +167,14 @@ class SimStore:
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._offline_logged: set[str] = set()
+        self.state: StateFile | None = None
+        self._state_task: asyncio.Task[None] | None = None
+        self._state_failing = False
+        if config.state_file is not None:
+            self.state = StateFile(config.state_file, seed=config.seed)
+            restored = self.state.load(self.labels)
+            if restored:
+                log.info("restored %d labels (keys, counters, screens) from %s", restored, config.state_file)
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property
@@ -175,16 +193,23 @@ class SimStore:
         self._wakeup = asyncio.Event()
         now = self.now()
         cfg = self.config
-        spread = cfg.wake_interval_s if cfg.wake_interval_s > 0 else cfg.start_spread_s
+        spread = cfg.start_spread_s if cfg.start_spread_s > 0 else cfg.wake_interval_s
         rng = SplitMix64(cfg.seed ^ 0xC10C)
         for address in self.labels:
             self.schedule_wake(address, now + (rng.random() * spread if spread else 0.0))
         self._task = asyncio.create_task(self._run(), name="simulator-store-scheduler")
+        if self.state is not None:
+            self._save()  # the file exists (and holds the reserved counters) before any frame
+            self._state_task = asyncio.create_task(self._persist(), name="simulator-store-state")
 
     async def aclose(self) -> None:
-        """Stop the scheduler; safe to call twice."""
+        """Stop the scheduler (and write the state file, exactly); safe to call twice."""
         task, self._task = self._task, None
-        await cancel_and_wait(task)
+        state_task, self._state_task = self._state_task, None
+        await cancel_and_wait(task, state_task)
+        if self.state is not None and (task is not None or state_task is not None):
+            self._save(exact=True)
+            self.state.close()
 
     async def __aenter__(self) -> SimStore:
         await self.start()
@@ -192,6 +217,42 @@ class SimStore:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    # -- the state file ---------------------------------------------------------------------------
+    async def _persist(self) -> None:
+        assert self.state is not None
+        interval = _STATE_INTERVAL_S
+        while True:
+            await asyncio.sleep(interval)
+            if self.state.dirty:
+                started = self.now()
+                self._save()
+                interval = max(_STATE_INTERVAL_S, (self.now() - started) * _STATE_DUTY)
+
+    def _save(self, *, exact: bool = False) -> None:
+        """Write a snapshot of the state file."""
+        assert self.state is not None
+        self._state_io(functools.partial(self.state.write, exact=exact))
+
+    def _state_io(self, action: Callable[[], None]) -> None:
+        """Run a state file write; a failure is logged once (and its recovery once)."""
+        assert self.state is not None
+        try:
+            action()
+        except OSError as exc:
+            if not self._state_failing:
+                self._state_failing = True
+                log.error("cannot write the simulator state %s: %s", self.state.path, exc)
+            return
+        if self._state_failing:
+            self._state_failing = False
+            log.info("simulator state %s written again", self.state.path)
+
+    def _noted(self, label: SimLabel) -> None:
+        """After a label's frames: its keys and counters reach the state file before they
+        reach the air (see `simulator.state`)."""
+        if self.state is not None:
+            self._state_io(functools.partial(self.state.note, label))
 
     # -- the scheduler --------------------------------------------------------------------------
     def schedule_wake(self, address: str, when: float) -> None:
@@ -251,6 +312,7 @@ class SimStore:
             log.info("label %s is back on the air", address)
         frame = label.wake(now)
         if frame is not None:
+            self._noted(label)
             self.uplink(label, frame, functools.partial(self._checkin, address, rssi=label.rssi))
         if cfg.wake_interval_s > 0:
             self.schedule_wake(address, now + cfg.wake_interval_s)
@@ -291,6 +353,7 @@ class SimStore:
         """A frame arrived at `label`'s antenna: its replies (the label may reboot after)."""
         reboots = label.reboots
         replies = label.receive(frame, self.now())
+        self._noted(label)
         if label.reboots != reboots:
             log.info("label %s rebooted", label.address)
             self.schedule_wake(label.address, self.now() + _BOOT_S)

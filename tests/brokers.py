@@ -4,7 +4,8 @@ API (everything yields a URL string ``"mqtt://127.0.0.1:PORT"``):
 
     async with mosquitto() as url: ...            # skips the test if mosquitto is not installed
     async with mosquitto(port=p, password_file=f) as url: ...   # fixed port / password file
-    async with embedded_broker() as url: ...      # eslserver.broker.EmbeddedBroker
+    async with embedded_broker() as url: ...      # eslserver.broker.EmbeddedBroker, amqtt path
+    async with embedded_broker(implementation="mosquitto") as url: ...   # its Mosquitto path
 
     broker = MosquittoBroker(port=p); await broker.start(); ...; broker.kill() / await broker.stop()
                                                  # when a test must kill -9 or restart the broker
@@ -48,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from eslserver.broker import EmbeddedBroker, free_port
+from eslserver.broker_mosquitto import find_mosquitto
 
 __all__ = [
     "MOSQUITTO",
@@ -63,9 +65,7 @@ __all__ = [
     "wait_port",
 ]
 
-MOSQUITTO: str | None = shutil.which("mosquitto") or (
-    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-)
+MOSQUITTO: str | None = find_mosquitto()
 MOSQUITTO_PASSWD: str | None = shutil.which("mosquitto_passwd")
 
 _START_TIMEOUT_S = 5.0
@@ -286,9 +286,9 @@ async def mosquitto(
 
 
 @contextlib.asynccontextmanager
-async def embedded_broker(port: int = 0) -> AsyncIterator[str]:
-    """eslserver's embedded amqtt broker in this event loop; yields its URL."""
-    async with EmbeddedBroker(port=port) as broker:
+async def embedded_broker(port: int = 0, implementation: str = "amqtt") -> AsyncIterator[str]:
+    """eslserver's embedded broker, by default its amqtt path (in this event loop); yields its URL."""
+    async with EmbeddedBroker(port=port, implementation=implementation) as broker:
         yield broker.url
 
 

@@ -1,6 +1,6 @@
 """Suite-wide checks.
 
-Every asyncio test must leave no task running behind it (STYLE: every async resource has an
+Every asyncio test must leave no task running behind it (every async resource has an
 owner): a lingering task is cancelled and the test fails, naming it.
 """
 

@@ -100,20 +100,21 @@ class Shop:
 
 @asynccontextmanager
 async def shop(tmp_path: Path, broker_url: str, *, labels: int = 4, models: tuple[str, ...] = ("2.9-bwry",),
-               **overrides: Any) -> AsyncIterator[Shop]:
+               gateway: Mapping[str, Any] | None = None, **overrides: Any) -> AsyncIterator[Shop]:
+    """`overrides` are server settings; `gateway` more `GatewayConfig` fields (``status_interval_s``)."""
     settings = shop_settings(tmp_path / "data", broker_url, **overrides)
     async with Server(settings) as server:
         store = SimStore(StoreConfig(labels=labels, models=models, always_listening=True, wake_interval_s=2.0))
         radio = RadioServer(store, "127.0.0.1", 0)
         async with store, radio:
             host, port = radio.address
-            gateway = Gateway(GatewayConfig(store=settings.store, gateway_id="gw1", data_dir=tmp_path / "gw",
-                                            concurrency=16),
-                              LoopbackRadio(host, port), MqttSettings.from_url(broker_url))
-            async with gateway, MqttConnection(MqttSettings.from_url(broker_url), client_id="test-pos",
-                                              clean_session=True) as pos:
+            bridge = Gateway(GatewayConfig(store=settings.store, gateway_id="gw1", data_dir=tmp_path / "gw",
+                                           concurrency=16, **(gateway or {})),
+                             LoopbackRadio(host, port), MqttSettings.from_url(broker_url))
+            async with bridge, MqttConnection(MqttSettings.from_url(broker_url), client_id="test-pos",
+                                             clean_session=True) as pos:
                 await pos.connected.wait()
-                yield Shop(server, store, gateway, settings, pos)
+                yield Shop(server, store, bridge, settings, pos)
 
 
 async def collect(url: str, topic: str) -> tuple[MqttConnection, list[Message]]:

@@ -182,6 +182,8 @@ async def test_cli_refuses_a_bad_role_and_an_unknown_id(tmp_path: Path) -> None:
     code, out, err = await _esl(tmp_path, "tokens", "create", "--role", "boss", "--data", str(tmp_path / "d"))
     assert code == 2 and out == "" and "--role: expected one of pos, merchandiser, tech, admin, got 'boss'" in err
     code, out, err = await _esl(tmp_path, "tokens", "create", "--role", "pos", "--data", str(tmp_path / "d"))
+    assert code == 1 and out == "" and not (tmp_path / "d").exists()  # see tests/test_cli_errors.py
+    code, out, err = await _esl(tmp_path, "tokens", "create", "--role", "pos", "--data", str(tmp_path / "d"), "--init")
     assert code == 0 and TOKEN_RE.match(out.strip())
     code, out, err = await _esl(tmp_path, "tokens", "revoke", "0123456789ab", "--data", str(tmp_path / "d"))
     assert code == 2 and "no token '0123456789ab'" in err

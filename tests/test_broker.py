@@ -1,5 +1,6 @@
-"""eslserver.broker.EmbeddedBroker: the in-process amqtt broker promises QoS 1, retained
-messages, last wills and persistent sessions to clients (checked here with plain aiomqtt)."""
+"""eslserver.broker.EmbeddedBroker, on both its paths (a Mosquitto child process and amqtt in our
+loop): lifecycle, ports, and QoS 1, retained messages, last wills and persistent sessions seen by
+plain aiomqtt clients. tests/test_broker_conformance.py checks the MQTT rules one by one."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ import aiomqtt
 import pytest
 
 from eslserver.broker import BrokerError, EmbeddedBroker
-from tests.brokers import TcpProxy, free_port
+from tests.brokers import MOSQUITTO, TcpProxy, free_port
+
+IMPLEMENTATIONS = [
+    "amqtt",
+    pytest.param("mosquitto", marks=pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed")),
+]
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def impl(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 async def _next(client: aiomqtt.Client, timeout: float = 5.0) -> aiomqtt.Message:
@@ -21,8 +32,8 @@ async def _next(client: aiomqtt.Client, timeout: float = 5.0) -> aiomqtt.Message
     return await asyncio.wait_for(first(), timeout)
 
 
-async def test_url_port_and_close_twice() -> None:
-    broker = EmbeddedBroker()
+async def test_url_port_and_close_twice(impl: str) -> None:
+    broker = EmbeddedBroker(implementation=impl)
     with pytest.raises(BrokerError, match="not started"):
         _ = broker.url
     async with broker:
@@ -36,18 +47,18 @@ async def test_url_port_and_close_twice() -> None:
         await broker.start()
 
 
-async def test_fixed_port_and_port_taken() -> None:
+async def test_fixed_port_and_port_taken(impl: str) -> None:
     port = free_port()
-    async with EmbeddedBroker(port=port) as broker:
+    async with EmbeddedBroker(port=port, implementation=impl) as broker:
         assert broker.port == port
         with pytest.raises(BrokerError, match=str(port)):
-            await EmbeddedBroker(port=port).start()
+            await EmbeddedBroker(port=port, implementation=impl).start()
     with pytest.raises(ValueError, match="70000"):
         EmbeddedBroker(port=70000)
 
 
-async def test_qos1_retained_and_will() -> None:
-    async with EmbeddedBroker() as broker, TcpProxy(broker.port) as proxy:
+async def test_qos1_retained_and_will(impl: str) -> None:
+    async with EmbeddedBroker(implementation=impl) as broker, TcpProxy(broker.port) as proxy:
         will = aiomqtt.Will("gw/status", b"offline", qos=1, retain=True)
         async with aiomqtt.Client("127.0.0.1", broker.port, identifier="watch") as watcher:
             await watcher.subscribe("gw/#", qos=1)
@@ -66,8 +77,8 @@ async def test_qos1_retained_and_will() -> None:
             assert (got.payload, got.retain) == (b"offline", True)
 
 
-async def test_persistent_session_keeps_subscriptions_and_queues_messages() -> None:
-    async with EmbeddedBroker() as broker:
+async def test_persistent_session_keeps_subscriptions_and_queues_messages(impl: str) -> None:
+    async with EmbeddedBroker(implementation=impl) as broker:
         async with aiomqtt.Client("127.0.0.1", broker.port, identifier="gw1", clean_session=False) as gw:
             await gw.subscribe("jobs/#", qos=1)
         async with aiomqtt.Client("127.0.0.1", broker.port, identifier="server") as server:
@@ -77,8 +88,8 @@ async def test_persistent_session_keeps_subscriptions_and_queues_messages() -> N
             assert (got.topic.value, got.payload, got.qos) == ("jobs/1", b"while away", 1)
 
 
-async def test_close_with_clients_connected_leaves_no_tasks() -> None:
-    broker = EmbeddedBroker()
+async def test_close_with_clients_connected_leaves_no_tasks(impl: str) -> None:
+    broker = EmbeddedBroker(implementation=impl)
     await broker.start()
     client = aiomqtt.Client("127.0.0.1", broker.port, identifier="stay")
     await client.__aenter__()
@@ -89,9 +100,9 @@ async def test_close_with_clients_connected_leaves_no_tasks() -> None:
     await client.__aexit__(None, None, None)
 
 
-async def test_two_brokers_in_one_process_are_independent() -> None:
-    async with EmbeddedBroker() as first:
-        second = EmbeddedBroker()
+async def test_two_brokers_in_one_process_are_independent(impl: str) -> None:
+    async with EmbeddedBroker(implementation=impl) as first:
+        second = EmbeddedBroker(implementation=impl)
         await second.start()
         assert first.port != second.port
         async with aiomqtt.Client("127.0.0.1", first.port, identifier="on-first") as client:

@@ -171,7 +171,7 @@ async def test_pair_loop_from_a_pipe_with_wrong_scans(store: tuple[Shop, Cli]) -
         "",
         "200",                          # after the empty line: never read
     ]
-    result = await esl("pair", input="\n".join(scans) + "\n")
+    result = await esl("pair", input="\n".join(scans) + "\n", code=1)  # wrong scans: a script must notice
     assert result.stdout.count("paired ") == 2
     assert f"paired {one} → 100 Mleko 3,2% 4.99 PLN" in result.stdout
     assert f"paired {three} → 100" in result.stdout
@@ -188,13 +188,14 @@ async def test_pair_loop_from_a_pipe_with_wrong_scans(store: tuple[Shop, Cli]) -
     assert (await s.label(two))["sku"] is None and (await s.label(two))["state"] == "unpaired"
     assert await s.server.labels.state("AA:BB:CC:00:00:99") is None
     # end of input without an empty line ends the loop as well
-    result = await esl("pair", input=f"{two}\n200")
-    assert f"paired {two} → 200" in result.stdout
+    result = await esl("pair", input=f"{two}\n200")  # all good: status 0
+    assert f"paired {two} → 200" in result.stdout and "1 paired, 0 wrong scans" in result.stderr
 
 
-def _drive_pty(argv: list[str], env: Mapping[str, str], steps: list[tuple[str, str]], timeout: float = 8.0) -> str:
+def _drive_pty(argv: list[str], env: Mapping[str, str], steps: list[tuple[str, str]], timeout: float = 8.0,
+               code: int = 0) -> str:
     """Run `argv` on a pseudo-terminal; for each (wait_for, send) read until `wait_for` appears,
-    then type `send`. Returns everything the terminal showed."""
+    then type `send`. Returns everything the terminal showed; the exit status must be `code`."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=dict(env), close_fds=True)
     os.close(slave)
@@ -223,7 +224,7 @@ def _drive_pty(argv: list[str], env: Mapping[str, str], steps: list[tuple[str, s
                 seen += chunk
             elif proc.poll() is not None:
                 break
-        assert proc.wait(timeout=max(0.1, deadline - time.monotonic())) == 0, seen
+        assert proc.wait(timeout=max(0.1, deadline - time.monotonic())) == code, seen
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -240,7 +241,7 @@ async def test_pair_loop_on_a_terminal(store: tuple[Shop, Cli]) -> None:
     argv = [sys.executable, "-c", "from eslserver.cli import main; main()", "pair", "--wait", "20"]
     steps = [("label> ", "zzz\n"), ("not a label", f"{one}\n"), ("product> ", "200\n"), ("label> ", f"{two}\n"),
              ("product> ", "\x04")]  # Ctrl-D at the product prompt: nothing half-bound
-    shown = await asyncio.to_thread(_drive_pty, argv, env, steps, 25.0)
+    shown = await asyncio.to_thread(_drive_pty, argv, env, steps, 25.0, 1)  # a wrong scan: status 1
     assert "Scan a label, then its product" in shown
     assert f"{BEL}'zzz' is not a label" in shown
     assert f"paired {one} → 200 Masło ekstra 12.50 PLN" in shown and f"label {one} shows it" in shown

@@ -35,7 +35,8 @@ async def test_accepted_updates_are_committed_before_submit_returns(server: Serv
                                         b'{"Product_ID": "B2", "Cena": "4,99x"}]', source="mqtt", actor=SYSTEM)
     assert result.accepted == [{"index": 0, "sku": "A1", "status": "applied"}]
     (err,) = result.errors
-    assert (err["index"], err["sku"], err["field"], err["value"]) == (1, "B2", "price", "4,99x")
+    assert (err["index"], err["sku"], err["field"], err["canonical"], err["value"]) == (1, "B2", "Cena", "price",
+                                                                                       "4,99x")
     rows = _rows(server.db.path, "SELECT sku, record FROM products")
     assert [r[0] for r in rows] == ["A1"] and json.loads(str(rows[0][1]))["price"] == "4.99"
     assert _rows(server.db.path, "SELECT price, reduction FROM price_history WHERE sku = 'A1'") == [("4.99", 0)]

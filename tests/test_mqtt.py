@@ -343,12 +343,7 @@ async def test_concurrency_one_keeps_order(connect: Connect) -> None:
     assert [int((await inbox.get()).payload) for _ in range(10)] == list(range(10))
 
 
-async def test_unfinished_message_is_redelivered_after_a_crash(
-    connect: Connect, broker_url: str, request: pytest.FixtureRequest
-) -> None:
-    if request.node.callspec.params["broker_url"] == "amqtt":
-        pytest.skip("known amqtt 0.12 limitation: it drops an unacknowledged QoS 1 message when the "
-                    "client disconnects (or after 5 s without PUBACK) instead of redelivering it")
+async def test_unfinished_message_is_redelivered_after_a_crash(connect: Connect, broker_url: str) -> None:
     async with TcpProxy(MqttSettings.from_url(broker_url).port) as proxy:
         inbox = Inbox()
         inbox.gate = asyncio.Event()  # never set: the handler never finishes

@@ -12,8 +12,8 @@ A broker that comes back empty must get every label's retained state again.
 
 Then: a label that stays unreachable is marked offline after `max_attempts` (not retried
 for ever) and caught up without anyone's help when it checks in again; the retained
-label-state message has the shape DESIGN.md gives and ends up with the displayed hash equal
-to the expected one.
+label-state message has the shape docs/mqtt.asyncapi.yaml gives and ends up with the
+displayed hash equal to the expected one.
 """
 
 from __future__ import annotations
@@ -406,7 +406,7 @@ VOLATILE = ("last_seen", "updated_at", "battery_mv", "rssi", "temperature_c")
 
 
 def check_state_shape(body: Any, mac: str) -> None:
-    """The label-state JSON of DESIGN.md: these keys, these types."""
+    """The label-state JSON of docs/mqtt.asyncapi.yaml: these keys, these types."""
     assert isinstance(body, dict) and set(body) == STATE_KEYS, body
     assert body["mac"] == mac
     assert body["state"] in ("ok", "pending", "failed", "offline", "unpaired")

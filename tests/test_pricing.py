@@ -201,7 +201,7 @@ def test_bad_messages_name_field_and_value(record: object, field: str, value: ob
         assert err.sku == "A1"
     out = err.to_json()
     assert json.loads(json.dumps(out)) == out
-    assert set(out) == {"index", "sku", "field", "value", "error", "detail"}
+    assert set(out) == {"index", "sku", "field", "canonical", "value", "error", "detail", "hint"}
     assert out["error"] in ERROR_CODES and field in out["detail"]
 
 

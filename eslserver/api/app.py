@@ -1,4 +1,5 @@
-"""`create_app(server)`: the aiohttp application serving ``/api/v1``, ``/metrics``, ``/healthz``.
+"""`create_app(server)`: the aiohttp application serving ``/api/v1``, ``/metrics``, ``/healthz``,
+the web UI (``/ui/``) and the API docs (``/api/docs``).
 
 No global state: the server is kept under a typed `web.AppKey`; each route is registered
 behind one guard that reads the bearer token (401 when it is missing or not valid, 403 when
@@ -19,6 +20,7 @@ from aiohttp.typedefs import Handler as AiohttpHandler
 from eslserver.api import (
     routes_labels, routes_live, routes_misc, routes_prices, routes_products, routes_tech, routes_templates,
 )
+from eslserver.api.docs import setup_docs
 from eslserver.api.errors import ApiError
 from eslserver.api.routing import MAX_JSON_BODY, Call, Route, json_response
 from eslserver.auth import ROLES, Actor, verify_token
@@ -133,4 +135,5 @@ def create_app(server: Server, *, routes: Sequence[Route] | None = None) -> web.
         app.router.add_route(route.method, route.path, _guard(route))
     routes_live.setup_live(app)
     setup_web(app)
+    setup_docs(app)
     return app

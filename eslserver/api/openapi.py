@@ -63,7 +63,8 @@ SCHEMAS: Final[dict[str, Schema]] = {
         "template": {"type": "string"}}, ("error", "detail", "line", "kind")),
     "PriceUpdate": {
         "type": "object",
-        "description": "A price update (DESIGN.md). The store's field map may rename fields, so other "
+        "description": "A price update: the same JSON a POS publishes on MQTT `esl/{store}/pos/prices` "
+                       "(docs/mqtt.asyncapi.yaml). The store's field map may rename fields, so other "
                        "names are accepted and mapped; validation errors name the field and value.",
         "properties": {
             "sku": {"type": "string"}, "price": {"type": ["string", "number"]},
@@ -83,8 +84,16 @@ SCHEMAS: Final[dict[str, Schema]] = {
     },
     "PriceAccepted": _obj({"index": {"type": "integer", "minimum": 0}, "sku": {"type": "string"},
                            "status": {"type": "string", "enum": ["applied", "scheduled", "stale"]}}),
-    "PriceItemError": _obj({"index": _null("integer"), "sku": _null("string"), "field": {"type": "string"},
-                            "value": _ANY, "error": {"type": "string"}, "detail": {"type": "string"}}),
+    "PriceItemError": _obj({
+        "index": _null("integer"), "sku": _null("string"),
+        "field": {"type": "string", "description": "the field as the POS named it (its field-map name, e.g. "
+                                                   "`Cena`), dotted inside a group (`promo.price`)"},
+        "canonical": {"type": "string", "description": "the canonical field it stands for (`price`); equal to "
+                                                       "`field` when the store maps no name onto it"},
+        "value": _ANY, "error": {"type": "string"}, "detail": {"type": "string"},
+        "hint": {"type": ["string", "null"], "description": "a key that looks misspelt, with the name it "
+                                                           "probably meant (\"'Cenna' is not a field: did "
+                                                           "you mean Cena?\")"}}),
     "PriceResult": _obj({"accepted": {"type": "array", "items": _ref("PriceAccepted")},
                          "errors": {"type": "array", "items": _ref("PriceItemError")}}),
     "PriceRejected": _obj({**_ERROR_PROPS, "accepted": {"type": "array", "maxItems": 0},

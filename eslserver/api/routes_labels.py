@@ -1,8 +1,8 @@
 """Labels: list with filters, show, bind/unbind (pairing), flash the LED, images, events.
 
 Writes go through `server.labels` (which audits them); reads are plain SELECTs here. A label
-JSON is the DESIGN label state plus ``template`` and ``aisle``; the detail adds the bound
-product's name and price and the open jobs.
+JSON is the label state (docs/mqtt.asyncapi.yaml, ``LabelState``) plus ``template`` and
+``aisle``; the detail adds the bound product's name and price and the open jobs.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _COLUMNS: Final = f"{STATE_COLUMNS}, label_key IS NOT NULL AS paired"
 
 
 def label_json(row: Any) -> dict[str, Any]:
-    """A labels row (`_COLUMNS`) → the label JSON of the API: the DESIGN label state, plus
+    """A labels row (`_COLUMNS`) → the label JSON of the API: the label state, plus
     ``template``, ``aisle`` and ``paired`` (the label holds a key: it can be commanded)."""
     out = state_json(row)
     out["template"] = row["template"]

@@ -6,9 +6,13 @@ rendering, simulation and (later) server commands grow independently.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from eslserver import __version__
 from eslserver.cli import render_cmds, serve_cmds, simulate_cmds
+from eslserver.cli.errors import run_app
 
 __all__ = ["app", "main"]
 
@@ -17,7 +21,26 @@ app = typer.Typer(
     help="eslserver: electronic shelf labels — render, simulate, serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # plain help, as click writes it: typer's rich panels print "<bool>" beside every flag
+    # (typer 0.29), as if --verbose took a value; errors stay one line instead of a box.
+    # A wide terminal gets wider help, so that command summaries are not cut short.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"esl (eslserver) {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the installed version and exit.")] = False,
+) -> None:
+    """Options before any command (the group's help is the app's)."""
 
 render_cmds.register(app)
 simulate_cmds.register(app)
@@ -31,5 +54,5 @@ tech_cmds.register(app)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (a closed stdout pipe ends it quietly: `errors.run_app`)."""
+    run_app(app)

@@ -29,6 +29,8 @@ def gateway(
     insecure: bool = typer.Option(False, "--insecure", help="mqtts:// without certificate checks (tests only)."),
     status_interval: float = typer.Option(30.0, "--status-interval", min=0.1, help="Seconds between status events."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level (default WARNING)."),
+    log_format: str = typer.Option("text", "--log-format", envvar="ESL_LOG_FORMAT",
+                                   help="text, or json: one JSON object per line (or ESL_LOG_FORMAT)."),
 ) -> None:
     """Bridge the store's MQTT job topic to labels on the radio; runs until Ctrl-C or SIGTERM."""
     from eslserver.gateway.bridge import (
@@ -38,10 +40,15 @@ def gateway(
         RadioSpecError,
         open_radio,
     )
+    from eslserver.logs import setup_logging
+    from eslserver.gateway.spool import SpoolError
     from eslserver.mqtt import MqttSettings, MqttSettingsError
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        setup_logging(logging.INFO if verbose else logging.WARNING, log_format,
+                      context={"store": store, "gateway": gateway_id})
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     try:
         overrides: dict[str, object] = {}
         if username is not None:
@@ -76,8 +83,8 @@ def gateway(
     except ConnectionError as exc:  # the radio cannot start (no simulator there, no adapter)
         typer.echo(f"esl gateway: radio {radio}: {exc}", err=True)
         raise typer.Exit(1) from None
-    except OSError as exc:  # the data directory
-        typer.echo(f"esl gateway: {exc}", err=True)
+    except (OSError, SpoolError) as exc:  # the data directory
+        typer.echo(f"esl gateway: {exc}; choose a writable directory with --data", err=True)
         raise typer.Exit(1) from None
 
 

@@ -12,6 +12,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from eslserver.cli.need_fonts import require_fonts_or_exit
+from eslserver.cli.tech_common import Column, print_table
+
 __all__ = ["register", "templates_app"]
 
 templates_app = typer.Typer(help="List and check label templates.", no_args_is_help=True)
@@ -88,6 +91,7 @@ def render(
     currency: Annotated[str, typer.Option("--currency", help="Default currency (ISO 4217).")] = "PLN",
 ) -> None:
     """Render products through a template: one preview PNG and/or payload per product."""
+    require_fonts_or_exit("render")
     from render.context import ProductError, Store, load_products
     from render.samples import image_resolver
     from render.templates import TemplateError, load_template
@@ -123,6 +127,13 @@ def render(
         raise typer.Exit(1)
 
 
+_TEMPLATE_COLUMNS = (
+    Column("NAME", lambda r: r["name"]), Column("MODEL", lambda r: r["model"]),
+    Column("SIZE", lambda r: f"{r['width']}x{r['height']}"), Column("COLOURS", lambda r: r["colours"]),
+    Column("DESCRIPTION", lambda r: r["description"]),
+)
+
+
 @templates_app.command("list")
 def templates_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
@@ -147,10 +158,7 @@ def templates_list(
     if not rows:
         typer.echo(f"no templates ({shipped_template_names()})")
         return
-    w = max(len(r["name"]) for r in rows)
-    for r in rows:
-        typer.echo(f"{r['name']:<{w}}  {r['model']:<9}  {r['width']}x{r['height']:<4} "
-                   f"{r['colours']:<5} {r['description']}")
+    print_table(_TEMPLATE_COLUMNS, rows)  # as `esl labels`: a header; tab-separated when piped
 
 
 @templates_app.command("check")
@@ -158,6 +166,7 @@ def templates_check(
     path: Annotated[Optional[Path], typer.Argument(help="A template file (default: every shipped template).")] = None,
 ) -> None:
     """Render every template (or the file given) for the sample catalogue; non-zero on any error."""
+    require_fonts_or_exit("templates check")
     from render.batch import render_batch
     from render.samples import image_resolver, sample_catalogue
     from render.templates import TemplateError, load_template, shipped_template_names
@@ -189,6 +198,7 @@ def samples(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.")] = Path("esl-samples"),
 ) -> None:
     """Render every shipped template for the sample catalogue into a folder of PNGs."""
+    require_fonts_or_exit("samples")
     from render.context import Store
     from render.samples import image_resolver, sample_catalogue
     from render.templates import shipped_templates

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
+from eslserver.cli.errors import startup_errors
+from eslserver.cli.need_fonts import require_fonts_or_exit
 from eslserver.config import ConfigError, Settings, load_settings
+from eslserver.logs import setup_logging
 
 __all__ = ["register", "serve", "demo", "settings_from_flags", "run_until_signal"]
 
@@ -19,8 +21,10 @@ _Data = Annotated[Optional[Path], typer.Option("--data", help="Data directory (S
 _Host = Annotated[Optional[str], typer.Option("--http-host", help="HTTP address to listen on.")]
 _Port = Annotated[Optional[int], typer.Option("--http-port", help="HTTP port (0: any free port).")]
 _Broker = Annotated[Optional[str], typer.Option("--broker", help="mqtt://[user:pass@]host:port (default: the embedded broker).")]
+_BrokerPort = Annotated[Optional[int], typer.Option("--broker-port", help="Port of the embedded broker (0: any free port).")]
 _Store = Annotated[Optional[str], typer.Option("--store", help="Store id (MQTT topics esl/{store}/…).")]
 _Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log at debug level.")]
+_LogFormat = Annotated[Optional[str], typer.Option("--log-format", help="text, or json: one JSON object per line.")]
 
 
 def settings_from_flags(config: Path | None, **flags: Any) -> Settings:
@@ -32,10 +36,7 @@ def settings_from_flags(config: Path | None, **flags: Any) -> Settings:
 
 
 def _logging(settings: Settings, verbose: bool) -> None:
-    level = logging.DEBUG if verbose else getattr(logging, settings.log_level.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("amqtt", "transitions", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    setup_logging("debug" if verbose else settings.log_level, settings.log_format, context={"store": settings.store})
 
 
 async def run_until_signal() -> None:
@@ -52,36 +53,57 @@ async def run_until_signal() -> None:
 
 
 def serve(config: _Config = None, data: _Data = None, http_host: _Host = None, http_port: _Port = None,
-          broker: _Broker = None, store: _Store = None, verbose: _Verbose = False) -> None:
+          broker: _Broker = None, broker_port: _BrokerPort = None, store: _Store = None, verbose: _Verbose = False,
+          log_format: _LogFormat = None) -> None:
     """Run the server until Ctrl-C or SIGTERM."""
     settings = settings_from_flags(config, data_dir=data, http_host=http_host, http_port=http_port,
-                                   broker_url=broker, store=store)
+                                   broker_url=broker, mqtt_port=broker_port, store=store, log_format=log_format)
     _logging(settings, verbose)
+    require_fonts_or_exit("serve")
 
     async def main() -> None:
         from eslserver.server import Server
         async with Server(settings) as server:
-            typer.echo(f"eslserver: http://{settings.http_host}:{server.http_port}  broker {server.broker_url}  "
+            embedded = f" (embedded {server.broker.implementation})" if server.broker is not None else ""
+            typer.echo(f"eslserver: http://{settings.http_host}:{server.http_port}  broker {server.broker_url}{embedded}  "
                        f"data {settings.data_dir.resolve()}", err=False)
             await run_until_signal()
 
-    asyncio.run(main())
+    from eslserver.broker import BrokerError
+    try:
+        with startup_errors("serve"):  # a busy --http-port, an unusable --data: one line
+            asyncio.run(main())
+    except BrokerError as exc:
+        typer.echo(f"esl serve: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def demo(config: _Config = None, data: _Data = None, http_host: _Host = None, http_port: _Port = None,
-         broker: _Broker = None,
+         broker: _Broker = None, broker_port: _BrokerPort = None,
          labels: Annotated[int, typer.Option("--labels", "-n", min=1, max=20000, help="Simulated labels.")] = 300,
-         feed_interval: Annotated[float, typer.Option("--feed-interval", min=0.2, help="Seconds between POS price changes.")] = 3.0,
+         feed_interval: Annotated[float, typer.Option("--feed-interval", min=0.0, help="Seconds between POS price changes (0: no POS feed).")] = 3.0,
+         no_feed: Annotated[bool, typer.Option("--no-feed", help="No built-in POS: prices change only when you send them.")] = False,
          feed_size: Annotated[int, typer.Option("--feed-size", min=1, help="Products repriced each time.")] = 5,
          duration: Annotated[Optional[float], typer.Option("--duration", min=1.0, help="Stop after this many seconds.")] = None,
-         verbose: _Verbose = False) -> None:
+         verbose: _Verbose = False, log_format: _LogFormat = None) -> None:
     """A whole store in one command: server, embedded broker, gateway, simulated labels, a POS feed."""
     settings = settings_from_flags(config, data_dir=data, http_host=http_host, http_port=http_port,
-                                   broker_url=broker)
+                                   broker_url=broker, mqtt_port=broker_port, log_format=log_format)
     _logging(settings, verbose)
+    require_fonts_or_exit("demo")
     from eslserver.demo import DemoConfig, run_demo
-    asyncio.run(run_demo(settings, DemoConfig(labels=labels, feed_interval_s=feed_interval, feed_size=feed_size,
-                                              duration_s=duration), print_line=typer.echo))
+    from eslserver.broker import BrokerError
+    from simulator.state import StateFileError
+    try:
+        with startup_errors("demo"):
+            asyncio.run(run_demo(settings, DemoConfig(labels=labels, feed_interval_s=0.0 if no_feed else feed_interval,
+                                                      feed_size=feed_size, duration_s=duration), print_line=typer.echo))
+    except StateFileError as exc:
+        typer.echo(f"esl demo: {exc} (in --data {settings.data_dir})", err=True)
+        raise typer.Exit(1) from None
+    except BrokerError as exc:
+        typer.echo(f"esl demo: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -32,11 +32,13 @@ def simulate(
     snapshots: Path | None = typer.Option(None, "--snapshots", help="Write a PNG per label here when its screen changes."),
     snapshot_interval: float = typer.Option(2.0, "--snapshot-interval", min=0.0, help="At most one PNG per label per this many seconds."),
     summary_interval: float = typer.Option(10.0, "--summary-interval", min=0.1, help="Seconds between summary lines."),
+    state: Path | None = typer.Option(None, "--state", help="Keep the labels' keys, counters and screens in this file across restarts (as real labels keep them in flash)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log label events."),
 ) -> None:
     """Run a simulated store radio until Ctrl-C or SIGTERM; a gateway connects to --listen."""
     from simulator.faults import FaultConfig, FaultConfigError
     from simulator.run import SimulationConfig, parse_listen, run_simulation
+    from simulator.state import StateFileError
     from simulator.store import StoreConfig, StoreConfigError
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -48,7 +50,7 @@ def simulate(
                              offline_s=offline_time, reboot=reboot, low_battery=low_battery)
         store = StoreConfig(labels=labels, models=tuple(model), seed=seed,
                             wake_interval_s=wake_interval, listen_window_s=listen_window,
-                            always_listening=always_listening, faults=faults)
+                            always_listening=always_listening, faults=faults, state_file=state)
         config = SimulationConfig(store=store, host=host, port=port, snapshots=snapshots,
                                   snapshot_interval_s=snapshot_interval,
                                   summary_interval_s=summary_interval)
@@ -60,6 +62,9 @@ def simulate(
 
     try:
         asyncio.run(run_simulation(config, print_line=line))
+    except StateFileError as exc:
+        typer.echo(f"esl simulate: {exc}", err=True)
+        raise typer.Exit(1) from None
     except OSError as exc:
         typer.echo(f"esl simulate: cannot listen on {listen}: {exc}", err=True)
         raise typer.Exit(1) from None

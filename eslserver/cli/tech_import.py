@@ -12,9 +12,8 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Final, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Final, Optional
 
-import click
 import typer
 
 from eslserver.cli.tech_common import (
@@ -26,6 +25,9 @@ from eslserver.cli.tech_common import (
     fail,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 __all__ = ["import_", "CHUNK_ROWS"]
 
@@ -54,15 +56,14 @@ def import_(
     results: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = [e.to_json() for e in parsed.errors]
     rows = [r.to_json() for r in parsed.rows]
-    with connect(server, token) as client, api_errors():
-        with click.progressbar(length=len(rows), label=f"importing {path.name}", file=sys.stderr,
-                               show_pos=True, hidden=not sys.stderr.isatty()) as bar:
-            for start in range(0, len(rows), CHUNK_ROWS):
-                chunk = rows[start:start + CHUNK_ROWS]
-                answer = client.import_rows(chunk)
-                results.extend(answer["results"])
-                errors.extend(answer["errors"])
-                bar.update(len(chunk))
+    with connect(server, token) as client, api_errors(), _progress() as bar:
+        task = bar.add_task(f"importing {path.name}", total=len(rows))
+        for start in range(0, len(rows), CHUNK_ROWS):
+            chunk = rows[start:start + CHUNK_ROWS]
+            answer = client.import_rows(chunk)
+            results.extend(answer["results"])
+            errors.extend(answer["errors"])
+            bar.advance(task, len(chunk))
     errors.sort(key=lambda e: (e["line"], e["field"]))
     if as_json:
         print_json({"file": str(path), "encoding": parsed.encoding, "results": results, "errors": errors,
@@ -71,6 +72,17 @@ def import_(
         _report(path, parsed.encoding, results, errors, parsed.duplicates)
     if errors:
         raise typer.Exit(1)
+
+
+def _progress() -> Progress:
+    """A progress bar on stderr (rich, which typer already brings), shown only on a terminal so
+    that piped output and ``--json`` stay clean."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not sys.stderr.isatty(), redirect_stdout=False,
+                    redirect_stderr=False)
 
 
 def _report(path: Path, encoding: str, results: list[dict[str, Any]], errors: list[dict[str, Any]],

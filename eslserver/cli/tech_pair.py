@@ -2,10 +2,11 @@
 
 The interactive loop reads one scan a line from stdin — a handheld scanner types like a
 keyboard and presses Enter, and a file piped in reads the same — label, product, label,
-product… until an empty line or end of input (Ctrl-D). A binding is made only once both
-scans are known good, by one API call that the server applies in one transaction, so a wrong
-scan never leaves anything half-bound. A wrong scan prints a message with a BEL character
-(the terminal beeps) on stderr and the loop goes on:
+product… until an empty line or end of input (Ctrl-D); it exits non-zero when nothing was
+paired or any scan was wrong. A binding is made only once both scans are known good, by one
+API call that the server applies in one transaction, so a wrong scan never leaves anything
+half-bound. A wrong scan prints a message with a BEL character (the terminal beeps) on
+stderr and the loop goes on:
 
 * a label scan that names no known label, or a product where a label was expected;
 * a product scan that names no product (the scanned label stays chosen);
@@ -193,11 +194,14 @@ class PairLoop:
             else:
                 self.beep(f"label {after['mac']} is {shown['state']} after {self.wait:g} s: not showing it yet")
 
-    def finish(self) -> None:
+    def finish(self) -> int:
+        """Print the summary; the exit status: 1 when nothing was paired, a scan was wrong or
+        a label was left without its product (a script or a supervisor must notice), else 0."""
         if self.pending is not None:
             self.err.write(f"label {self.pending['mac']} was not paired: no product scanned\n")
         self.err.write(f"{self.bound} paired, {self.wrong} wrong scans\n")
         self.err.flush()
+        return 1 if self.bound == 0 or self.wrong or self.pending is not None else 0
 
 
 def _interactive(client: Client, template: str | None, model: str | None, wait: float) -> None:
@@ -220,7 +224,9 @@ def _interactive(client: Client, template: str | None, model: str | None, wait: 
             loop.scan(line.strip())
     except KeyboardInterrupt:
         loop.out.write("\n")
-    loop.finish()
+    status = loop.finish()
+    if status:
+        raise typer.Exit(status)
 
 
 def pair(

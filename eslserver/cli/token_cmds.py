@@ -30,13 +30,26 @@ DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Data directory 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="esl.toml to read (default: ./esl.toml if present).")]
 
 
-def _database_path(data: Path | None, config: Path | None) -> Path:
+def _database_path(data: Path | None, config: Path | None, *, init: bool | None = None) -> Path:
+    """The server's database file; unless `init` is true, exit 1 if it is not there (`init`
+    None: the command has no ``--init``).
+
+    A token is valid only in the database the server reads: creating a new database in the
+    wrong directory would print a token the server rejects, so that takes ``--init``.
+    """
     try:
         settings = load_settings(config, overrides={"data_dir": data})
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    return settings.database_path
+    path = settings.database_path
+    if not init and not path.exists():
+        typer.echo(f"error: no eslserver database in data directory {settings.data_dir.resolve()} (no "
+                   f"{path.name}): point at the server's with --data DIR (or data_dir in esl.toml, "
+                   "or ESL_DATA_DIR)" + (", or add --init to create a new one there" if init is not None
+                                          else ", or start the server once there first"), err=True)
+        raise typer.Exit(1)
+    return path
 
 
 def _run(path: Path, action: Callable[[Database], Awaitable[T]]) -> T:
@@ -59,14 +72,17 @@ def create(
     name: Annotated[Optional[str], typer.Option("--name", help="Whose token (shown in the audit log).")] = None,
     data: DataOpt = None,
     config: ConfigOpt = None,
+    init: Annotated[bool, typer.Option(
+        "--init", help="Create the data directory's database if there is none (before the server's first "
+                       "start).")] = False,
 ) -> None:
     """Create a token and print it (only it, once) on stdout."""
     if role not in ROLES:
         typer.echo(f"error: --role: expected one of {', '.join(ROLES)}, got {role!r}", err=True)
         raise typer.Exit(2)
-    path = _database_path(data, config)
+    path = _database_path(data, config, init=init)
     if not path.exists():
-        typer.echo(f"note: no database at {path}; creating a new one", err=True)
+        typer.echo(f"note: no database at {path}; creating a new one (--init)", err=True)
     token = _run(path, lambda db: create_token(db, role, name))
     typer.echo(token)
 
@@ -79,9 +95,6 @@ def list_(
 ) -> None:
     """List tokens (ids, roles, names; never secrets)."""
     path = _database_path(data, config)
-    if not path.exists():
-        typer.echo(f"error: no database at {path} (use --data DIR)", err=True)
-        raise typer.Exit(1)
     tokens = _run(path, lambda db: list_tokens(db, include_revoked=not active))
     if as_json:
         typer.echo(json.dumps([t.to_json() for t in tokens], indent=2))
@@ -103,9 +116,6 @@ def revoke(
 ) -> None:
     """Revoke a token: the server refuses it from its next request on."""
     path = _database_path(data, config)
-    if not path.exists():
-        typer.echo(f"error: no database at {path} (use --data DIR)", err=True)
-        raise typer.Exit(1)
     info = _run(path, lambda db: revoke_token(db, token_id))
     assert info.revoked_at is not None
     typer.echo(f"revoked {info.id} ({info.role}, {info.name}) at {info.revoked_at.isoformat()}", err=True)

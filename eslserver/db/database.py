@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -57,6 +57,7 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._after_commit: list[Callable[[], None]] | None = None
 
     async def open(self) -> Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,14 +128,47 @@ class Database:
         async with self._lock:
             conn = self.writer
             await conn.execute("BEGIN IMMEDIATE")
+            self._after_commit = []
             try:
                 yield conn
             except BaseException:
+                self._after_commit = None
                 if conn.in_transaction:
                     await conn.execute("ROLLBACK")
                 raise
-            else:
+            try:
                 await conn.execute("COMMIT")
+                callbacks = self._after_commit
+            finally:
+                self._after_commit = None
+            for callback in callbacks:
+                callback()
+
+    @asynccontextmanager
+    async def savepoint(self, conn: aiosqlite.Connection) -> AsyncIterator[None]:
+        """A part of the open transaction that fails alone: if the block raises, its writes
+        and its `after_commit` callbacks are undone, and the exception goes on."""
+        pending = self._pending()
+        mark = len(pending)
+        await conn.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            await conn.execute("ROLLBACK TO part")
+            await conn.execute("RELEASE part")
+            del pending[mark:]
+            raise
+        await conn.execute("RELEASE part")
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the open transaction has committed, never if it rolls back:
+        what counts database changes (metrics) then counts only what really happened."""
+        self._pending().append(callback)
+
+    def _pending(self) -> list[Callable[[], None]]:
+        if self._after_commit is None:
+            raise DatabaseError("no transaction is open (use `async with db.transaction()`)")
+        return self._after_commit
 
     async def read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[aiosqlite.Row]:
         """Rows from a query on the read connection (sees committed data only)."""

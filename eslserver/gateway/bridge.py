@@ -41,6 +41,7 @@ from eslserver.gateway.conversation import (
 )
 from eslserver.gateway.events import Ack, Checkin, Event, EventError, Nack, Status
 from eslserver.gateway.spool import JobSpool, PutResult, SpoolError
+from eslserver.logs import FailureLog
 from eslserver.mqtt import Message, MqttConnection, MqttSettings, MqttUnavailable, Will
 from firmware_proto.envelope import EnvelopeError, JobEnvelope, parse_envelope
 from firmware_proto.link import Radio
@@ -164,7 +165,11 @@ class Gateway:
         self._dropped_checkins = 0
         self._bad_envelopes = 0
         self.in_flight = 0
+        self._stopping = False
         self.results: dict[str, int] = {"ack": 0, "nack": 0}
+        ids = {"store": config.store, "gateway": config.gateway_id}
+        self._spool_failure = FailureLog(log, "job spool (jobs are held until it works)", **ids)
+        self._job_failure = FailureLog(log, "running jobs inside the gateway", **ids)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -176,7 +181,8 @@ class Gateway:
                 try:
                     envelope = parse_envelope(spooled.envelope)
                 except EnvelopeError as exc:  # cannot happen for what we spooled; never loop on it
-                    log.error("spooled job %d is unreadable, dropped: %s", spooled.job_id, exc)
+                    log.error("spooled job %d is unreadable, dropped: %s", spooled.job_id, exc,
+                              extra={"gateway": self.config.gateway_id, "job": spooled.job_id})
                     await self.spool.finish(spooled.job_id, spooled.attempt)
                     continue
                 self._schedule(_Job(envelope, spooled.received_at, spooled.used_through, spooled.used_through))
@@ -222,10 +228,15 @@ class Gateway:
             log.error("gateway task %s failed", task.get_name(), exc_info=task.exception())
 
     async def _stop_tasks(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Cancel every task until none is left: a label worker finishing its job while being
+        stopped may hand a result over (`_deliver` then keeps the job spooled instead), and
+        nothing may outlive the MQTT connection and the spool closed right after."""
+        self._stopping = True
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         self._workers.clear()
         self._deliveries.clear()
         self._queues.clear()
@@ -267,12 +278,10 @@ class Gateway:
                                            used_through=reserved)
             except SpoolError as exc:
                 failures += 1
-                if failures == 1:
-                    log.error("cannot spool job %d (%s); holding it until the spool works", envelope.job_id, exc)
+                self._spool_failure.failed(exc, job=envelope.job_id, mac=envelope.mac)
                 await asyncio.sleep(min(10.0, 0.5 * failures))
                 continue
-            if failures:
-                log.info("spool works again (job %d spooled)", envelope.job_id)
+            self._spool_failure.ok()
             return put
 
     async def _respooled(self, job: _Job) -> _Job:
@@ -286,7 +295,8 @@ class Gateway:
         if exc.job_id is None or exc.mac is None:
             log.warning("dropped an undecodable job envelope: %s", exc)
             return
-        log.warning("job %d for %s is malformed: %s", exc.job_id, exc.mac, exc)
+        log.warning("job %d for %s is malformed: %s", exc.job_id, exc.mac, exc,
+                    extra={"gateway": self.config.gateway_id, "job": exc.job_id, "mac": exc.mac})
         try:
             nack = Nack(job=exc.job_id, mac=exc.mac, code="bad_job", reason=str(exc)[:1000], retry=False)
         except EventError as err:
@@ -332,6 +342,9 @@ class Gateway:
     def _deliver(self, job: _Job, result: Ack | Nack) -> None:
         """Publish `result`, then drop the job from the spool; a label's results go out in the
         order its jobs ran (the server must see a pairing's ack before the next job's)."""
+        if self._stopping:  # not published: the job stays spooled and runs again at restart
+            self._known.discard(job.key)
+            return
         mac = job.envelope.mac
         previous = self._deliveries.get(mac)
         task = self._spawn(self._publish_result(job, result, previous),
@@ -358,16 +371,18 @@ class Gateway:
         left = env.deadline_s - (datetime.now(UTC) - job.received_at).total_seconds()
         reserve = partial(self.spool.note_used, env.job_id, env.attempt)
         try:
-            return await run_job(self.radio, env, checkins=self.checkins, settings=self.config.job,
-                                 deadline=loop.time() + left, used_through=job.used_through,
-                                 reserved=job.reserved, reserve=reserve)
+            result = await run_job(self.radio, env, checkins=self.checkins, settings=self.config.job,
+                                   deadline=loop.time() + left, used_through=job.used_through,
+                                   reserved=job.reserved, reserve=reserve)
         except SpoolError as exc:  # cannot note counters: must not go on; stays spooled
-            log.error("job %d for %s stopped: %s", env.job_id, env.mac, exc)
+            self._spool_failure.failed(exc, job=env.job_id, mac=env.mac)
             return None
-        except Exception as exc:  # a bug: report it rather than leave the server waiting
-            log.exception("job %d for %s failed inside the gateway", env.job_id, env.mac)
+        except Exception as exc:  # a bug: report it (once while it lasts) rather than leave the server waiting
+            self._job_failure.failed(exc, job=env.job_id, mac=env.mac)
             return Nack(job=env.job_id, mac=env.mac, code="refused", retry=True,
                         reason=f"gateway error: {type(exc).__name__}: {exc}"[:1000])
+        self._job_failure.ok()
+        return result
 
     # -- radio side ---------------------------------------------------------------------------
     def _on_checkin(self, mac: str, frame: bytes, rssi: int) -> None:

@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import MatchInfoError
 
-__all__ = ["CONTENT_SECURITY_POLICY", "UI_PREFIX", "setup_web", "static_files"]
+__all__ = ["CONTENT_SECURITY_POLICY", "UI_PREFIX", "setup_web", "static_files", "static_response", "unmatched_read"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def static_files() -> dict[str, bytes]:
     return files
 
 
-def _answer(name: str, body: bytes) -> web.Response:
+def static_response(name: str, body: bytes) -> web.Response:
+    """A packaged file as the UI serves it: its type by suffix, the strict CSP, ``no-cache``."""
     suffix = name[name.rfind("."):]
     headers = {"Content-Type": _TYPES[suffix], "Cache-Control": "no-cache",
                "Content-Security-Policy": CONTENT_SECURITY_POLICY, "Referrer-Policy": "no-referrer",
@@ -61,10 +62,14 @@ def _answer(name: str, body: bytes) -> web.Response:
     return web.Response(body=body, headers=headers)  # aiohttp sends no body to a HEAD request
 
 
+def unmatched_read(request: web.Request) -> bool:
+    """A GET or HEAD that no API route matched: the only requests a static fallback may answer."""
+    return isinstance(request.match_info, MatchInfoError) and request.method in ("GET", "HEAD")
+
+
 @web.middleware
 async def _ui(request: web.Request, handler: Handler) -> web.StreamResponse:
-    unmatched = isinstance(request.match_info, MatchInfoError)
-    if not unmatched or request.method not in ("GET", "HEAD"):
+    if not unmatched_read(request):
         return await handler(request)
     path = request.path
     if path in ("/", UI_PREFIX.rstrip("/")):
@@ -75,7 +80,7 @@ async def _ui(request: web.Request, handler: Handler) -> web.StreamResponse:
     files = static_files()
     if name not in files:  # no folders, no "..": only the names read from the package
         return await handler(request)
-    return _answer(name, files[name])
+    return static_response(name, files[name])
 
 
 def setup_web(app: web.Application) -> None:

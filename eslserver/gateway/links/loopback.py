@@ -193,7 +193,8 @@ class LoopbackRadio:
         except ConnectionError as exc:
             log.warning("loopback radio %s:%d dropped: %s", self.host, self.port, exc)
         else:
-            log.warning("loopback radio %s:%d closed the connection", self.host, self.port)
+            if self._task is not None:  # None: our own `close` ended it, nothing to warn about
+                log.warning("loopback radio %s:%d closed the connection", self.host, self.port)
         finally:
             self._fail_pending("loopback radio connection lost")
             if self._writer is not None:
