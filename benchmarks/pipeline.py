@@ -108,8 +108,8 @@ def _records(n: int, seed: int = 1) -> list[dict[str, Any]]:
 async def _seed(data_dir: Path, count: int, *, render: bool = True) -> list[tuple[str, str]]:
     """Products and labels bound to them (label i ↔ product i), written by the server's own code."""
     from eslserver.config import load_settings
-    from eslserver.ingest import dirty_generation
     from eslserver.server import SYSTEM, Server
+    from eslserver.store.labels import dirty_generation
     from eslserver.timeutil import iso, utcnow
     from simulator.store import label_address
 
@@ -201,6 +201,7 @@ class _Store:
 
 async def time_to_shelf(labels: int, rate: float, seconds: float) -> dict[str, Any]:
     from eslserver.mqtt import Message, MqttConnection, MqttSettings
+    from eslserver.topics import Kind, Topics
 
     async with _Store(labels, concurrency=64, workers=1, in_flight=128) as store:
         macs = [m for m, _ in store.pairs]
@@ -219,13 +220,14 @@ async def time_to_shelf(labels: int, rate: float, seconds: float) -> dict[str, A
                 shown[mac] = st["displayed_hash"]
 
         sub = MqttConnection(MqttSettings.from_url(store.url), client_id="bench-observer", clean_session=True)
-        sub.subscribe(f"esl/{STORE}/label/+/state", on_state, qos=0, concurrency=1)
+        topics = Topics("esl", STORE)
+        sub.subscribe(topics.filter(Kind.LABEL_STATE), on_state, qos=0, concurrency=1)
         async with sub, MqttConnection(MqttSettings.from_url(store.url), client_id="bench-pos",
                                        clean_session=False) as pos:
             await sub.connected.wait()
             await pos.connected.wait()
             await asyncio.sleep(1.0)  # retained states delivered; quiet
-            topic = f"esl/{STORE}/pos/prices"
+            topic = topics.pos_prices
             seq = 10
             # the floor: one update at a time, nothing else going on
             for i in range(10):
@@ -272,6 +274,7 @@ async def time_to_shelf(labels: int, rate: float, seconds: float) -> dict[str, A
 
 async def repricing(labels: int, workers: int) -> dict[str, Any]:
     from eslserver.mqtt import MqttConnection, MqttSettings
+    from eslserver.topics import Topics
 
     async with _Store(labels, concurrency=256, workers=workers, in_flight=512) as store:
         macs = [m for m, _ in store.pairs]
@@ -283,7 +286,7 @@ async def repricing(labels: int, workers: int) -> dict[str, Any]:
             batch = [{"sku": sku, "price": str(old[sku] + Decimal("0.01")), "seq": 2} for _, sku in store.pairs]
             t0 = time.perf_counter()
             for i in range(0, len(batch), 1000):
-                await pos.publish(f"esl/{STORE}/pos/prices", json.dumps(batch[i:i + 1000]))
+                await pos.publish(Topics("esl", STORE).pos_prices, json.dumps(batch[i:i + 1000]))
             elapsed = (time.perf_counter() - t0) + await _wait_converged(store.db, macs, since=before)
     render_rate = _render_only_rate(min(labels, 2000))
     rate = labels / elapsed

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import aiosqlite
 
+from eslserver.store import audit as store_audit
 from eslserver.timeutil import iso, utcnow
 
 __all__ = ["Who", "json_default", "record_audit"]
@@ -36,6 +37,4 @@ def _dump(value: object) -> str | None:
 async def record_audit(conn: aiosqlite.Connection, who: Who, action: str, target: str,
                        before: object = None, after: object = None) -> None:
     """Write one audit row inside the caller's transaction (so it commits with the change)."""
-    await conn.execute(
-        "INSERT INTO audit (at, actor, role, action, target, before, after) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (iso(utcnow()), who.name, who.role, action, target, _dump(before), _dump(after)))
+    await store_audit.insert(conn, iso(utcnow()), who.name, who.role, action, target, _dump(before), _dump(after))

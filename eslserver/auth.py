@@ -30,7 +30,8 @@ from typing import Final
 import aiosqlite
 
 from eslserver.audit import record_audit
-from eslserver.db.database import Database, fetchone
+from eslserver.db.database import Database
+from eslserver.store import tokens
 from eslserver.timeutil import iso, parse_iso, utcnow
 
 __all__ = [
@@ -125,11 +126,9 @@ async def create_token(db: Database, role: str, name: str | None = None) -> str:
     async with db.transaction() as conn:
         while True:  # 48-bit ids: a collision is astronomically rare, but cheap to rule out
             token_id = secrets.token_hex(6)
-            if await fetchone(conn, "SELECT 1 FROM tokens WHERE id = ?", (token_id,)) is None:
+            if not await tokens.exists(conn, token_id):
                 break
-        await conn.execute(
-            "INSERT INTO tokens (id, secret_hash, role, name, created_at) VALUES (?, ?, ?, ?, ?)",
-            (token_id, _hash(secret), role, name, iso(created)))
+        await tokens.insert(conn, token_id, _hash(secret), role, name, iso(created))
         await record_audit(conn, _local_actor(), "token.create", f"token:{token_id}", None,
                            {"role": role, "name": name})
     log.info("created %s token %s (%s)", role, token_id, name)
@@ -145,7 +144,7 @@ async def verify_token(db: Database, token: str) -> Actor | None:
     if parsed is None:
         return None
     token_id, secret = parsed
-    row = await db.read_one("SELECT secret_hash, role, name, revoked_at FROM tokens WHERE id = ?", (token_id,))
+    row = await tokens.credentials(db, token_id)
     if row is None:
         _hash(secret)  # same work whether or not the id exists
         return None
@@ -175,24 +174,20 @@ async def revoke_token(db: Database, token_id: str) -> TokenInfo:
     if not isinstance(token_id, str) or not _ID_RE.fullmatch(token_id):
         raise AuthError(f"id: expected 12 hex digits (as listed by 'esl tokens list'), got {token_id!r}")
     async with db.transaction() as conn:
-        row = await fetchone(conn, "SELECT * FROM tokens WHERE id = ?", (token_id,))
+        row = await tokens.get(conn, token_id)
         if row is None:
             raise UnknownTokenError(f"id: no token {token_id!r}")
         if row["revoked_at"] is None:
             at = iso(utcnow())
-            await conn.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (at, token_id))
+            await tokens.revoke(conn, token_id, at)
             await record_audit(conn, _local_actor(), "token.revoke", f"token:{token_id}",
                                {"revoked_at": None}, {"revoked_at": at})
             log.info("revoked token %s (%s)", token_id, row["name"])
-            row = await fetchone(conn, "SELECT * FROM tokens WHERE id = ?", (token_id,))
+            row = await tokens.get(conn, token_id)
             assert row is not None
     return _info(row)
 
 
 async def list_tokens(db: Database, *, include_revoked: bool = True) -> list[TokenInfo]:
     """Every token (oldest first), without secrets."""
-    sql = "SELECT * FROM tokens"
-    if not include_revoked:
-        sql += " WHERE revoked_at IS NULL"
-    rows = await db.read(sql + " ORDER BY created_at, id")
-    return [_info(row) for row in rows]
+    return [_info(row) for row in await tokens.listing(db, include_revoked=include_revoked)]

@@ -32,15 +32,18 @@ from typing import TYPE_CHECKING, Any, Final
 
 from eslserver import pricing
 from eslserver.audit import Who, record_audit
-from eslserver.db.database import fetchone
-from eslserver.ingest import apply_update, dirty_generation
-from eslserver.labels import STATE_COLUMNS, LabelError, normalise_mac, state_json
+from eslserver.config import Settings
+from eslserver.db.database import Database
+from eslserver.ingest import apply_update
+from eslserver.labels import LabelError, Labels, normalise_mac, state_json
 from eslserver.pos_fields import read_update
+from eslserver.store import labels as label_rows
+from eslserver.store import products
 from eslserver.timeutil import iso, utcnow
 from firmware_proto.models import MODELS
 
-if TYPE_CHECKING:
-    from eslserver.server import Server
+if TYPE_CHECKING:  # types only: `esl import` runs this module's parsing half without the renderer
+    from eslserver.label_templates import Templates
 
 __all__ = [
     "CatalogueError", "ImportRow", "RowError", "ParsedCsv", "ImportReport", "decode_csv", "parse_csv",
@@ -341,21 +344,25 @@ def _row_error(row: ImportRow, exc: pricing.PriceError) -> RowError:
                     f"line {row.line}: {exc}")
 
 
-async def apply_rows(server: Server, rows: Sequence[ImportRow], actor: Who) -> ImportReport:
-    """Validate and apply `rows` in one transaction, each row whole or not at all."""
+async def apply_rows(rows: Sequence[ImportRow], actor: Who, *, db: Database, settings: Settings, labels: Labels,
+                     templates: Templates) -> ImportReport:
+    """Validate and apply `rows` in one transaction of `db`, each row whole or not at all.
+
+    It is given the parts it needs (the API passes its server's), not the server: `labels`
+    registers unseen labels and hears of the changes, `templates` says which names exist.
+    """
     if len(rows) > MAX_ROWS:
         raise CatalogueError(f"rows: expected at most {MAX_ROWS} rows a request, got {len(rows)}")
-    settings = server.settings
     store = settings.store
     report = ImportReport()
-    templates: dict[str, bool] = {}
+    known: dict[str, bool] = {}
     for row in rows:
-        if row.template is not None and row.template not in templates:
-            templates[row.template] = await server.templates.get(row.template) is not None
+        if row.template is not None and row.template not in known:
+            known[row.template] = await templates.get(row.template) is not None
     received = utcnow()
     dirty = False
     touched: list[str] = []
-    async with server.db.transaction() as conn:
+    async with db.transaction() as conn:
         for row in rows:
             sku = row.sku
             update: pricing.PriceUpdate | None = None
@@ -371,7 +378,7 @@ async def apply_rows(server: Server, rows: Sequence[ImportRow], actor: Who) -> I
                                                   "invalid_value", f"line {row.line}: valid_from: an import sets "
                                                   "today's catalogue; schedule changes through POST /prices"))
                     continue
-            stored = await fetchone(conn, "SELECT record, seq FROM products WHERE store = ? AND sku = ?", (store, sku))
+            stored = await products.get(conn, store, sku)
             if update is None and stored is None:
                 report.errors.append(RowError(row.line, sku, "sku", sku, "unknown_sku",
                                               f"line {row.line}: sku {sku!r} is not in the catalogue and the row "
@@ -379,7 +386,7 @@ async def apply_rows(server: Server, rows: Sequence[ImportRow], actor: Who) -> I
                 continue
             label_row: Any = None
             if row.label is not None:
-                error = await _check_binding(conn, row, sku, templates)
+                error = await _check_binding(conn, row, sku, known)
                 if isinstance(error, RowError):
                     report.errors.append(error)
                     continue
@@ -390,16 +397,16 @@ async def apply_rows(server: Server, rows: Sequence[ImportRow], actor: Who) -> I
                 dirty |= product != "unchanged"
             binding: str | None = None
             if row.label is not None:
-                binding = await _apply_binding(server, conn, row, sku, label_row, received, actor)
+                binding = await _apply_binding(labels, conn, row, sku, label_row, received, actor)
                 if binding != "unchanged":
                     dirty = True
                     touched.append(row.label)
             report.results.append({"line": row.line, "sku": sku, "product": product, "label": row.label,
                                    "binding": binding})
     if dirty:
-        server.labels.on_dirty()
+        labels.on_dirty()
     if touched:
-        server.labels.on_states(touched)
+        labels.on_states(touched)
     log.info("import by %s: %d rows applied, %d rejected", actor.name, len(report.results), len(report.errors))
     return report
 
@@ -420,7 +427,7 @@ async def _check_binding(conn: Any, row: ImportRow, sku: str, templates: Mapping
     if row.model is not None and row.model not in MODELS:
         return RowError(row.line, sku, "model", row.model, "unknown_model",
                         f"line {row.line}: model: expected one of {', '.join(MODELS)}, got {row.model!r}")
-    label = await fetchone(conn, f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (mac,))
+    label = await label_rows.get(conn, mac)
     if label is None and row.model is None:
         return RowError(row.line, sku, "label", mac, "unknown_label",
                         f"line {row.line}: label {mac} has not been seen by any gateway; give its model "
@@ -441,7 +448,7 @@ async def _apply_product(conn: Any, store: str, update: pricing.PriceUpdate, sto
     return "created" if stored is None else "updated"
 
 
-async def _apply_binding(server: Server, conn: Any, row: ImportRow, sku: str, label: Any, received: Any,
+async def _apply_binding(labels: Labels, conn: Any, row: ImportRow, sku: str, label: Any, received: Any,
                          actor: Who) -> str:
     """Bind as `eslserver.labels.Labels.bind` does, inside the import's transaction."""
     assert row.label is not None
@@ -449,18 +456,14 @@ async def _apply_binding(server: Server, conn: Any, row: ImportRow, sku: str, la
     now = iso(received)
     if label is None:
         assert row.model is not None
-        await server.labels.register(conn, mac, row.model, sku=sku, template=row.template)
+        await labels.register(conn, mac, row.model, sku=sku, template=row.template)
         before = None
     else:
         if label["sku"] == sku and (row.template is None or row.template == label["template"]):
             return "unchanged"
         before = state_json(label)
-        await conn.execute(
-            "UPDATE labels SET sku = ?, template = COALESCE(?, template), dirty = ?, "
-            "origin_at = COALESCE(origin_at, ?), state = CASE WHEN state = 'unpaired' THEN 'pending' "
-            "ELSE state END, updated_at = ? WHERE mac = ?",
-            (sku, row.template, dirty_generation(), now, now, mac))
-    after = await fetchone(conn, f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (mac,))
+        await label_rows.bind(conn, mac, sku, template=row.template, now=now)
+    after = await label_rows.get(conn, mac)
     await record_audit(conn, actor, "label.bind", mac, before, state_json(after))
     return "bound"
 

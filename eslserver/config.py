@@ -1,4 +1,4 @@
-"""Server configuration: `esl.toml` < ``ESL_*`` environment < command-line flags, read once.
+"""Server and gateway configuration: `esl.toml` < ``ESL_*`` environment < flags, read once.
 
 Every default lives in `Settings` below, and they run a demo store on a laptop with nothing
 else installed: SQLite in ``./esl-data``, HTTP on 127.0.0.1:8080 and the embedded MQTT
@@ -19,9 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, get_type_hints
+from typing import TYPE_CHECKING, Any, Final, get_type_hints
 
 from eslserver.logs import LOG_FORMATS
+from eslserver.topics import TopicError, Topics, check_level
+
+if TYPE_CHECKING:
+    from render.isolate import ProcessLimits
 
 __all__ = ["DEFAULT_TEMPLATES", "EMBEDDED_BROKERS", "ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
 
@@ -45,7 +49,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything the server reads from its configuration, validated."""
+    """Everything the server and the gateway read from their configuration, validated.
+
+    Both read the same keys (broker, credentials, TLS files, topic prefix, store, data
+    directory, logging), so one ``esl.toml`` serves a machine that runs both; the keys only
+    ``esl gateway`` reads are the ``gateway_*`` ones and ``radio``.
+    """
 
     data_dir: Path = Path("esl-data")
     http_host: str = "127.0.0.1"
@@ -75,6 +84,13 @@ class Settings:
     render_workers: int = 0
     """Render processes (0: one per CPU core)."""
     render_batch: int = 256
+    template_cpu_s: float = 20.0
+    """CPU seconds one render batch (or preview, or template check) may use; a template that
+    runs longer fails with its line, and the label keeps its last good image."""
+    template_memory_mb: int = 1024
+    """Memory (MB) one render batch may allocate on top of the render process's own size."""
+    template_timeout_s: float = 30.0
+    """Wall-clock seconds one render batch may take before its process is stopped."""
     max_in_flight: int = 64
     """Jobs in flight per gateway."""
     job_deadline_s: int = 20
@@ -89,6 +105,14 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     """``text`` for a terminal, ``json`` for one JSON object per line (log collectors)."""
+    gateway_id: str | None = None
+    """``esl gateway``: this gateway's id, unique in the store (its topics' gateway level)."""
+    radio: str | None = None
+    """``esl gateway``: ``sim://HOST:PORT`` (the ``esl simulate`` radio) or ``ble``."""
+    gateway_concurrency: int = 8
+    """``esl gateway``: jobs in flight at most."""
+    gateway_status_interval_s: float = 30.0
+    """``esl gateway``: seconds between its status events."""
 
     def __post_init__(self) -> None:
         _check_port("http_port", self.http_port, allow_zero=True)
@@ -106,12 +130,14 @@ class Settings:
         if self.broker_url is not None and not re.match(r"^mqtts?://", self.broker_url):
             raise ConfigError(f"broker_url: expected mqtt://host:port or mqtts://host:port, got {self.broker_url!r}")
         bounds = {"debounce_ms": (0, 10_000), "render_workers": (0, 64), "render_batch": (1, 10_000),
-                  "max_in_flight": (1, 10_000), "job_deadline_s": (1, 3600), "max_attempts": (1, 100)}
+                  "max_in_flight": (1, 10_000), "job_deadline_s": (1, 3600), "max_attempts": (1, 100),
+                  "gateway_concurrency": (1, 10_000), "template_memory_mb": (64, 1_048_576)}
         for name, (lo, hi) in bounds.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise ConfigError(f"{name}: expected an integer in {lo}..{hi}, got {value!r}")
-        for name in ("retry_base_s", "retry_max_s"):
+        for name in ("retry_base_s", "retry_max_s", "gateway_status_interval_s", "template_cpu_s",
+                     "template_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name}: expected a number > 0, got {value!r}")
@@ -124,6 +150,11 @@ class Settings:
                 raise ConfigError(f"field_map: expected text → text, got {pos!r} → {target!r}")
         if not self.factory_secret:
             raise ConfigError("factory_secret: must not be empty")
+        if self.gateway_id is not None:
+            try:
+                check_level("gateway_id", self.gateway_id)
+            except TopicError as exc:
+                raise ConfigError(str(exc)) from None
 
     @property
     def database_path(self) -> Path:
@@ -132,6 +163,18 @@ class Settings:
     @property
     def workers(self) -> int:
         return self.render_workers or max(1, os.cpu_count() or 1)
+
+    @property
+    def template_limits(self) -> ProcessLimits:
+        """The budget of one render batch, preview or template check (`render.isolate`)."""
+        from render.isolate import ProcessLimits  # the gateway reads settings without render
+        return ProcessLimits(cpu_s=self.template_cpu_s, memory_mb=self.template_memory_mb,
+                             timeout_s=self.template_timeout_s)
+
+    @property
+    def topics(self) -> Topics:
+        """This store's MQTT topics (``topic_prefix``, ``store``)."""
+        return Topics(self.topic_prefix, self.store)
 
 
 def _check_port(name: str, value: object, *, allow_zero: bool) -> None:

@@ -28,13 +28,14 @@ from decimal import Decimal
 from typing import Any
 
 from eslserver.auth import create_token
-from eslserver.cli.serve_cmds import run_until_signal
 from eslserver.config import Settings
 from eslserver.gateway.bridge import Gateway, GatewayConfig
 from eslserver.gateway.links.loopback import LoopbackRadio
 from eslserver.ingest import current_prices
 from eslserver.mqtt import MqttConnection, MqttSettings
 from eslserver.server import SYSTEM, Server
+from eslserver.signals import run_until_signal
+from eslserver.store import labels as label_rows
 from eslserver.timeutil import utcnow
 from render.context import parse_when
 from render.samples import sample_catalogue
@@ -147,13 +148,13 @@ async def run_demo(settings: Settings, config: DemoConfig, *, print_line: Callab
             gateway = Gateway(GatewayConfig(store=settings.store, gateway_id=config.gateway,
                                             data_dir=settings.data_dir / "gateway", prefix=settings.topic_prefix,
                                             concurrency=settings.max_in_flight),
-                              LoopbackRadio(host, port), MqttSettings.from_url(server.broker_url))
+                              LoopbackRadio(host, port), MqttSettings.from_settings(settings, server.broker_url))
             async with gateway:
                 token = await create_token(server.db, "admin", "demo")
                 print_line(f"eslserver demo store '{settings.store}': {config.labels} simulated labels")
                 print_line(f"  http    http://{settings.http_host}:{server.http_port}/  "
                            f"(web UI /ui/, API /api/v1/, metrics /metrics)")
-                print_line(f"  broker  {server.broker_url}  (POS topic {server.topic('pos', 'prices')})")
+                print_line(f"  broker  {server.broker_url}  (POS topic {server.topics.pos_prices})")
                 print_line(f"  token   {token}   (admin)")
                 print_line(f"  screens {(settings.data_dir / 'snapshots').resolve()}")
                 tasks = [asyncio.create_task(_summaries(server, print_line), name="demo-summary")]
@@ -189,8 +190,8 @@ async def _pos_feed(server: Server, catalogue: list[dict[str, Any]], stored: dic
     names = {rec["sku"]: rec.get("name") or "" for rec in catalogue}
     prices = {rec["sku"]: stored.get(rec["sku"], Decimal(str(rec["price"]))) for rec in catalogue}
     seq = int(utcnow().timestamp())
-    async with MqttConnection(MqttSettings.from_url(server.broker_url), client_id=f"demo-pos-{server.settings.store}",
-                              clean_session=True) as pos:
+    async with MqttConnection(MqttSettings.from_settings(server.settings, server.broker_url),
+                              client_id=f"demo-pos-{server.settings.store}", clean_session=True) as pos:
         while True:
             await asyncio.sleep(config.feed_interval_s)
             batch = []
@@ -201,14 +202,14 @@ async def _pos_feed(server: Server, catalogue: list[dict[str, Any]], stored: dic
                 seq += 1
                 batch.append({"sku": sku, "price": str(prices[sku]), "seq": seq})
                 changes.append((sku, old, prices[sku]))
-            await pos.publish(server.topic("pos", "prices"), json.dumps(batch).encode(), qos=1)
+            await pos.publish(server.topics.pos_prices, json.dumps(batch).encode(), qos=1)
             for sku, old, new in changes:
                 log.info("POS price %s %s: %s → %s", sku, names[sku], old, new)
 
 
 async def _summary_line(server: Server) -> str:
-    rows = await server.db.read("SELECT state, COUNT(*) FROM labels GROUP BY state ORDER BY state")
-    return "labels " + " ".join(f"{r[0]}={r[1]}" for r in rows)
+    counts = await label_rows.count_by_state(server.db)
+    return "labels " + " ".join(f"{state}={n}" for state, n in counts.items())
 
 
 async def _summaries(server: Server, print_line: Callable[[str], None]) -> None:

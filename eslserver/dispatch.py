@@ -29,12 +29,16 @@ from typing import Any
 import aiosqlite
 
 from eslserver.config import Settings
-from eslserver.db.database import Database, fetchone
+from eslserver.db.database import Database
 from eslserver.gateway.events import Ack, Checkin, EventError, Nack, Status, parse_event
-from eslserver.ingest import dirty_generation
 from eslserver.jobs import JobKind, Outbox
 from eslserver.logs import FailureLog
 from eslserver.metrics import Metrics
+from eslserver.store import events as event_rows
+from eslserver.store import gateways as gateway_rows
+from eslserver.store import images as image_rows
+from eslserver.store import jobs as job_rows
+from eslserver.store import labels as label_rows
 from eslserver.timeutil import iso, parse_iso, utcnow
 from firmware_proto.auth import REPLAY_WINDOW, ReplayWindow, derive_factory_key, new_label_key
 from firmware_proto.envelope import (
@@ -84,6 +88,7 @@ class Dispatcher:
                  on_dirty: Callable[[], None] = lambda: None) -> None:
         self.db = db
         self.settings = settings
+        self.topics = settings.topics
         self.metrics = metrics
         self.publish = publish
         self.on_states = on_states
@@ -99,9 +104,6 @@ class Dispatcher:
 
     def poke(self) -> None:
         self._wake.set()
-
-    def topic(self, gateway: str, leaf: str) -> str:
-        return f"{self.settings.topic_prefix}/{self.settings.store}/gateway/{gateway}/{leaf}"
 
     # -- sending ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -125,35 +127,26 @@ class Dispatcher:
                 pass
 
     async def _next_timer(self) -> float:
-        row = await self.db.read_one(
-            "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'queued'")
+        due = await job_rows.next_attempt_at(self.db)
         delay = 5.0
-        if row and row[0]:
-            delay = min(delay, max(0.01, (parse_iso(row[0]) - utcnow()).total_seconds()))
+        if due:
+            delay = min(delay, max(0.01, (parse_iso(due) - utcnow()).total_seconds()))
         return delay
 
     async def dispatch_once(self) -> int:
         """Claim what may go now and publish it; returns how many jobs went out."""
         now = utcnow()
         store = self.settings.store
-        gateways = [r["id"] for r in await self.db.read(
-            "SELECT id FROM gateways WHERE store = ? AND status = 'online' ORDER BY last_seen DESC", (store,))]
+        gateways = await gateway_rows.online(self.db, store)
         if not gateways:
             return 0
-        busy = {r["gateway"]: r["n"] for r in await self.db.read(
-            "SELECT gateway, COUNT(*) AS n FROM jobs WHERE state = 'sent' GROUP BY gateway")}
+        busy = await job_rows.sent_per_gateway(self.db)
         room = {gw: self.settings.max_in_flight - busy.get(gw, 0) for gw in gateways}
         if sum(max(0, r) for r in room.values()) <= 0:
             return 0
         out: list[tuple[str, bytes]] = []
         async with self.db.transaction() as conn:
-            rows = await (await conn.execute(
-                "SELECT j.id, j.mac, j.kind, j.image_hash, j.base_hash, j.region, j.delta, j.format, j.payload, "
-                "j.command, j.attempts, l.gateway, l.label_key, l.tx_counter, l.rx_highest, l.factory_counter, "
-                "l.displayed_hash FROM jobs j JOIN labels l ON l.mac = j.mac "
-                "WHERE j.store = ? AND j.state = 'queued' AND j.next_attempt_at <= ? AND l.state <> 'offline' "
-                "AND j.id = (SELECT MIN(k.id) FROM jobs k WHERE k.mac = j.mac AND k.state IN ('queued', 'sent')) "
-                "ORDER BY j.id LIMIT ?", (store, iso(now), _CLAIM_LIMIT))).fetchall()
+            rows = await job_rows.claimable(conn, store, iso(now), _CLAIM_LIMIT)
             for row in rows:
                 gw = row["gateway"] if row["gateway"] in room else gateways[0]
                 if room.get(gw, 0) <= 0:
@@ -166,15 +159,13 @@ class Dispatcher:
                 if built is None:
                     continue
                 envelope, budget = built
-                await conn.execute("UPDATE jobs SET state = 'sent', gateway = ?, attempts = attempts + 1, sent_at = ? "
-                                   "WHERE id = ? AND state = 'queued'", (gw, iso(now), row["id"]))
+                await job_rows.mark_sent(conn, row["id"], gw, iso(now))
                 if budget:
-                    await conn.execute("UPDATE labels SET tx_counter = tx_counter + ? WHERE mac = ?",
-                                       (budget, row["mac"]))
+                    await label_rows.reserve_counters(conn, row["mac"], budget)
                 room[gw] -= 1
                 out.append((gw, envelope.to_bytes()))
         if out:
-            await asyncio.gather(*(self.publish(self.topic(gw, "jobs"), data, 1, False) for gw, data in out))
+            await asyncio.gather(*(self.publish(self.topics.gateway_jobs(gw), data, 1, False) for gw, data in out))
         return len(out)
 
     async def _envelope(self, conn: aiosqlite.Connection, row: Any, now: datetime) -> tuple[JobEnvelope, int] | None:
@@ -182,7 +173,7 @@ class Dispatcher:
         common = {"job_id": job_id, "mac": mac, "deadline_s": self.settings.job_deadline_s,
                   "attempt": min(255, row["attempts"] + 1)}
         if kind == JobKind.PAIR:
-            await conn.execute("UPDATE labels SET factory_counter = factory_counter + 1 WHERE mac = ?", (mac,))
+            await label_rows.use_factory_counter(conn, mac)
             return PairJob(factory_key=derive_factory_key(self.factory_secret, mac), new_key=row["command"],
                            factory_counter=row["factory_counter"], **common), 0
         key = row["label_key"]
@@ -203,7 +194,7 @@ class Dispatcher:
                 x, y, w, h = (int(v) for v in row["region"].split(","))
                 region = Region(x, y, w, h)
         elif row["base_hash"] is not None:  # the label moved on since this was planned: whole image
-            full = await fetchone(conn, "SELECT format, payload FROM images WHERE hash = ?", (row["image_hash"],))
+            full = await image_rows.get(conn, row["image_hash"])
             if full is None:
                 raise KeyError(f"image {row['image_hash']} is not stored")
             payload, fmt, delta = full["payload"], full["format"], False
@@ -216,13 +207,13 @@ class Dispatcher:
         log.error("job %d for %s failed: %s", job_id, mac, reason,
                   extra={"store": self.settings.store, "job": job_id, "mac": mac})
         await self.outbox.finish(conn, job_id, "failed", now, error=reason)
-        await conn.execute("UPDATE labels SET state = 'failed', updated_at = ? WHERE mac = ?", (iso(now), mac))
+        await label_rows.mark_failed(conn, mac, now=iso(now))
 
     async def requeue_overdue(self) -> None:
         """Jobs sent longer ago than their deadline allows: the gateway (or the publish) was
         lost; treat it as an unreachable attempt."""
         cutoff = utcnow() - timedelta(seconds=self.settings.job_deadline_s + _SENT_GRACE_S)
-        rows = await self.db.read("SELECT id, mac FROM jobs WHERE state = 'sent' AND sent_at < ?", (iso(cutoff),))
+        rows = await job_rows.overdue(self.db, iso(cutoff))
         if not rows:
             return
         changed: set[str] = set()
@@ -303,28 +294,20 @@ class Dispatcher:
         """Record a gateway's status (retained ``online``/``offline`` or a status event)."""
         now = iso(utcnow())
         async with self.db.transaction() as conn:
-            before = await fetchone(conn, "SELECT status FROM gateways WHERE store = ? AND id = ?",
-                                    (self.settings.store, gateway))
-            await conn.execute(
-                "INSERT INTO gateways (store, id, status, last_seen, info) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (store, id) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen, "
-                "info = CASE WHEN ? THEN excluded.info ELSE gateways.info END",
-                (self.settings.store, gateway, status, now, json.dumps(info or {}), info is not None))
-        if before is None or before["status"] != status:
+            before = await gateway_rows.status(conn, self.settings.store, gateway)
+            await gateway_rows.set_status(conn, self.settings.store, gateway, status, now=now, info=info)
+        if before != status:
             log.info("gateway %s is %s", gateway, status, extra={"store": self.settings.store, "gateway": gateway})
             if status == "offline":
                 # its jobs will not be answered: hand them back now rather than at their deadline
                 async with self.db.transaction() as conn:
-                    await conn.execute("UPDATE jobs SET state = 'queued', next_attempt_at = ? "
-                                       "WHERE state = 'sent' AND gateway = ?", (now, gateway))
+                    await job_rows.requeue_sent_by(conn, gateway, now)
             self.poke()
 
     async def _ack(self, conn: aiosqlite.Connection, gateway: str, ev: Ack) -> set[str]:
         now = utcnow()
-        job = await fetchone(conn, "SELECT kind, state, command, image_hash FROM jobs WHERE id = ? AND mac = ?",
-                             (ev.job, ev.mac))
-        label = await fetchone(conn, "SELECT sku, expected_hash, origin_at, state FROM labels WHERE mac = ?",
-                               (ev.mac,))
+        job = await job_rows.get(conn, ev.job, ev.mac)
+        label = await label_rows.for_event(conn, ev.mac)
         if job is None or label is None:
             self._warn_once(gateway, "unknown_job", "gateway %s acked unknown job %d (%s)", gateway, ev.job, ev.mac)
             return set()
@@ -332,11 +315,10 @@ class Dispatcher:
         displayed = ev.displayed_hash.hex() if ev.displayed_hash is not None else None
         if job["kind"] == JobKind.PAIR:
             # a new key: both counters start again under it
-            await conn.execute("UPDATE labels SET label_key = ?, tx_counter = ?, rx_highest = ? WHERE mac = ?",
-                               (job["command"], ev.tx_counter, ev.rx_highest, ev.mac))
+            await label_rows.set_key(conn, ev.mac, job["command"], tx_counter=ev.tx_counter,
+                                     rx_highest=ev.rx_highest)
         else:
-            await conn.execute("UPDATE labels SET tx_counter = MAX(tx_counter, ?), rx_highest = MAX(rx_highest, ?) "
-                               "WHERE mac = ?", (ev.tx_counter, ev.rx_highest, ev.mac))
+            await label_rows.advance_counters(conn, ev.mac, tx_counter=ev.tx_counter, rx_highest=ev.rx_highest)
         await self._seen(conn, ev.mac, gateway, now, displayed=displayed, battery_mv=ev.battery_mv,
                          temperature_c=ev.temperature_c, rssi=ev.rssi, label=label)
         return {ev.mac}
@@ -346,60 +328,47 @@ class Dispatcher:
                     label: Any) -> None:
         """A label was heard (ack or authenticated check-in): its sensors and state."""
         temp = None if temperature_c is None else round(temperature_c)
-        await conn.execute(
-            "UPDATE labels SET displayed_hash = COALESCE(?, displayed_hash), battery_mv = COALESCE(?, battery_mv), "
-            "temperature_c = COALESCE(?, temperature_c), rssi = COALESCE(?, rssi), last_seen = ?, "
-            "gateway = COALESCE(?, gateway), failures = 0, updated_at = ? WHERE mac = ?",
-            (displayed, battery_mv, temp, rssi, iso(now), gateway, iso(now), mac))
+        await label_rows.record_seen(conn, mac, now=iso(now), gateway=gateway, displayed_hash=displayed,
+                                     battery_mv=battery_mv, temperature_c=temp, rssi=rssi)
         shown = displayed if displayed is not None else None
         if label["sku"] is None:
             return
         if shown is not None and shown == label["expected_hash"]:
             if label["origin_at"] is not None:
                 self.metrics.time_to_shelf.observe(max(0.0, (now - parse_iso(label["origin_at"])).total_seconds()))
-            await conn.execute("UPDATE labels SET state = 'ok', origin_at = NULL WHERE mac = ?", (mac,))
+            await label_rows.set_up_to_date(conn, mac)
             if label["state"] in ("offline", "failed"):
                 log.info("label %s is back and up to date", mac, extra={"store": self.settings.store, "mac": mac})
         elif label["state"] in ("offline", "failed", "ok"):
             if label["state"] != "ok":
                 log.info("label %s is back (was %s); catching it up", mac, label["state"],
                          extra={"store": self.settings.store, "mac": mac})
-            open_job = await fetchone(conn, "SELECT 1 FROM jobs WHERE mac = ? AND state IN ('queued', 'sent')", (mac,))
-            await conn.execute("UPDATE labels SET state = 'pending' WHERE mac = ?", (mac,))
-            if open_job is None:
-                await conn.execute("UPDATE labels SET dirty = ?, origin_at = COALESCE(origin_at, ?) WHERE mac = ?",
-                                   (dirty_generation(), iso(now), mac))
+            open_job = await job_rows.has_open(conn, mac)
+            await label_rows.set_pending(conn, mac)
+            if not open_job:
+                await label_rows.mark_dirty(conn, iso(now), mac=mac)
                 self._dirtied = True  # the pipeline is told after the commit
 
     async def _nack(self, conn: aiosqlite.Connection, gateway: str | None, ev: Nack) -> set[str]:
         now = utcnow()
-        job = await fetchone(conn, "SELECT kind, state, attempts, image_hash FROM jobs WHERE id = ? AND mac = ?",
-                             (ev.job, ev.mac))
+        job = await job_rows.get(conn, ev.job, ev.mac)
         if job is None or job["state"] != "sent":
             return set()  # a duplicate, or already handed back
         if ev.tx_counter is not None and job["kind"] != JobKind.PAIR:
-            await conn.execute("UPDATE labels SET tx_counter = MAX(tx_counter, ?), "
-                               "rx_highest = MAX(rx_highest, COALESCE(?, 0)) WHERE mac = ?",
-                               (ev.tx_counter, ev.rx_highest, ev.mac))
-        await conn.execute("INSERT INTO events (at, store, mac, gateway, kind, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                           (iso(now), self.settings.store, ev.mac, gateway, "nack",
-                            json.dumps({"job": ev.job, "code": ev.code, "reason": ev.reason})))
+            await label_rows.advance_counters(conn, ev.mac, tx_counter=ev.tx_counter, rx_highest=ev.rx_highest)
+        await event_rows.add(conn, event_rows.Event(iso(now), self.settings.store, ev.mac, gateway, "nack",
+                                                    {"job": ev.job, "code": ev.code, "reason": ev.reason}))
         if ev.code == "base_mismatch":
-            await conn.execute("UPDATE jobs SET state = 'queued', base_hash = NULL, region = NULL, delta = 0, "
-                               "format = (SELECT format FROM images WHERE hash = jobs.image_hash), "
-                               "payload = (SELECT payload FROM images WHERE hash = jobs.image_hash), "
-                               "next_attempt_at = ?, error = ? WHERE id = ?", (iso(now), ev.reason, ev.job))
+            await job_rows.requeue_whole_image(conn, ev.job, iso(now), ev.reason)
             self.metrics.jobs_retried.labels(ev.code).inc()
         elif ev.retry and job["attempts"] < self.settings.max_attempts:
             delay = backoff_s(job["attempts"], self.settings, self._rng)
-            await conn.execute("UPDATE jobs SET state = 'queued', next_attempt_at = ?, error = ? WHERE id = ?",
-                               (iso(now + timedelta(seconds=delay)), f"{ev.code}: {ev.reason}", ev.job))
+            await job_rows.requeue(conn, ev.job, iso(now + timedelta(seconds=delay)), f"{ev.code}: {ev.reason}")
             self.metrics.jobs_retried.labels(ev.code).inc()
         else:
             state = "offline" if ev.code in ("unreachable", "budget") else "failed"
             await self.outbox.finish(conn, ev.job, "failed", now, error=f"{ev.code}: {ev.reason}")
-            await conn.execute("UPDATE labels SET state = ?, failures = failures + 1, updated_at = ? WHERE mac = ?",
-                               (state, iso(now), ev.mac))
+            await label_rows.record_failure(conn, ev.mac, state, now=iso(now))
             log.warning("label %s is %s after %d attempts: %s", ev.mac, state, job["attempts"], ev.reason,
                         extra=_fields(self.settings.store, gateway, ev))
         return {ev.mac}
@@ -415,47 +384,39 @@ class Dispatcher:
             return set()
         now = utcnow()
         changed = False
-        row = await fetchone(conn, "SELECT sku, label_key, rx_highest, expected_hash, origin_at, state "
-                                   "FROM labels WHERE mac = ?", (ev.mac,))
+        row = await label_rows.for_event(conn, ev.mac)
         if row is None:
             model = MODELS_BY_ID.get(frame.model_id)
             if model is None:
                 self._warn_once(ev.mac, "model", "label %s has unknown model id %d", ev.mac, frame.model_id)
                 return set()
-            await conn.execute(
-                "INSERT INTO labels (mac, store, model, gateway, state, rssi, battery_mv, last_seen, updated_at, "
-                "factory_counter) VALUES (?, ?, ?, ?, 'unpaired', ?, ?, ?, ?, ?)",
-                (ev.mac, self.settings.store, model.name, gateway, ev.rssi, frame.battery_mv, iso(now), iso(now),
-                 frame.rx_counter if frame.auth is None else 0))
-            await conn.execute("INSERT INTO events (at, store, mac, gateway, kind, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                               (iso(now), self.settings.store, ev.mac, gateway, "discovered",
-                                json.dumps({"model": model.name})))
+            await label_rows.discover(conn, mac=ev.mac, store=self.settings.store, model=model.name, gateway=gateway,
+                                      rssi=ev.rssi, battery_mv=frame.battery_mv, now=iso(now),
+                                      factory_counter=frame.rx_counter if frame.auth is None else 0)
+            await event_rows.add(conn, event_rows.Event(iso(now), self.settings.store, ev.mac, gateway, "discovered",
+                                                        {"model": model.name}))
             log.info("discovered label %s (%s) via %s", ev.mac, model.name, gateway,
                      extra=_fields(self.settings.store, gateway, ev))
             changed = True
         elif frame.auth is None:  # the label has no key: new, or factory reset
-            await conn.execute("UPDATE labels SET factory_counter = MAX(factory_counter, ?), gateway = ?, "
-                               "rssi = ?, last_seen = ? WHERE mac = ?",
-                               (frame.rx_counter, gateway, ev.rssi, iso(now), ev.mac))
+            await label_rows.record_unkeyed_checkin(conn, ev.mac, factory_counter=frame.rx_counter, gateway=gateway,
+                                                    rssi=ev.rssi, now=iso(now))
             if row["sku"] is not None:
                 if row["label_key"] is not None:
                     log.warning("label %s checked in without its key (reset?); pairing it again", ev.mac,
                                 extra=_fields(self.settings.store, gateway, ev))
-                    await conn.execute("UPDATE labels SET label_key = NULL WHERE mac = ?", (ev.mac,))
+                    await label_rows.forget_key(conn, ev.mac)
                 if await self.outbox.ensure_pair(conn, store=self.settings.store, mac=ev.mac, now=now,
                                                  new_key=new_label_key()):
-                    await conn.execute("UPDATE labels SET dirty = ?, state = 'pending', "
-                                       "origin_at = COALESCE(origin_at, ?) WHERE mac = ?",
-                                       (dirty_generation(), iso(now), ev.mac))
+                    await label_rows.mark_dirty(conn, iso(now), mac=ev.mac, pending=True)
                     self._dirtied = True  # the pipeline is told after the commit
                     changed = True
         else:
             key = await self._verify(conn, row, ev, frame)
             if key is None:
                 return set()
-            await conn.execute("UPDATE labels SET rx_highest = MAX(rx_highest, ?), "
-                               "tx_counter = MAX(tx_counter, ?) WHERE mac = ?",
-                               (frame.auth.counter, frame.rx_counter, ev.mac))
+            await label_rows.advance_counters(conn, ev.mac, tx_counter=frame.rx_counter,
+                                              rx_highest=frame.auth.counter)
             await self._seen(conn, ev.mac, gateway, now, displayed=frame.displayed_hash.hex(),
                              battery_mv=frame.battery_mv, temperature_c=frame.temperature_c, rssi=ev.rssi,
                              label=row)
@@ -467,9 +428,7 @@ class Dispatcher:
         candidates: list[tuple[bytes, int | None]] = []
         if row["label_key"] is not None:
             candidates.append((row["label_key"], None))
-        for pair in await (await conn.execute(
-                "SELECT id, command FROM jobs WHERE mac = ? AND kind = 'pair' AND state IN ('queued', 'sent') "
-                "ORDER BY id DESC", (ev.mac,))).fetchall():
+        for pair in await job_rows.open_pairings(conn, ev.mac):
             candidates.append((pair["command"], pair["id"]))
         for key, pair_job in candidates:
             # nothing at or below the highest counter we know is believed: the window's mask is
@@ -481,8 +440,7 @@ class Dispatcher:
             except ProtocolError:
                 continue
             if pair_job is not None:
-                await conn.execute("UPDATE labels SET label_key = ?, tx_counter = ?, rx_highest = 0 WHERE mac = ?",
-                                   (key, frame.rx_counter, ev.mac))
+                await label_rows.set_key(conn, ev.mac, key, tx_counter=frame.rx_counter, rx_highest=0)
                 await self.outbox.finish(conn, pair_job, "done", utcnow())
             return key
         self._warn_once(ev.mac, "checkin_auth", "check-in from %s failed authentication (forged, replayed or "

@@ -16,10 +16,8 @@ product's ``next_change_at`` says when its label must be redrawn.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,28 +29,17 @@ import aiosqlite
 from eslserver import pricing
 from eslserver.audit import Who, record_audit
 from eslserver.config import Settings
-from eslserver.db.database import Database, fetchall, fetchone, placeholders
+from eslserver.db.database import Database
 from eslserver.metrics import Metrics
 from eslserver.pos_fields import read_update
 from eslserver.pricing import PriceError, PriceUpdate
+from eslserver.store import labels as label_rows
+from eslserver.store import products
 from eslserver.timeutil import iso, parse_iso, utcnow
 
-__all__ = ["Ingest", "IngestResult", "current_prices", "dirty_generation", "mark_dirty_sql"]
+__all__ = ["Ingest", "IngestResult", "current_prices"]
 
 log = logging.getLogger(__name__)
-
-_generation = itertools.count(time.time_ns())
-
-
-def dirty_generation() -> int:
-    """A number larger than every earlier one in this process (and, being clock-based, across
-    restarts): a label is marked dirty with a new generation, and the renderer clears the
-    mark only if it is still the generation it rendered."""
-    return next(_generation)
-
-
-mark_dirty_sql = ("UPDATE labels SET dirty = ?, origin_at = COALESCE(origin_at, ?) "
-                  "WHERE store = ? AND sku = ?")
 
 
 @dataclass(slots=True)
@@ -191,20 +178,15 @@ class Ingest:
     async def _accept(self, conn: aiosqlite.Connection, update: PriceUpdate, received: datetime,
                       source: str, actor: Who) -> str:
         store = self.settings.store
-        row = await fetchone(conn, "SELECT seq FROM products WHERE store = ? AND sku = ?", (store, update.sku))
+        applied = await products.seq(conn, store, update.sku)
         if update.seq is not None:
-            sched = await fetchone(conn, "SELECT MAX(seq) FROM scheduled_updates WHERE store = ? AND sku = ?",
-                                   (store, update.sku))
-            highest = max((v for v in ((row[0] if row else None), sched[0] if sched else None) if v is not None),
-                          default=None)
+            pending = await products.scheduled_max_seq(conn, store, update.sku)
+            highest = max((v for v in (applied, pending) if v is not None), default=None)
             if highest is not None and update.seq <= highest:
                 return "stale"
         if update.valid_from is not None and update.valid_from > received:
-            await conn.execute(
-                "INSERT INTO scheduled_updates (store, sku, fields, seq, valid_from, received_at, source) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (store, update.sku, pricing.record_to_json(dict(update.fields)), update.seq,
-                 iso(update.valid_from), iso(received), source))
+            await products.schedule(conn, store, update.sku, pricing.record_to_json(dict(update.fields)), update.seq,
+                                    iso(update.valid_from), iso(received), source)
             await record_audit(conn, actor, "price.schedule", update.sku, None,
                                {"fields": dict(update.fields), "valid_from": update.valid_from, "seq": update.seq})
             return "scheduled"
@@ -218,32 +200,24 @@ class Ingest:
         store = self.settings.store
         changed = 0
         async with self.db.transaction() as conn:
-            due = await fetchall(conn, "SELECT id, sku, fields, seq, valid_from, received_at, source "
-                                       "FROM scheduled_updates WHERE store = ? AND valid_from <= ? ORDER BY valid_from, id",
-                                 (store, iso(now)))
-            for row in due:
-                await conn.execute("DELETE FROM scheduled_updates WHERE id = ?", (row["id"],))
+            for row in await products.due_scheduled(conn, store, iso(now)):
+                await products.drop_scheduled(conn, row["id"])
                 # stored as validated JSON (decimal text, ISO times): validate again to get the values back
                 update = pricing.validate_update({**pricing.record_from_json(row["fields"]), "sku": row["sku"],
                                                   "seq": row["seq"]}, default_currency=self.settings.currency)
-                current = await fetchone(conn, "SELECT seq FROM products WHERE store = ? AND sku = ?",
-                                         (store, update.sku))
-                if update.seq is not None and current is not None and current[0] is not None \
-                        and update.seq <= current[0]:
+                current = await products.seq(conn, store, update.sku)
+                if update.seq is not None and current is not None and update.seq <= current:
                     log.info("scheduled update for %s (seq %s) superseded by seq %s", update.sku, update.seq,
-                             current[0], extra={"store": store, "sku": update.sku})
+                             current, extra={"store": store, "sku": update.sku})
                     continue
                 await apply_update(conn, store, update, parse_iso(row["valid_from"]), parse_iso(row["received_at"]),
                                    row["source"], actor)
                 changed += 1
-            flips = await fetchall(conn, "SELECT sku, record, next_change_at FROM products WHERE store = ? "
-                                         "AND next_change_at <= ?", (store, iso(now)))
-            for row in flips:
+            for row in await products.due_changes(conn, store, iso(now)):
                 nxt = pricing.next_change_after(pricing.record_from_json(row["record"]), now)
-                await conn.execute("UPDATE products SET next_change_at = ? WHERE store = ? AND sku = ?",
-                                   (iso(nxt) if nxt else None, store, row["sku"]))
+                await products.set_next_change(conn, store, row["sku"], iso(nxt) if nxt else None)
                 # a promotion starting or ending took effect at its time, not when this loop woke
-                await conn.execute(mark_dirty_sql, (dirty_generation(), row["next_change_at"], store, row["sku"]))
+                await label_rows.mark_dirty(conn, row["next_change_at"], store=store, sku=row["sku"])
                 changed += 1
         if changed:
             self.on_dirty()
@@ -251,56 +225,40 @@ class Ingest:
 
     async def next_due(self) -> datetime | None:
         """When `apply_due` next has something to do (None: nothing scheduled)."""
-        row = await self.db.read_one(
-            "SELECT MIN(t) FROM (SELECT MIN(valid_from) AS t FROM scheduled_updates WHERE store = ? "
-            "UNION ALL SELECT MIN(next_change_at) FROM products WHERE store = ?)",
-            (self.settings.store, self.settings.store))
-        return parse_iso(row[0]) if row and row[0] else None
+        due = await products.next_due(self.db, self.settings.store)
+        return parse_iso(due) if due else None
 
 
 async def apply_update(conn: aiosqlite.Connection, store: str, update: PriceUpdate, effective: datetime,
                        received: datetime, source: str, actor: Who) -> None:
     """Make `update` the product's current state at `effective`: record, history, labels."""
-    row = await fetchone(conn, "SELECT record, seq FROM products WHERE store = ? AND sku = ?", (store, update.sku))
+    row = await products.get(conn, store, update.sku)
     before = pricing.record_from_json(row["record"]) if row else None
     after = pricing.merge_record(before, update)
-    for period in pricing.periods_for_update(before, update, effective):
-        await conn.execute(
-            "INSERT INTO price_history (store, sku, price, start_at, end_at, reduction, seq, source, recorded_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (store, update.sku, str(period.price), iso(period.start), iso(period.end) if period.end else None,
-             int(period.reduction), update.seq, source, iso(received)))
+    await products.add_history(conn, store, update.sku, [
+        (str(period.price), iso(period.start), iso(period.end) if period.end else None, int(period.reduction),
+         update.seq, source, iso(received)) for period in pricing.periods_for_update(before, update, effective)])
     nxt = pricing.next_change_after(after, received)
     seq = max((s for s in (update.seq, row["seq"] if row else None) if s is not None), default=None)
-    await conn.execute(
-        "INSERT INTO products (store, sku, record, seq, updated_at, next_change_at) VALUES (?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (store, sku) DO UPDATE SET record = excluded.record, seq = excluded.seq, "
-        "updated_at = excluded.updated_at, next_change_at = excluded.next_change_at",
-        (store, update.sku, pricing.record_to_json(after), seq, iso(received), iso(nxt) if nxt else None))
+    await products.upsert(conn, store, update.sku, pricing.record_to_json(after), seq, iso(received),
+                          iso(nxt) if nxt else None)
     # time-to-shelf counts from when the change took effect: its arrival, or a scheduled
     # change's valid_from (it could not be on the shelf before then)
-    await conn.execute(mark_dirty_sql, (dirty_generation(), iso(max(effective, received)), store, update.sku))
+    await label_rows.mark_dirty(conn, iso(max(effective, received)), store=store, sku=update.sku)
     await record_audit(conn, actor, "price.update", update.sku, before, after)
 
 
 async def price_periods(db: Database, store: str, skus: Sequence[str]) -> dict[str, list[pricing.PricePeriod]]:
     """Each SKU's price history in the order it was written, as `pricing` reads it."""
-    out: dict[str, list[pricing.PricePeriod]] = {sku: [] for sku in skus}
-    keys = list(out)
-    for i in range(0, len(keys), 500):
-        part = keys[i:i + 500]
-        for h in await db.read(f"SELECT sku, price, start_at, end_at, reduction FROM price_history WHERE store = ? "
-                               f"AND sku IN ({placeholders(part)}) ORDER BY id", (store, *part)):
-            out[h["sku"]].append(pricing.PricePeriod.from_row(h["price"], h["start_at"], h["end_at"],
-                                                              h["reduction"]))
-    return out
+    return {sku: [pricing.PricePeriod.from_row(h["price"], h["start_at"], h["end_at"], h["reduction"]) for h in rows]
+            for sku, rows in (await products.history(db, store, skus)).items()}
 
 
 async def current_prices(db: Database, store: str) -> dict[str, Decimal]:
     """Every product's stored base price (``price`` of its record), by SKU: what a POS
     starting up (the demo's) needs to know to continue from the catalogue as it is."""
     out: dict[str, Decimal] = {}
-    for row in await db.read("SELECT sku, record FROM products WHERE store = ? ORDER BY sku", (store,)):
+    for row in await products.records(db, store):
         out[row["sku"]] = Decimal(str(pricing.record_from_json(row["record"])["price"]))
     return out
 

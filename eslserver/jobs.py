@@ -19,8 +19,10 @@ from typing import Any, Final
 
 import aiosqlite
 
-from eslserver.db.database import Database, fetchall, fetchone, placeholders
+from eslserver.db.database import Database
 from eslserver.metrics import JOB_OUTCOMES, Metrics
+from eslserver.store import jobs as job_rows
+from eslserver.store import labels as label_rows
 from eslserver.timeutil import iso
 
 __all__ = ["OPEN_STATES", "JobKind", "Outbox"]
@@ -44,13 +46,11 @@ class Outbox:
     async def insert(self, conn: aiosqlite.Connection, *, store: str, mac: str, kind: str, now: datetime,
                      origin_at: str | None = None, **columns: Any) -> int:
         """Queue a job; `columns` are other job columns (image_hash, payload, command, …)."""
-        names = ["store", "mac", "kind", "state", "next_attempt_at", "created_at", "origin_at", *columns]
-        values = [store, mac, kind, "queued", iso(now), iso(now), origin_at, *columns.values()]
-        cur = await conn.execute(f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                                 values)
-        assert cur.lastrowid is not None
+        job = await job_rows.insert(conn, {"store": store, "mac": mac, "kind": kind, "state": "queued",
+                                           "next_attempt_at": iso(now), "created_at": iso(now),
+                                           "origin_at": origin_at, **columns})
         self._created(kind, 1)
-        return cur.lastrowid
+        return job
 
     async def insert_many(self, conn: aiosqlite.Connection, *, store: str, kind: str, now: datetime,
                           columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -58,10 +58,9 @@ class Outbox:
         statement for all: a repricing queues thousands at once)."""
         if not rows:
             return
-        names = ["store", "kind", "state", "next_attempt_at", "created_at", *columns]
         stamp = iso(now)
-        await conn.executemany(f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                               [(store, kind, "queued", stamp, stamp, *row) for row in rows])
+        await job_rows.insert_many(conn, ["store", "kind", "state", "next_attempt_at", "created_at", *columns],
+                                   [(store, kind, "queued", stamp, stamp, *row) for row in rows])
         self._created(kind, len(rows))
 
     async def ensure_pair(self, conn: aiosqlite.Connection, *, store: str, mac: str, now: datetime,
@@ -69,10 +68,8 @@ class Outbox:
         """Queue a pairing for `mac` unless it has a key or a pairing is open; True if one was
         queued. Checked here, in the caller's transaction: what the caller read before may be
         stale (a pairing acked meanwhile), and a needless pairing replaces a good key."""
-        row = await fetchone(conn, "SELECT label_key IS NOT NULL AS paired, EXISTS (SELECT 1 FROM jobs WHERE mac = ? "
-                                   "AND kind = 'pair' AND state IN ('queued', 'sent')) AS pairing "
-                                   "FROM labels WHERE mac = ?", (mac, mac))
-        if row is None or row["paired"] or row["pairing"]:
+        label = await label_rows.pairing(conn, mac)
+        if label is None or label.paired or label.pairing:
             return False
         await self.insert(conn, store=store, mac=mac, kind=JobKind.PAIR, now=now, command=new_key)
         return True
@@ -83,24 +80,16 @@ class Outbox:
         duplicate ack, a job already superseded or failed): nothing is changed or counted."""
         if outcome not in JOB_OUTCOMES:
             raise ValueError(f"outcome: expected one of {', '.join(JOB_OUTCOMES)}, got {outcome!r}")
-        row = await fetchone(conn, "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state IN "
-                                   "('queued', 'sent') RETURNING kind", (outcome, iso(now), error, job_id))
-        if row is None:
+        kind = await job_rows.finish(conn, job_id, outcome, iso(now), error)
+        if kind is None:
             return False
-        self._finished(row["kind"], outcome, 1)
+        self._finished(kind, outcome, 1)
         return True
 
     async def supersede_images(self, conn: aiosqlite.Connection, macs: Iterable[str], now: datetime) -> int:
         """End the queued image jobs of `macs` as ``superseded`` (a newer image, or none, is
         wanted); returns how many."""
-        keys = list(macs)
-        superseded = 0
-        for i in range(0, len(keys), 500):
-            part = keys[i:i + 500]
-            rows = await fetchall(conn, f"UPDATE jobs SET state = 'superseded', finished_at = ? WHERE kind = 'image' "
-                                        f"AND state = 'queued' AND mac IN ({placeholders(part)}) RETURNING id",
-                                  (iso(now), *part))
-            superseded += len(rows)
+        superseded = await job_rows.supersede_images(conn, list(macs), iso(now))
         self._finished(JobKind.IMAGE, "superseded", superseded)
         return superseded
 
@@ -108,9 +97,8 @@ class Outbox:
         """Count the jobs a previous run left open as created by this one: they will finish
         here, and ``created - finished = open`` must hold from the first scrape. Called at
         start, before anything else can create or end a job."""
-        for row in await self.db.read("SELECT kind, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'sent') "
-                                      "GROUP BY kind"):
-            self.metrics.jobs_created.labels(row["kind"]).inc(row["n"])
+        for kind, n in (await job_rows.open_by_kind(self.db)).items():
+            self.metrics.jobs_created.labels(kind).inc(n)
 
     def _created(self, kind: str, n: int) -> None:
         if n:

@@ -19,17 +19,21 @@ from PIL import Image
 from eslserver import pricing
 from eslserver.audit import Who, record_audit
 from eslserver.config import DEFAULT_TEMPLATES, Settings
-from eslserver.db.database import Database, fetchone
-from eslserver.ingest import dirty_generation, price_periods
+from eslserver.db.database import Database
+from eslserver.ingest import price_periods
+from eslserver.render_worker import PreviewJob, check_template, preview
+from eslserver.store import images as image_rows
+from eslserver.store import labels as label_rows
+from eslserver.store import products
+from eslserver.store import templates as store_templates
 from eslserver.timeutil import iso, utcnow
 from firmware_proto.image import decompress
 from firmware_proto.models import get_model
 from firmware_proto.transfer import framebuffer_size
-from render.batch import render_batch
-from render.context import Store
+from render.isolate import LimitedPool, LimitExceeded
 from render.pack import from_framebuffer
 from render.palette import to_rgb_image
-from render.samples import image_resolver, sample_catalogue
+from render.samples import sample_catalogue
 from render.templates import (
     Template,
     TemplateError,
@@ -59,10 +63,12 @@ class Templates:
         self.db = db
         self.settings = settings
         self.on_dirty = on_dirty
+        self.pool: LimitedPool | None = None
+        """Render processes with the template limits, for checks and previews (set by the
+        server; None renders in a thread of this process, for tests that run no processes)."""
 
     async def list(self) -> list[dict[str, Any]]:
-        stored = {r["name"]: r for r in await self.db.read("SELECT name, version, updated_at, updated_by, source "
-                                                               "FROM templates")}
+        stored = {r["name"]: r for r in await store_templates.stored(self.db)}
         out = []
         for name in sorted(set(shipped_template_names()) | set(stored)):
             row = stored.get(name)
@@ -80,7 +86,7 @@ class Templates:
 
     async def get(self, name: str) -> tuple[str, int] | None:
         """(source, version): the stored version, else the shipped one (version 0)."""
-        row = await self.db.read_one("SELECT source, version FROM templates WHERE name = ?", (name,))
+        row = await store_templates.get(self.db, name)
         if row is not None:
             return row["source"], row["version"]
         if name in shipped_template_names():
@@ -90,31 +96,23 @@ class Templates:
     @staticmethod
     def check(source: str, name: str) -> Template:
         """Compile and render the sample products on each declared model; TemplateError if not."""
-        tpl = template_from_string(source, name)
-        records = sample_catalogue()[:3]
-        for model in tpl.info.models:
-            for result in render_batch(tpl, records, model=model, images=image_resolver()):
-                if result.error is not None:
-                    raise TemplateError(name, None, "runtime", f"{model}, sample {result.sku}: {result.error}")
-        return tpl
+        check_template((source, name))
+        return template_from_string(source, name)
 
     async def save(self, name: str, source: str, *, actor: Who) -> int:
         """Store a new version after `check`; the new version number."""
-        tpl = await asyncio.to_thread(self.check, source, name)
+        if self.pool is None:
+            tpl = await asyncio.to_thread(self.check, source, name)
+        else:
+            await self._limited(check_template, (source, name), name)
+            tpl = template_from_string(source, name)
         now = iso(utcnow())
         async with self.db.transaction() as conn:
-            before = await fetchone(conn, "SELECT source, version FROM templates WHERE name = ?", (name,))
+            before = await store_templates.get(conn, name)
             version = (before["version"] if before else 0) + 1
-            await conn.execute(
-                "INSERT INTO templates (name, source, version, updated_at, updated_by) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET source = excluded.source, version = excluded.version, "
-                "updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-                (name, source, version, now, actor.name))
+            await store_templates.save(conn, name, source, version, now, actor.name)
             models = [m for m, t in DEFAULT_TEMPLATES.items() if t == name]
-            await conn.execute(
-                f"UPDATE labels SET dirty = ?, origin_at = COALESCE(origin_at, ?) WHERE sku IS NOT NULL AND "
-                f"(template = ? OR (template IS NULL AND model IN ({', '.join('?' * len(models)) or 'NULL'})))",
-                (dirty_generation(), now, name, *models))
+            await label_rows.mark_dirty(conn, now, template=name, models=models)
             await record_audit(conn, actor, "template.save", name,
                                {"version": before["version"], "source": before["source"]} if before else None,
                                {"version": version, "source": source, "models": list(tpl.info.models)})
@@ -135,30 +133,32 @@ class Templates:
         when = now or utcnow()
         record: dict[str, Any]
         if sku is not None:
-            row = await self.db.read_one("SELECT record FROM products WHERE store = ? AND sku = ?",
-                                         (self.settings.store, sku))
+            row = await products.get(self.db, self.settings.store, sku)
             if row is None:
                 raise KeyError(f"sku {sku!r} is not in the catalogue")
             periods = (await price_periods(self.db, self.settings.store, [sku]))[sku]
             record = pricing.product_for_render(pricing.record_from_json(row["record"]), periods, when)
         else:
             record = sample_catalogue(when)[0]
-        text = source
+        job = PreviewJob(source, name or "<preview>", record, model, self.settings.store_name,
+                         self.settings.currency, when)
+        if self.pool is None:
+            indices = await asyncio.to_thread(preview, job)
+        else:
+            indices = await self._limited(preview, job, job.name)
+        return await asyncio.to_thread(png_of_indices, indices)
 
-        def draw() -> bytes:
-            tpl = template_from_string(text, name or "<preview>")
-            result = render_batch(tpl, [record], model=model, store=Store(self.settings.store_name,
-                                                                           self.settings.currency),
-                                  now=when, images=image_resolver(), keep_indices=True)[0]
-            if result.error is not None or result.indices is None:
-                raise TemplateError(name or "<preview>", None, "runtime", result.error or "no image")
-            return png_of_indices(result.indices)
-
-        return await asyncio.to_thread(draw)
+    async def _limited(self, fn: Callable[[Any], Any], arg: Any, name: str) -> Any:
+        """``fn(arg)`` in the limited render processes; a limit hit is the template's error."""
+        assert self.pool is not None
+        try:
+            return await self.pool.run(fn, arg)
+        except LimitExceeded as exc:
+            raise TemplateError(exc.template or name, exc.line, "limit", exc.reason) from None
 
     async def image_png(self, digest: str) -> bytes | None:
         """A stored image (by content hash) as PNG; None if the server never rendered it."""
-        row = await self.db.read_one("SELECT model, format, payload FROM images WHERE hash = ?", (digest,))
+        row = await image_rows.get(self.db, digest)
         if row is None:
             return None
         model = get_model(row["model"])

@@ -23,19 +23,18 @@ import aiosqlite
 
 from eslserver.audit import Who, record_audit
 from eslserver.config import Settings
-from eslserver.db.database import Database, fetchone
-from eslserver.ingest import dirty_generation
+from eslserver.db.database import Database
 from eslserver.jobs import JobKind, Outbox
 from eslserver.metrics import Metrics
+from eslserver.store import labels as label_rows
+from eslserver.store import products
+from eslserver.store.labels import STATE_COLUMNS
 from eslserver.timeutil import iso, utcnow
 from firmware_proto.errors import FrameError
 from firmware_proto.frames import address_bytes
 from firmware_proto.models import get_model
 
 __all__ = ["LED_FLASH", "STATE_COLUMNS", "LabelError", "Labels", "normalise_mac", "state_json"]
-
-STATE_COLUMNS = ("mac, sku, model, gateway, state, expected_hash, displayed_hash, battery_mv, temperature_c, "
-                 "rssi, last_seen, updated_at, template, aisle")
 
 LED_FLASH = {"led_index": 0, "color_brightness": 0xC3, "flash_pattern": 0b1010101010, "off_period": 2,
              "on_period": 2}
@@ -90,29 +89,18 @@ class Labels:
         self.on_states = on_states
 
     async def state(self, mac: str) -> dict[str, Any] | None:
-        row = await self.db.read_one(f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (normalise_mac(mac),))
+        row = await label_rows.get(self.db, normalise_mac(mac))
         return None if row is None else state_json(row)
 
     async def states(self, macs: Iterable[str]) -> list[dict[str, Any]]:
-        keys = list(macs)
-        out: list[dict[str, Any]] = []
-        for i in range(0, len(keys), 500):
-            part = keys[i:i + 500]
-            rows = await self.db.read(f"SELECT {STATE_COLUMNS} FROM labels WHERE mac IN ({', '.join('?' * len(part))})",
-                                      part)
-            out.extend(state_json(r) for r in rows)
-        return out
+        return [state_json(r) for r in await label_rows.states(self.db, macs)]
 
     async def register(self, conn: aiosqlite.Connection, mac: str, model: str, *, gateway: str | None = None,
                        sku: str | None = None, template: str | None = None, aisle: str | None = None) -> bool:
         """Add a label the server has not seen (discovered, or imported); True if it was new."""
         get_model(model)
-        cur = await conn.execute(
-            "INSERT OR IGNORE INTO labels (mac, store, sku, model, template, gateway, aisle, state, updated_at, dirty) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (mac, self.settings.store, sku, model, template, gateway, aisle, "unpaired" if sku is None else "pending",
-             iso(utcnow()), dirty_generation() if sku is not None else 0))
-        return cur.rowcount > 0
+        return await label_rows.register(conn, mac=mac, store=self.settings.store, model=model, now=iso(utcnow()),
+                                         gateway=gateway, sku=sku, template=template, aisle=aisle)
 
     async def bind(self, mac: str, sku: str, *, actor: Who, template: str | None = None,
                    model: str | None = None) -> dict[str, Any]:
@@ -120,23 +108,17 @@ class Labels:
         mac = normalise_mac(mac)
         now = utcnow()
         async with self.db.transaction() as conn:
-            product = await fetchone(conn, "SELECT 1 FROM products WHERE store = ? AND sku = ?",
-                                     (self.settings.store, sku))
-            if product is None:
+            if not await products.exists(conn, self.settings.store, sku):
                 raise LabelError("unknown_sku", f"sku {sku!r} is not in the catalogue", 404)
-            before = await fetchone(conn, f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (mac,))
+            before = await label_rows.get(conn, mac)
             if before is None:
                 if model is None:
                     raise LabelError("unknown_label", f"label {mac} has not been seen by any gateway; "
                                                       "give its model to register it", 404)
                 await self.register(conn, mac, model, sku=sku, template=template)
             else:
-                await conn.execute(
-                    "UPDATE labels SET sku = ?, template = COALESCE(?, template), dirty = ?, "
-                    "origin_at = COALESCE(origin_at, ?), state = CASE WHEN state = 'unpaired' THEN 'pending' "
-                    "ELSE state END, updated_at = ? WHERE mac = ?",
-                    (sku, template, dirty_generation(), iso(now), iso(now), mac))
-            after = await fetchone(conn, f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (mac,))
+                await label_rows.bind(conn, mac, sku, template=template, now=iso(now))
+            after = await label_rows.get(conn, mac)
             await record_audit(conn, actor, "label.bind", mac, state_json(before) if before else None,
                                state_json(after))
         self.on_dirty()
@@ -148,13 +130,12 @@ class Labels:
         """The label shows nothing in particular any more (its image stays until re-bound)."""
         mac = normalise_mac(mac)
         async with self.db.transaction() as conn:
-            before = await fetchone(conn, f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (mac,))
+            before = await label_rows.get(conn, mac)
             if before is None:
                 raise LabelError("unknown_label", f"label {mac} is not known", 404)
             await self.outbox.supersede_images(conn, [mac], utcnow())
-            await conn.execute("UPDATE labels SET sku = NULL, state = 'unpaired', dirty = 0, origin_at = NULL, "
-                               "updated_at = ? WHERE mac = ?", (iso(utcnow()), mac))
-            after = await fetchone(conn, f"SELECT {STATE_COLUMNS} FROM labels WHERE mac = ?", (mac,))
+            await label_rows.unbind(conn, mac, now=iso(utcnow()))
+            after = await label_rows.get(conn, mac)
             await record_audit(conn, actor, "label.unbind", mac, state_json(before), state_json(after))
         self.on_states([mac])
         assert after is not None
@@ -166,7 +147,7 @@ class Labels:
         if not isinstance(seconds, int) or isinstance(seconds, bool) or not 1 <= seconds <= 3600:
             raise LabelError("bad_seconds", f"seconds: expected an integer 1..3600, got {seconds!r}")
         async with self.db.transaction() as conn:
-            row = await fetchone(conn, "SELECT label_key IS NOT NULL AS paired FROM labels WHERE mac = ?", (mac,))
+            row = await label_rows.get(conn, mac)
             if row is None:
                 raise LabelError("unknown_label", f"label {mac} is not known", 404)
             if not row["paired"]:

@@ -34,12 +34,15 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote, unquote, urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
+
+if TYPE_CHECKING:
+    from eslserver.config import Settings
 
 __all__ = [
     "Handler",
@@ -157,6 +160,26 @@ class MqttSettings:
                 raise MqttSettingsError(f"unknown MQTT setting {name!r} (known: {', '.join(sorted(known))})")
         values.update(overrides)
         return cls(**values)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, url: str | None = None) -> MqttSettings:
+        """The broker connection `settings` describe: `from_url` of ``broker_url`` (or of
+        `url`, the embedded broker's address when there is no ``broker_url``) with
+        ``mqtt_username``, ``mqtt_password``, ``mqtt_ca_file``, ``mqtt_cert_file``,
+        ``mqtt_key_file`` and ``mqtt_insecure`` on top. The server and the gateway both call
+        this, so one ``esl.toml`` means the same broker connection to both."""
+        url = url if url is not None else settings.broker_url
+        if url is None:
+            raise MqttSettingsError("broker_url is not set: name the broker (mqtt://host:port or mqtts://host:port)")
+        overrides: dict[str, Any] = {}
+        for ours, theirs in (("mqtt_username", "username"), ("mqtt_password", "password"),
+                             ("mqtt_ca_file", "ca_file"), ("mqtt_cert_file", "cert_file"),
+                             ("mqtt_key_file", "key_file")):
+            if getattr(settings, ours) is not None:
+                overrides[theirs] = getattr(settings, ours)
+        if settings.mqtt_insecure:
+            overrides["tls_insecure"] = True
+        return cls.from_url(url, **overrides)
 
     @property
     def url(self) -> str:

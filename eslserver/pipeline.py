@@ -21,24 +21,28 @@ in the database, and the next start renders those labels again: no change is los
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
 from typing import Any
 
 from eslserver import pricing
 from eslserver.config import DEFAULT_TEMPLATES, Settings
-from eslserver.db.database import Database, fetchall, placeholders
+from eslserver.db.database import Database
 from eslserver.ingest import price_periods
 from eslserver.jobs import JobKind, Outbox
 from eslserver.logs import FailureLog
 from eslserver.metrics import Metrics
-from eslserver.render_worker import RenderItem, RenderJob, RenderOutcome, render_job
+from eslserver.render_worker import RenderItem, RenderJob, RenderOutcome, render_job, render_limited
+from eslserver.store import events as event_rows
+from eslserver.store import images as image_rows
+from eslserver.store import jobs as job_rows
+from eslserver.store import labels as label_rows
+from eslserver.store import templates as store_templates
 from eslserver.timeutil import iso, utcnow
 from firmware_proto.auth import new_label_key
+from render.isolate import LimitedPool
 
 __all__ = ["Pipeline", "template_for"]
 
@@ -56,7 +60,7 @@ def template_for(model: str, template: str | None) -> str:
 class Pipeline:
     """The render loop. `poke` after marking labels dirty; `run` is the task body."""
 
-    def __init__(self, db: Database, settings: Settings, metrics: Metrics, executor: Executor | None,
+    def __init__(self, db: Database, settings: Settings, metrics: Metrics, executor: LimitedPool | None,
                  *, on_jobs: Callable[[], None] = lambda: None,
                  on_states: Callable[[Iterable[str]], None] = lambda macs: None) -> None:
         self.db = db
@@ -98,12 +102,7 @@ class Pipeline:
     async def step(self) -> int:
         """Render one batch of dirty labels; returns how many labels it handled."""
         store = self.settings.store
-        rows = await self.db.read(
-            "SELECT l.mac, l.sku, l.model, l.template, l.displayed_hash, l.expected_hash, l.dirty, "
-            "l.label_key IS NOT NULL AS paired, l.origin_at, p.record "
-            "FROM labels l LEFT JOIN products p ON p.store = l.store AND p.sku = l.sku "
-            "WHERE l.store = ? AND l.dirty <> 0 ORDER BY l.dirty LIMIT ?",
-            (store, self.settings.render_batch))
+        rows = await label_rows.dirty_batch(self.db, store, self.settings.render_batch)
         if not rows:
             return 0
         now = utcnow()
@@ -111,7 +110,7 @@ class Pipeline:
         rows = [r for r in rows if r["record"] is not None]
         skus = sorted({r["sku"] for r in rows})
         periods = await price_periods(self.db, store, skus)
-        bases = await self._bases({r["displayed_hash"] for r in rows if r["displayed_hash"]})
+        bases = await image_rows.payloads(self.db, {r["displayed_hash"] for r in rows if r["displayed_hash"]})
         templates = await self._templates({template_for(r["model"], r["template"]) for r in rows})
         groups: dict[tuple[str, str], list[RenderItem]] = defaultdict(list)
         record_cache: dict[str, dict[str, Any]] = {}
@@ -132,12 +131,10 @@ class Pipeline:
         started = time.perf_counter()
         outcomes: list[RenderOutcome] = []
         if jobs:
-            loop = asyncio.get_running_loop()
             if self.executor is None:
                 results = [render_job(job) for job in jobs]
-            else:
-                results = await asyncio.gather(*(loop.run_in_executor(self.executor, render_job, job)
-                                                 for job in jobs))
+            else:  # limited processes; a batch that hits a limit is bisected to its bad labels
+                results = await asyncio.gather(*(render_limited(self.executor, job) for job in jobs))
             for part in results:
                 outcomes.extend(part)
         self.metrics.render_seconds.observe(time.perf_counter() - started)
@@ -149,19 +146,9 @@ class Pipeline:
         self.on_jobs()
         return len(rows) + len(orphans)
 
-    async def _bases(self, hashes: set[str]) -> dict[str, tuple[int, bytes]]:
-        if not hashes:
-            return {}
-        keys = sorted(hashes)
-        rows = await self.db.read(f"SELECT hash, format, payload FROM images WHERE hash IN ({placeholders(keys)})",
-                                  keys)
-        return {r["hash"]: (r["format"], r["payload"]) for r in rows}
-
     async def _templates(self, names: set[str]) -> dict[str, tuple[int, str]]:
         keys = sorted(names)
-        rows = await self.db.read(f"SELECT name, version, source FROM templates WHERE name IN ({placeholders(keys)})",
-                                  keys)
-        return {r["name"]: (r["version"], r["source"]) for r in rows}
+        return {r["name"]: (r["version"], r["source"]) for r in await store_templates.by_names(self.db, keys)}
 
     async def _write(self, outcomes: list[RenderOutcome], rows: dict[str, Any], orphans: list[Any],
                      now: Any) -> list[str]:
@@ -170,27 +157,19 @@ class Pipeline:
         stamp = iso(now)
         # collected per statement and written with executemany: one round trip per kind of
         # row instead of several per label keeps the event loop free during a repricing
-        images: list[tuple[Any, ...]] = []
+        images: list[tuple[str, str, int, bytes, str]] = []
         supersede: list[str] = []
-        shown: list[tuple[Any, ...]] = []
-        pending: list[tuple[Any, ...]] = []
-        failed: list[tuple[Any, ...]] = []
-        events: list[tuple[Any, ...]] = []
-        clear: list[tuple[Any, ...]] = [(r["mac"], r["dirty"]) for r in orphans]
+        shown: list[tuple[str, str, str]] = []
+        pending: list[tuple[str, str, str]] = []
+        failed: list[tuple[str, str]] = []
+        events: list[event_rows.Event] = []
+        clear: list[tuple[str, int]] = [(r["mac"], r["dirty"]) for r in orphans]
         jobs: list[tuple[Any, ...]] = []
         unpaired: list[str] = []
         async with self.db.transaction() as conn:
             macs = [o.mac for o in outcomes]
-            current: dict[str, int] = {}
-            open_images: set[tuple[str, str]] = set()
-            for i in range(0, len(macs), 500):
-                part = macs[i:i + 500]
-                for row in await fetchall(conn, f"SELECT mac, dirty FROM labels WHERE mac IN ({placeholders(part)})",
-                                          part):
-                    current[row["mac"]] = row["dirty"]
-                for row in await fetchall(conn, f"SELECT mac, image_hash FROM jobs WHERE kind = 'image' AND state IN "
-                                                f"('queued', 'sent') AND mac IN ({placeholders(part)})", part):
-                    open_images.add((row["mac"], row["image_hash"]))
+            current = await label_rows.dirty_marks(conn, macs)
+            open_images = await job_rows.open_images(conn, macs)
             for out in outcomes:
                 r = rows[out.mac]
                 if current.get(out.mac) != r["dirty"]:
@@ -199,7 +178,7 @@ class Pipeline:
                     self.metrics.render_errors.inc()
                     log.warning("label %s (sku %s): %s", out.mac, r["sku"], out.error,
                                 extra={"store": store, "mac": out.mac, "sku": r["sku"]})
-                    events.append((stamp, store, out.mac, "render_error", json.dumps({"error": out.error})))
+                    events.append(event_rows.Event(stamp, store, out.mac, None, "render_error", {"error": out.error}))
                     failed.append((stamp, out.mac))
                     changed.append(out.mac)
                     continue
@@ -224,19 +203,15 @@ class Pipeline:
                              u.payload))
                 pending.append((digest, stamp, out.mac))
                 changed.append(out.mac)
-            await conn.executemany("INSERT OR IGNORE INTO images (hash, model, format, payload, created_at) "
-                                   "VALUES (?, ?, ?, ?, ?)", images)
+            await image_rows.add_many(conn, images)
             await self.outbox.supersede_images(conn, supersede, now)
             for mac in unpaired:  # the image waits behind the pairing (one job per label at a time)
                 await self.outbox.ensure_pair(conn, store=store, mac=mac, now=now, new_key=new_label_key())
             await self.outbox.insert_many(conn, store=store, kind=JobKind.IMAGE, now=now, columns=_IMAGE_JOB_COLUMNS,
                                           rows=jobs)
-            await conn.executemany("UPDATE labels SET expected_hash = ?, state = 'ok', origin_at = NULL, "
-                                   "updated_at = ?, dirty = 0 WHERE mac = ?", shown)
-            await conn.executemany("UPDATE labels SET expected_hash = ?, state = CASE WHEN state = 'offline' "
-                                   "THEN state ELSE 'pending' END, updated_at = ?, dirty = 0 WHERE mac = ?", pending)
-            await conn.executemany("UPDATE labels SET state = 'failed', updated_at = ?, dirty = 0 WHERE mac = ?",
-                                   failed)
-            await conn.executemany("INSERT INTO events (at, store, mac, kind, detail) VALUES (?, ?, ?, ?, ?)", events)
-            await conn.executemany("UPDATE labels SET dirty = 0 WHERE mac = ? AND dirty = ?", clear)
+            await label_rows.set_shown(conn, shown)
+            await label_rows.set_expected(conn, pending)
+            await label_rows.set_render_failed(conn, failed)
+            await event_rows.add_many(conn, events)
+            await label_rows.clear_dirty(conn, clear)
         return changed

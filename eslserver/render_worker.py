@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +19,8 @@ from firmware_proto.models import get_model
 from firmware_proto.transfer import framebuffer_size, plan_update
 from render.batch import render_batch
 from render.context import Store
-from render.samples import image_resolver
+from render.isolate import LimitedPool
+from render.samples import image_resolver, sample_catalogue
 from render.templates import (
     Template,
     TemplateError,
@@ -27,7 +28,9 @@ from render.templates import (
     template_from_string,
 )
 
-__all__ = ["LabelUpdate", "RenderItem", "RenderJob", "RenderOutcome", "render_job", "warm_up"]
+__all__ = ["LabelUpdate", "PreviewJob", "RenderItem", "RenderJob", "RenderOutcome", "SampleCheck",
+           "check_samples", "check_template", "preview",
+           "render_job", "render_limited", "warm_up"]
 
 _TEMPLATES: OrderedDict[tuple[str, int], Template] = OrderedDict()
 _TEMPLATE_CACHE = 32
@@ -151,6 +154,76 @@ def render_job(job: RenderJob) -> list[RenderOutcome]:
                 plan.base_hash, plan.delta)
         out.append(RenderOutcome(item.mac, res.hash, int(res.payload.format), res.payload.data, update))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewJob:
+    """One template drawn for one product, in a render process (never the server's)."""
+
+    source: str
+    name: str
+    record: dict[str, Any]
+    model: str | None
+    store_name: str
+    currency: str
+    now: datetime
+
+
+def preview(job: PreviewJob) -> Any:
+    """The palette indices of `job`'s label; `TemplateError` when it cannot be drawn."""
+    tpl = template_from_string(job.source, job.name)
+    result = render_batch(tpl, [job.record], model=job.model, store=Store(job.store_name, job.currency),
+                          now=job.now, images=_images(), keep_indices=True)[0]
+    if result.error is not None or result.indices is None:
+        raise TemplateError(job.name, None, "runtime", result.error or "no image")
+    return result.indices
+
+
+def check_template(job: tuple[str, str]) -> None:
+    """Compile template source and render the sample products on each model it declares;
+    `TemplateError` (naming model and sample) if any fails."""
+    source, name = job
+    tpl = template_from_string(source, name)
+    records = sample_catalogue()[:3]
+    for model in tpl.info.models:
+        for result in render_batch(tpl, records, model=model, images=_images()):
+            if result.error is not None:
+                raise TemplateError(name, None, "runtime", f"{model}, sample {result.sku}: {result.error}")
+
+
+@dataclass(frozen=True, slots=True)
+class SampleCheck:
+    """One model's result of `check_samples`: the errors, each with the samples that hit it."""
+
+    template: str
+    model: str
+    labels: int
+    errors: dict[str, list[str]]
+
+
+def check_samples(job: tuple[str, datetime]) -> list[SampleCheck]:
+    """`esl templates check`'s work for one template (a shipped name or a file): the sample
+    catalogue drawn on every model it declares. `TemplateError` if it does not compile."""
+    ref, now = job
+    tmpl = load_template(ref)
+    records = sample_catalogue(now)
+    out: list[SampleCheck] = []
+    for model in tmpl.info.models:
+        results = render_batch(tmpl, records, model=model, images=_images(), now=now)
+        errors: dict[str, list[str]] = {}
+        for r in results:
+            if r.error is not None:
+                errors.setdefault(r.error, []).append(r.sku)
+        out.append(SampleCheck(tmpl.name, model, len(results), errors))
+    return out
+
+
+async def render_limited(pool: LimitedPool, job: RenderJob) -> list[RenderOutcome]:
+    """`render_job` in `pool`; when the batch hits a limit, bisection finds the labels that
+    hit it (each gets the limit as its error, and keeps its last good image) and the others
+    are rendered."""
+    return await pool.bisect(render_job, job.items, lambda items: replace(job, items=tuple(items)),
+                             lambda item, exc: RenderOutcome(item.mac, error=f"template {job.template!r}: {exc}"))
 
 
 def warm_up() -> None:

@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import multiprocessing
 from collections.abc import AsyncIterator, Coroutine, Iterable
-from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -34,7 +32,13 @@ from eslserver.mqtt import Message, MqttConnection, MqttSettings
 from eslserver.pipeline import Pipeline
 from eslserver.render_worker import warm_up
 from eslserver.startup import StartupError, listen_error, os_reason
+from eslserver.store import gateways as gateway_rows
+from eslserver.store import jobs as job_rows
+from eslserver.store import labels as label_rows
+from eslserver.store import stores
 from eslserver.timeutil import iso, utcnow
+from eslserver.topics import Kind, TopicError, Topics
+from render.isolate import LimitedPool
 
 __all__ = ["SYSTEM", "Server"]
 
@@ -56,9 +60,12 @@ class Server:
         self.render_processes = render_processes
         self.db = Database(settings.database_path)
         self.metrics = Metrics()
-        self.executor: Executor | None = None
+        self.executor: LimitedPool | None = None
+        self.preview_pool: LimitedPool | None = None
         self.broker: EmbeddedBroker | None = None
         self.broker_url: str | None = settings.broker_url
+        self.topics: Topics = settings.topics
+        """This store's MQTT topics: every topic the server publishes or subscribes to."""
         self.mqtt: MqttConnection | None = None
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -115,9 +122,6 @@ class Server:
         finally:
             self._watchers.discard(queue)
 
-    def topic(self, *parts: str) -> str:
-        return "/".join((self.settings.topic_prefix, self.settings.store, *parts))
-
     async def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if self.mqtt is None:
             raise RuntimeError("this server runs without MQTT")
@@ -145,30 +149,27 @@ class Server:
         await self._ensure_store()
         await Outbox(self.db, self.metrics).adopt_open()
         if self.render_processes:
-            self.executor = ProcessPoolExecutor(s.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=warm_up)
+            # the pipeline's render processes, and a small pool of its own for previews and
+            # template checks, so a template bomb in the editor never delays the shelf
+            self.executor = LimitedPool(s.workers, s.template_limits, initializer=warm_up, name="render")
             self.pipeline.executor = self.executor
+            self.preview_pool = LimitedPool(min(2, s.workers), s.template_limits, initializer=warm_up,
+                                            name="preview")
+            self.templates.pool = self.preview_pool
         if self.use_mqtt:
             if self.broker_url is None:
                 self.broker = EmbeddedBroker(port=s.mqtt_port, implementation=s.embedded_broker,
                                              directory=s.data_dir / "broker")
                 await self.broker.__aenter__()
                 self.broker_url = self.broker.url
-            overrides: dict[str, Any] = {}
-            for ours, theirs in (("mqtt_username", "username"), ("mqtt_password", "password"),
-                                 ("mqtt_ca_file", "ca_file"), ("mqtt_cert_file", "cert_file"),
-                                 ("mqtt_key_file", "key_file")):
-                if getattr(s, ours) is not None:
-                    overrides[theirs] = getattr(s, ours)
-            if s.mqtt_insecure:
-                overrides["tls_insecure"] = True
-            self.mqtt = MqttConnection(MqttSettings.from_url(self.broker_url, **overrides),
+            self.mqtt = MqttConnection(MqttSettings.from_settings(s, self.broker_url),
                                        client_id=f"eslserver-{s.store}-{s.instance}", clean_session=False,
                                        on_connect=self._on_connect)
-            self.mqtt.subscribe(self.topic("pos", "prices"), self._on_prices, qos=1, concurrency=64)
+            self.mqtt.subscribe(self.topics.pos_prices, self._on_prices, qos=1, concurrency=64)
             # many handlers wait at once so that their events are applied in one batch
-            self.mqtt.subscribe(self.topic("gateway", "+", "events"), self._on_gateway_event, qos=1, concurrency=256)
-            self.mqtt.subscribe(self.topic("gateway", "+", "status"), self._on_gateway_status, qos=1)
+            self.mqtt.subscribe(self.topics.filter(Kind.GATEWAY_EVENTS), self._on_gateway_event, qos=1,
+                                concurrency=256)
+            self.mqtt.subscribe(self.topics.filter(Kind.GATEWAY_STATUS), self._on_gateway_status, qos=1)
             await self.mqtt.__aenter__()
         self._spawn(self.pipeline.run(), "pipeline")
         self._spawn(self._schedule_loop(), "scheduler")
@@ -207,10 +208,10 @@ class Server:
         if self.broker is not None:
             broker, self.broker = self.broker, None
             await broker.aclose()
-        if self.executor is not None:
-            executor, self.executor = self.executor, None
-            self.pipeline.executor = None
-            await asyncio.to_thread(executor.shutdown, True, cancel_futures=True)
+        for pool in (self.executor, self.preview_pool):
+            if pool is not None:
+                await asyncio.to_thread(pool.close)
+        self.executor = self.preview_pool = self.pipeline.executor = self.templates.pool = None
         await self.db.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -227,29 +228,28 @@ class Server:
     async def _ensure_store(self) -> None:
         s = self.settings
         async with self.db.transaction() as conn:
-            await conn.execute(
-                "INSERT INTO stores (id, name, currency, field_map, created_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET name = excluded.name, currency = excluded.currency, "
-                "field_map = excluded.field_map",
-                (s.store, s.store_name, s.currency, json.dumps(dict(s.field_map)), iso(utcnow())))
+            await stores.upsert(conn, s.store, s.store_name, s.currency, json.dumps(dict(s.field_map)), iso(utcnow()))
 
     # -- MQTT handlers ------------------------------------------------------------------------
     async def _on_connect(self) -> None:
         self.metrics.mqtt_connected.set(1)
         self.dispatcher.poke()
         # a broker without persistence forgets retained messages when it restarts: state them again
-        rows = await self.db.read("SELECT mac FROM labels WHERE store = ?", (self.settings.store,))
-        self._state_queue.update(r["mac"] for r in rows)
+        self._state_queue.update(await label_rows.macs(self.db, self.settings.store))
         self._state_wake.set()
 
     async def _on_prices(self, message: Message) -> None:
         result = await self.ingest.submit(message.payload, source="mqtt", actor=POS_MQTT)
         if result.errors:
-            await self._publish(self.topic("pos", "errors"), error_message(result), 1, False)
+            await self._publish(self.topics.pos_errors, error_message(result), 1, False)
 
-    @staticmethod
-    def _gateway_of(topic: str) -> str:
-        return topic.split("/")[-2]
+    def _gateway_of(self, topic: str) -> str:
+        """The gateway a message on one of our gateway topics came from (`TopicError` for a
+        topic that names none, e.g. an empty gateway level)."""
+        gateway = self.topics.parse(topic).gateway
+        if gateway is None:  # the subscriptions' filters make this impossible
+            raise TopicError(f"topic {topic!r} names no gateway")
+        return gateway
 
     async def _on_gateway_event(self, message: Message) -> None:
         await self.dispatcher.on_event(self._gateway_of(message.topic), message.payload)
@@ -273,7 +273,7 @@ class Server:
                 batch = [self._state_queue.pop() for _ in range(min(100, len(self._state_queue)))]
                 try:
                     states = await self.labels.states(batch)
-                    await asyncio.gather(*(self._publish(self.topic("label", st["mac"], "state"),
+                    await asyncio.gather(*(self._publish(self.topics.label_state(st["mac"]),
                                                          json.dumps(st).encode(), 1, True) for st in states))
                     failure.ok()
                 except Exception as exc:  # the broker went away mid-batch: try these again later
@@ -309,10 +309,9 @@ class Server:
         failure = FailureLog(log, "housekeeping (label and job gauges)", store=self.settings.store)
         while True:
             try:
-                labels = {r[0]: r[1] for r in await self.db.read("SELECT state, COUNT(*) FROM labels GROUP BY state")}
-                jobs = {r[0]: r[1] for r in await self.db.read("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
-                online = await self.db.read_one("SELECT COUNT(*) FROM gateways WHERE status = 'online'")
-                self.metrics.set_states(labels, jobs, online[0] if online else 0)
+                labels = await label_rows.count_by_state(self.db)
+                jobs = await job_rows.count_by_state(self.db)
+                self.metrics.set_states(labels, jobs, await gateway_rows.count_online(self.db))
                 if self.mqtt is not None:
                     self.metrics.mqtt_connected.set(1 if self.mqtt.is_connected else 0)
                 failure.ok()

@@ -35,6 +35,7 @@ from firmware_proto.models import LabelModel, get_model
 from render.canvas import Canvas, ImageLoader, draw_label
 from render.codes import qr_matrices
 from render.context import Product, ProductError, Store, build_context
+from render.isolate import TemplateLimit
 from render.layout import QR, Element, Label
 from render.pack import Payload, encode_payload, to_framebuffers
 from render.templates import Template, TemplateError
@@ -149,6 +150,8 @@ def _layout_chunk(template: Template, items: list[tuple[int, Any]], model: Label
                 done.append((index, sku, step(value)))
             except (ProductError, TemplateError) as exc:
                 errors[index] = RenderResult(index, sku, model.name, error=str(exc))
+            except TemplateLimit:  # the batch's budget: render.isolate bisects
+                raise
             except Exception as exc:  # noqa: BLE001 - the per-product boundary: never stop a batch
                 log.exception("template %s: unexpected error laying out product %s",
                               template.name, sku)
@@ -206,6 +209,8 @@ def _render_chunk(template: Template, items: list[tuple[int, Any]], model: Label
             except ValueError as exc:  # DrawError, CodeError, LayoutError: this product only
                 results[index] = RenderResult(index, sku, model.name,
                                               error=f"{template.name}: draw error: {exc}")
+            except MemoryError:  # the batch's budget: render.isolate bisects
+                raise TemplateLimit("memory", template.name, None) from None
             except Exception as exc:  # noqa: BLE001 - the per-product boundary: never stop a batch
                 log.exception("template %s: unexpected error drawing product %s", template.name, sku)
                 results[index] = RenderResult(

@@ -376,7 +376,13 @@ class Canvas:
     # -- layout elements ---------------------------------------------------------------------
 
     def draw(self, element: Element, *, images: ImageLoader | None = None) -> None:
-        """Draw one layout element (dispatching on its type)."""
+        """Draw one layout element (dispatching on its type).
+
+        An element drawn into a box of its own (text, price, QR code, barcode, image) must
+        fit the label's size: the box is what gets allocated (a picture scaled to it, a
+        barcode drawn at it), so ``<image w="60000" h="60000">`` is refused here instead of
+        asking for gigabytes. Rectangles and lines are only clipped, never allocated."""
+        self._check_fits(element)
         if isinstance(element, Text):
             self.text(element.box, element.content, size=element.size, min_size=element.min_size,
                       weight=element.weight, align=element.align, valign=element.valign,
@@ -401,6 +407,20 @@ class Canvas:
             self.draw_image(element, images)
         else:
             raise DrawError(f"element must be a layout element, got {type(element).__name__}")
+
+
+    def _check_fits(self, element: Element) -> None:
+        H, W = self.indices.shape
+        if isinstance(element, QR):
+            if element.size > max(W, H):
+                raise DrawError(f"qr size={element.size} is larger than the {W}×{H} label")
+            return
+        box = getattr(element, "box", None)
+        if box is None or isinstance(element, Rect):
+            return
+        if box.w > W or box.h > H:
+            kind = type(element).__name__.lower()
+            raise DrawError(f"{kind} w={box.w} h={box.h} is larger than the {W}×{H} label")
 
 
 def draw_label(label: Label, *, images: ImageLoader | None = None,

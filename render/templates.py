@@ -18,7 +18,7 @@ Environment choices, and why:
   with ``_`` is refused when the template is compiled (a `TemplateError` of kind
   ``security``), so ``''.__class__.__mro__`` or ``self._TemplateReference__context`` never
   run at all; what the sandbox catches at run time (``str.format`` tricks) is reported the
-  same way. ``'x' * 10**9`` and huge powers are refused too (`_Environment`).
+  same way. ``'x' * 10**9``, huge powers and other size bombs are refused too (`render.limits`).
 * autoescape on: the output is XML, so a product called ``M&M's <mini>`` stays one text.
 * `StrictUndefined`: a misspelt variable (``prodcut.name``) fails loudly with its line
   instead of silently blanking thousands of shelf labels. Optional data is never
@@ -56,7 +56,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from firmware_proto.models import MODELS
 from render.context import CURRENCY_SYMBOLS, parse_decimal
+from render.isolate import ResourceLimit, TemplateLimit
 from render.layout import Label, ean13_check_digit
+from render.limits import bounded_concat, bounded_filters, check_binop, check_call
 from render.markup import ELEMENTS, LINE_ATTRIBUTE, MarkupError, parse_markup
 
 __all__ = [
@@ -70,7 +72,7 @@ PACKAGE: Final = "esl_templates"
 _SUFFIX: Final = ".j2"
 MAX_SOURCE_CHARS: Final = 200_000
 
-ErrorKind = Literal["syntax", "security", "undefined", "runtime", "markup", "model", "metadata"]
+ErrorKind = Literal["syntax", "security", "undefined", "runtime", "markup", "model", "metadata", "limit"]
 
 
 class TemplateError(ValueError):
@@ -83,6 +85,11 @@ class TemplateError(ValueError):
         self.reason = reason
         where = f"{template}:{line}" if line is not None else template
         super().__init__(f"{where}: {kind} error: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled whole, so an error raised in a render process (`render.isolate`) reaches
+        the caller with its template, line and kind."""
+        return (type(self), (self.template, self.line, self.kind, self.reason))
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,18 +208,17 @@ def _is_ean13(value: Any) -> bool:
     return len(s) == 13 and s.isascii() and s.isdigit() and ean13_check_digit(s[:12]) == int(s[12])
 
 
-_MAX_SEQUENCE: Final = 100_000
-_MAX_POWER: Final = 1_000
-
-
 _DICT_ATTRIBUTES: Final = frozenset(dir(dict))
 
 
 class _Environment(ImmutableSandboxedEnvironment):
-    """The sandbox, plus limits on ``*`` and ``**`` so ``'x' * 10**9`` or ``9 ** 9 ** 9``
-    cannot exhaust memory or time (Jinja's sandbox bounds ``range`` but not these)."""
+    """The sandbox, plus the size caps of `render.limits` on operators, string methods,
+    string-building filters and the output, so ``'x' * 10**9``, ``9 ** 9 ** 9`` or a
+    ``replace`` that multiplies a string cannot exhaust memory or time (Jinja's sandbox
+    bounds ``range`` but not these)."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    concat = staticmethod(bounded_concat)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         """``product.name`` on the context's plain dicts without the failed attribute look-up
@@ -227,16 +233,12 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().getattr(obj, attribute)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**":
-            if isinstance(right, int) and abs(right) > _MAX_POWER:
-                raise SecurityError(f"exponent {right} is larger than {_MAX_POWER}")
-            return super().call_binop(context, operator, left, right)
-        for seq, count in ((left, right), (right, left)):
-            if isinstance(seq, (str, list, tuple)) and isinstance(count, int):
-                if len(seq) * count > _MAX_SEQUENCE:
-                    raise SecurityError(f"a sequence of {len(seq)} repeated {count} times is "
-                                        f"longer than {_MAX_SEQUENCE}")
+        check_binop(operator, left, right)
         return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        check_call(__obj, args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
 
 
 @functools.lru_cache(maxsize=1)
@@ -245,6 +247,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
         lstrip_blocks=True, extensions=[_LineStamp], auto_reload=False, cache_size=0,
     )
+    env.filters.update(bounded_filters(env.filters))
     env.filters.update(money=_money, number=_number, units=_units, cents=_cents,
                        date=_date, percent=_percent)
     env.tests["ean13"] = _is_ean13
@@ -326,6 +329,11 @@ class Template:
         """The markup for one context; runtime problems raise `TemplateError` with the line."""
         try:
             return self._template.render(context)
+        except ResourceLimit as exc:  # a worker's budget ran out (render.isolate): the batch's
+            raise TemplateLimit(exc.limit, self.name, self._limit_line(exc.__traceback__)) from None
+        except MemoryError as exc:
+            raise TemplateLimit("memory", self.name,
+                                _template_line(exc.__traceback__, self._filename)) from None
         except SecurityError as exc:
             raise TemplateError(self.name, _template_line(exc.__traceback__, self._filename),
                                 "security", str(exc)) from None
@@ -338,6 +346,16 @@ class Template:
                 RuntimeError, jinja2.TemplateError) as exc:  # RuntimeError: RecursionError
             raise TemplateError(self.name, _template_line(exc.__traceback__, self._filename),
                                 "runtime", f"{type(exc).__name__}: {exc}") from None
+
+    def _limit_line(self, tb: TracebackType | None) -> int | None:
+        """The template line a `ResourceLimit` interrupted. Jinja rewrites the traceback of
+        an ``Exception`` to template lines; a BaseException keeps the compiled code's."""
+        line = None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == self._filename:
+                line = self._template.get_corresponding_lineno(tb.tb_lineno)
+            tb = tb.tb_next
+        return line
 
     def render_label(self, context: Mapping[str, Any]) -> Label:
         """Render and parse one label; markup errors name the template line they came from."""

@@ -12,6 +12,7 @@ API (everything yields a URL string ``"mqtt://127.0.0.1:PORT"``):
 
     from tests.brokers import broker_url          # re-export in a test module: a fixture
     async def test_x(broker_url: str): ...        # parametrised over ["mosquitto", "amqtt"]
+    from tests.brokers import broker              # one broker: Mosquitto if installed, else amqtt
 
     async with TcpProxy(port) as proxy:           # a cuttable network between client and broker
         proxy.url; proxy.cut()                    # abort every connection (RST both ways)
@@ -57,6 +58,7 @@ __all__ = [
     "MosquittoBroker",
     "TcpProxy",
     "TlsFiles",
+    "broker",
     "broker_url",
     "embedded_broker",
     "free_port",
@@ -369,6 +371,18 @@ class TcpProxy:
             dst.transport.abort()
         finally:
             self._writers.discard(dst)
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[str]:
+    """One fresh broker per test, for tests about something else than the broker: Mosquitto
+    when it is installed, else the embedded amqtt broker."""
+    if MOSQUITTO is not None:
+        async with mosquitto() as url:
+            yield url
+    else:
+        async with embedded_broker() as url:
+            yield url
 
 
 @pytest.fixture(params=["mosquitto", "amqtt"])

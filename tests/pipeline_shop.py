@@ -73,7 +73,7 @@ class Shop:
             await self.server.labels.bind(mac, sku, actor=SYSTEM, model=self.store.labels[mac].model.name)
 
     async def publish_prices(self, payload: object) -> None:
-        await self.pos.publish(self.server.topic("pos", "prices"), json.dumps(payload).encode(), qos=1)
+        await self.pos.publish(self.server.topics.pos_prices, json.dumps(payload).encode(), qos=1)
 
     async def label(self, mac: str) -> dict[str, Any]:
         state = await self.server.labels.state(mac)
@@ -100,11 +100,14 @@ class Shop:
 
 @asynccontextmanager
 async def shop(tmp_path: Path, broker_url: str, *, labels: int = 4, models: tuple[str, ...] = ("2.9-bwry",),
-               gateway: Mapping[str, Any] | None = None, **overrides: Any) -> AsyncIterator[Shop]:
-    """`overrides` are server settings; `gateway` more `GatewayConfig` fields (``status_interval_s``)."""
+               gateway: Mapping[str, Any] | None = None, sim_state: Path | None = None,
+               **overrides: Any) -> AsyncIterator[Shop]:
+    """`overrides` are server settings; `gateway` more `GatewayConfig` fields (``status_interval_s``);
+    `sim_state` a simulator state file the labels keep their keys, counters and screens in."""
     settings = shop_settings(tmp_path / "data", broker_url, **overrides)
     async with Server(settings) as server:
-        store = SimStore(StoreConfig(labels=labels, models=models, always_listening=True, wake_interval_s=2.0))
+        store = SimStore(StoreConfig(labels=labels, models=models, always_listening=True, wake_interval_s=2.0,
+                                     state_file=sim_state))
         radio = RadioServer(store, "127.0.0.1", 0)
         async with store, radio:
             host, port = radio.address

@@ -24,20 +24,10 @@ from typer.testing import CliRunner, Result
 
 from eslserver.auth import create_token
 from eslserver.cli import app
-from tests.brokers import MOSQUITTO, embedded_broker, mosquitto
+from tests.brokers import broker  # noqa: F401  (a fixture)
 from tests.pipeline_shop import Shop, shop
 
 BEL = "\a"
-
-
-@pytest.fixture
-async def broker() -> AsyncIterator[str]:
-    if MOSQUITTO is not None:
-        async with mosquitto() as url:
-            yield url
-    else:
-        async with embedded_broker() as url:
-            yield url
 
 
 class Cli:

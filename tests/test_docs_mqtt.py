@@ -35,6 +35,7 @@ from eslserver.metrics import LABEL_STATES
 from eslserver.mqtt import Message
 from eslserver.pricing import CANONICAL_FIELDS, ERROR_CODES
 from eslserver.server import SYSTEM, Server
+from eslserver.topics import Kind, Topic
 from firmware_proto.envelope import ENVELOPE_MAGIC, ENVELOPE_VERSION, MAX_ENVELOPE, JobKind, parse_envelope
 from tests.brokers import mosquitto
 from tests.pipeline_shop import collect, shop
@@ -165,6 +166,21 @@ def test_every_channel_has_operations_parameters_and_message_schemas(name: str) 
         assert op["messages"] and all(resolve(m) in messages(name).values() for m in op["messages"])
         mqtt = binding(op)
         assert mqtt["qos"] in (0, 1, 2) and isinstance(mqtt["retain"], bool)
+
+
+def test_the_channel_addresses_are_the_topics_the_code_builds() -> None:
+    """Each documented address, its parameters as levels, is a topic `eslserver.topics` parses,
+    names its gateway or label level as the document does, and prints back the same; together
+    they are every kind of topic the code knows."""
+    kinds = []
+    for name, channel in CHANNELS.items():
+        topic = Topic.parse(channel["address"])
+        assert (topic.prefix, topic.store) == ("esl", "{store}"), name
+        assert (topic.gateway, topic.mac) == (
+            "{gateway}" if topic.kind.slot == "gateway" else None, "{mac}" if topic.kind.slot == "mac" else None), name
+        assert str(topic) == channel["address"]
+        kinds.append(topic.kind)
+    assert sorted(kinds, key=list(Kind).index) == list(Kind)
 
 
 @pytest.mark.parametrize("name", sorted(DOC["components"]["messages"]))

@@ -53,7 +53,7 @@ async def test_server_runs_the_configured_broker_on_the_configured_port(tmp_path
         assert server.broker is not None
         assert (server.broker_url, server.broker.implementation) == (f"mqtt://127.0.0.1:{port}", implementation)
         async with aiomqtt.Client("127.0.0.1", port, identifier="external-gateway") as gateway:
-            await gateway.publish("esl/demo/gateway/gw9/status", b"online", qos=1, retain=True)
+            await gateway.publish(server.topics.gateway_status("gw9"), b"online", qos=1, retain=True)
         with pytest.raises(BrokerError, match=f"{port}.*mqtt_port"):  # taken by the server's broker now
             await EmbeddedBroker(port=port, implementation=implementation).start()
     if implementation == "mosquitto":

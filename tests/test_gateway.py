@@ -39,6 +39,7 @@ from eslserver.gateway.events import Ack, Checkin, Event, Nack, Status, parse_ev
 from eslserver.gateway.links.loopback import LoopbackRadio
 from eslserver.gateway.spool import JobSpool, PutResult, SpoolError
 from eslserver.mqtt import Message, MqttConnection, MqttSettings
+from eslserver.topics import Topics
 from firmware_proto.envelope import (
     CommandJob,
     EnvelopeError,
@@ -346,7 +347,7 @@ async def test_checkin_tracker_coalesces_repeats_but_forwards_changes() -> None:
 # -- end to end: broker, loopback radio, gateway ---------------------------------------------
 
 STORE, GW = "s1", "gw1"
-PREFIX = f"esl/{STORE}/gateway/{GW}"
+TOPICS = Topics("esl", STORE)
 
 
 class Observer:
@@ -357,8 +358,8 @@ class Observer:
         self.events: list[Event] = []
         self.status: list[bytes] = []
         self.changed = asyncio.Event()
-        self.mqtt.subscribe(f"{PREFIX}/events", self._event)
-        self.mqtt.subscribe(f"{PREFIX}/status", self._status)
+        self.mqtt.subscribe(TOPICS.gateway_events(GW), self._event)
+        self.mqtt.subscribe(TOPICS.gateway_status(GW), self._status)
 
     async def _event(self, message: Message) -> None:
         self.events.append(parse_event(message.payload))
@@ -377,7 +378,7 @@ class Observer:
         await self.mqtt.__aexit__(None, None, None)
 
     async def publish(self, job: JobEnvelope) -> None:
-        await self.mqtt.publish(f"{PREFIX}/jobs", job.to_bytes(), qos=1, timeout=5)
+        await self.mqtt.publish(TOPICS.gateway_jobs(GW), job.to_bytes(), qos=1, timeout=5)
 
     async def until(self, what: str, check: Callable[[], object], timeout: float = 8.0) -> None:
         loop = asyncio.get_running_loop()
@@ -459,8 +460,8 @@ async def test_a_malformed_job_is_nacked_bad_job(tmp_path: Path) -> None:
             bad = body + zlib.crc32(body).to_bytes(4, "little")
             with pytest.raises(EnvelopeError, match="expected a ControlCommand"):
                 parse_envelope(bad)
-            await obs.mqtt.publish(f"{PREFIX}/jobs", bad, qos=1, timeout=5)
-            await obs.mqtt.publish(f"{PREFIX}/jobs", b"not an envelope", qos=1, timeout=5)
+            await obs.mqtt.publish(TOPICS.gateway_jobs(GW), bad, qos=1, timeout=5)
+            await obs.mqtt.publish(TOPICS.gateway_jobs(GW), b"not an envelope", qos=1, timeout=5)
             await obs.until("the nack", lambda: obs.results(102))
             nack = obs.results(102)[0]
             assert isinstance(nack, Nack) and (nack.code, nack.retry) == ("bad_job", False)
@@ -575,7 +576,7 @@ def test_open_radio_names_what_it_accepts() -> None:
 
 def test_gateway_config_is_validated_once(tmp_path: Path) -> None:
     config = GatewayConfig(store="s1", gateway_id="gw1", data_dir=tmp_path)
-    assert config.topic("jobs") == "esl/s1/gateway/gw1/jobs"
+    assert config.topics.gateway_jobs(config.gateway_id) == "esl/s1/gateway/gw1/jobs"
     assert config.client_id == "esl-gateway-s1-gw1"
     cases: list[tuple[dict[str, object], str]] = [
                             ({"store": "a/b"}, "store must be a non-empty MQTT topic level"),
@@ -590,7 +591,7 @@ def test_gateway_config_is_validated_once(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--radio", "wifi"], "radio: expected sim://HOST:PORT or ble, got 'wifi'"),
-    (["--broker", "http://x"], "expected 'mqtt' or 'mqtts'"),
+    (["--broker", "http://x"], "broker_url: expected mqtt://host:port or mqtts://host:port, got 'http://x'"),
     (["--id", "a/b"], "gateway_id must be a non-empty MQTT topic level"),
 ])
 def test_cli_refuses_bad_options(args: list[str], message: str, tmp_path: Path) -> None:

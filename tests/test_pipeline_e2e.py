@@ -51,7 +51,7 @@ async def test_bad_item_is_answered_and_the_rest_applied(tmp_path: Path, broker_
         await s.seed([MILK])
         await s.bind({s.macs[0]: MILK["sku"]})
         await s.converged()
-        sub, errors = await collect(broker_url, s.server.topic("pos", "errors"))
+        sub, errors = await collect(broker_url, s.server.topics.pos_errors)
         async with sub:
             await sub.connected.wait()
             await s.publish_prices([{"sku": MILK["sku"], "price": "4.19", "seq": 2},

@@ -36,6 +36,7 @@ from eslserver.config import Settings, load_settings
 from eslserver.mqtt import Message, MqttConnection, MqttSettings
 from eslserver.server import SYSTEM, Server
 from eslserver.timeutil import iso, utcnow
+from eslserver.topics import Kind, Topics
 from simulator.store import label_address
 from tests.brokers import MosquittoBroker, broker_url, free_port, mosquitto  # noqa: F401  (broker_url: fixture)
 from tests.pipeline_shop import collect, expected_hash_for, shop
@@ -49,6 +50,7 @@ from tests.processes import (
 )
 
 STORE = "faults"
+TOPICS = Topics("esl", STORE)
 GATEWAY = "gw1"
 LABELS = 30
 SKUS = 10
@@ -119,7 +121,7 @@ class Store:
 
     async def publish(self, items: list[dict[str, Any]]) -> None:
         """As the POS: one batch, QoS 1 (returns once the broker has it)."""
-        await self.pos.publish(f"esl/{STORE}/pos/prices", json.dumps(items).encode(), qos=1, timeout=30)
+        await self.pos.publish(TOPICS.pos_prices, json.dumps(items).encode(), qos=1, timeout=30)
 
     async def until(self, what: str, check: Callable[[], bool], timeout: float = 30.0,
                     interval: float = 0.05) -> None:
@@ -180,11 +182,13 @@ class Store:
         first: dict[str, Message] = {}
 
         async def handler(message: Message) -> None:
-            first.setdefault(message.topic.split("/")[-2], message)
+            mac = TOPICS.parse(message.topic).mac
+            assert mac is not None
+            first.setdefault(mac, message)
 
         sub = MqttConnection(MqttSettings.from_url(self.broker.url), client_id="test-faults-states",
                              clean_session=True)
-        sub.subscribe(f"esl/{STORE}/label/+/state", handler, qos=1)
+        sub.subscribe(TOPICS.filter(Kind.LABEL_STATE), handler, qos=1)
         async with sub:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
@@ -427,7 +431,7 @@ def check_state_shape(body: Any, mac: str) -> None:
 async def test_retained_label_state_has_the_design_shape_and_ends_up_to_date(
         tmp_path: Path, broker_url: str) -> None:  # noqa: F811
     async with shop(tmp_path, broker_url, labels=2) as s:
-        topic = s.server.topic("label", "+", "state")
+        topic = s.server.topics.filter(Kind.LABEL_STATE)
         live, seen = await collect(broker_url, topic)
         async with live:
             await live.connected.wait()
@@ -438,7 +442,7 @@ async def test_retained_label_state_has_the_design_shape_and_ends_up_to_date(
             new = {**MILK, "price": "4.19", "seq": 2}
             await s.publish_prices({"sku": MILK["sku"], "price": new["price"], "seq": new["seq"]})
             want = expected_hash_for(new, settings=s.settings)
-            mine = s.server.topic("label", mac, "state")
+            mine = s.server.topics.label_state(mac)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 20
 

@@ -159,13 +159,13 @@ async def test_mqtt_error_topic_names_the_pos_field(tmp_path: Path, broker_url: 
     broker = broker_url
     settings = shop_settings(tmp_path / "data", broker, field_map=POLISH)
     async with Server(settings, http=False, render_processes=False) as server:
-        sub, errors = await collect(broker, server.topic("pos", "errors"))
+        sub, errors = await collect(broker, server.topics.pos_errors)
         pos = MqttConnection(MqttSettings.from_url(broker), client_id="till-1", clean_session=True)
         async with sub, pos:
             assert server.mqtt is not None
             for conn in (server.mqtt, sub, pos):  # subscribed once connected
                 await asyncio.wait_for(conn.connected.wait(), 10)
-            await pos.publish(server.topic("pos", "prices"), json.dumps(
+            await pos.publish(server.topics.pos_prices, json.dumps(
                 [{"Product_ID": "200", "Cena": "2.49"}, {"Product_ID": "201", "Cenaa": "1.99"}]).encode(), qos=1)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10

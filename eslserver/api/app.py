@@ -1,40 +1,38 @@
-"""`create_app(server)`: the aiohttp application serving ``/api/v1``, ``/metrics``, ``/healthz``,
+"""`create_app(backend)`: the aiohttp application serving ``/api/v1``, ``/metrics``, ``/healthz``,
 the web UI (``/ui/``) and the API docs (``/api/docs``).
 
-No global state: the server is kept under a typed `web.AppKey`; each route is registered
-behind one guard that reads the bearer token (401 when it is missing or not valid, 403 when
-its role may not call the route) and hands the handler a `Call`. One middleware turns every
-error — ours (`ApiError`), aiohttp's (404 unknown path, 405, 413) and unexpected ones (logged,
-500) — into the JSON error body.
+No global state: the server (any `Backend`) is kept under a typed `web.AppKey`; each route
+is registered behind one guard that reads the bearer token (401 when it is missing or not
+valid, 403 when its role may not call the route) and hands the handler a `Call`. One
+middleware turns every error — ours (`ApiError`), aiohttp's (404 unknown path, 405, 413) and
+unexpected ones (logged, 500) — into the JSON error body.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler as AiohttpHandler
 
-from eslserver.api import (
-    routes_labels, routes_live, routes_misc, routes_prices, routes_products, routes_tech, routes_templates,
-)
+from eslserver.api import routes_live
+from eslserver.api.backend import Backend
 from eslserver.api.docs import setup_docs
 from eslserver.api.errors import ApiError
-from eslserver.api.routing import MAX_JSON_BODY, Call, Route, json_response
+from eslserver.api.openapi import document
+from eslserver.api.routing import DOCUMENT_KEY, MAX_JSON_BODY, Call, Route, json_response
+from eslserver.api.table import all_routes
 from eslserver.auth import ROLES, Actor, verify_token
 from eslserver.web import setup_web
-
-if TYPE_CHECKING:
-    from eslserver.server import Server
 
 __all__ = ["create_app", "SERVER_KEY", "ROUTES_KEY", "all_routes", "API_PREFIX"]
 
 log = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/api/v1"
-SERVER_KEY: Final = web.AppKey["Server"]("eslserver.server")
+SERVER_KEY: Final = web.AppKey[Backend]("eslserver.server")
 ROUTES_KEY: Final = web.AppKey[tuple[Route, ...]]("eslserver.routes")
 BODY_LIMIT_KEY: Final = web.AppKey[int]("eslserver.body_limit")
 
@@ -42,18 +40,11 @@ _REASONS: Final = {404: "not_found", 405: "method_not_allowed", 413: "body_too_l
                    415: "unsupported_media_type", 400: "bad_request"}
 
 
-def all_routes() -> tuple[Route, ...]:
-    """Every route the application serves (the OpenAPI document documents exactly these)."""
-    return (*routes_prices.ROUTES, *routes_products.ROUTES, *routes_labels.ROUTES,
-            *routes_templates.ROUTES, *routes_misc.ROUTES, *routes_tech.ROUTES,
-            *routes_live.ROUTES)
-
-
 def _unauthorised(code: str, detail: str) -> ApiError:
     return ApiError(401, code, detail, headers={"WWW-Authenticate": 'Bearer realm="eslserver"'})
 
 
-async def _actor(request: web.Request, server: Server) -> Actor:
+async def _actor(request: web.Request, server: Backend) -> Actor:
     header = request.headers.get("Authorization")
     if header is None:
         raise _unauthorised("missing_token", "Authorization: expected 'Bearer esl_…', got no header")
@@ -122,8 +113,9 @@ async def _headers(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.setdefault("Cache-Control", "no-store")
 
 
-def create_app(server: Server, *, routes: Sequence[Route] | None = None) -> web.Application:
-    """The HTTP application for `server` (which the caller opens and closes)."""
+def create_app(server: Backend, *, routes: Sequence[Route] | None = None) -> web.Application:
+    """The HTTP application for `server` (which the caller opens and closes): in practice the
+    `eslserver.server.Server` passing itself, which satisfies `Backend`."""
     table = tuple(all_routes() if routes is None else routes)
     biggest = max((r.body_limit for r in table), default=MAX_JSON_BODY)
     app = web.Application(middlewares=[_errors], client_max_size=biggest)
@@ -131,6 +123,7 @@ def create_app(server: Server, *, routes: Sequence[Route] | None = None) -> web.
     app[SERVER_KEY] = server
     app[ROUTES_KEY] = table
     app[BODY_LIMIT_KEY] = biggest
+    app[DOCUMENT_KEY] = document
     for route in table:
         app.router.add_route(route.method, route.path, _guard(route))
     routes_live.setup_live(app)

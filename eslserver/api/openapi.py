@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the HTTP API, written once, here.
 
 Operations are declared in `_OPERATIONS` (parameters, body, responses); `document()` adds
-what the route table (`eslserver.api.app.all_routes`) already says — security, the roles
+what the route table (`eslserver.api.table.all_routes`) already says — security, the roles
 (``x-roles``) and the 401/403 answers of guarded routes, and the error answers every route
 shares. The test suite checks both ways that the routes served and the routes documented are
 the same set, and validates every response body it sees against the schema here.
@@ -13,6 +13,8 @@ import copy
 import functools
 from typing import Any, Final
 
+from eslserver.api.table import all_routes
+from eslserver.auth import ROLES
 from eslserver.metrics import JOB_STATES, LABEL_STATES
 
 __all__ = ["document", "SCHEMAS"]
@@ -59,7 +61,7 @@ _ERROR_PROPS: Final[dict[str, Schema]] = {
 
 SCHEMAS: Final[dict[str, Schema]] = {
     "Error": _obj(dict(_ERROR_PROPS), ("error", "detail")),
-    "TemplateError": _obj({**_ERROR_PROPS, "line": _null("integer"), "kind": {"type": "string", "description": "syntax, security, undefined, runtime, markup, model, metadata or render"},
+    "TemplateError": _obj({**_ERROR_PROPS, "line": _null("integer"), "kind": {"type": "string", "description": "syntax, security, undefined, runtime, markup, model, metadata, render or limit (a CPU, memory or time limit of the render processes)"},
         "template": {"type": "string"}}, ("error", "detail", "line", "kind")),
     "PriceUpdate": {
         "type": "object",
@@ -429,9 +431,6 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
 
 @functools.cache
 def _build() -> dict[str, Any]:
-    from eslserver.api.app import all_routes
-    from eslserver.auth import ROLES
-
     paths: dict[str, dict[str, Any]] = {}
     for route in all_routes():
         key = (route.method, route.path)

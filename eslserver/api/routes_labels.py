@@ -1,6 +1,6 @@
 """Labels: list with filters, show, bind/unbind (pairing), flash the LED, images, events.
 
-Writes go through `server.labels` (which audits them); reads are plain SELECTs here. A label
+Writes go through `server.labels` (which audits them); reads through `eslserver.store`. A label
 JSON is the label state (docs/mqtt.asyncapi.yaml, ``LabelState``) plus ``template`` and
 ``aisle``; the detail adds the bound product's name and price and the open jobs.
 """
@@ -17,8 +17,12 @@ from eslserver.api.routing import (
     ANY_ROLE, Call, Route, json_object, json_response, newest_first, normalise_mac, page_params, query_bool,
     query_choice, query_int, query_text, read_json,
 )
-from eslserver.labels import STATE_COLUMNS, LabelError, state_json
+from eslserver.labels import LabelError, state_json
 from eslserver.metrics import LABEL_STATES
+from eslserver.store import events as event_rows
+from eslserver.store import jobs as job_rows
+from eslserver.store import labels as label_rows
+from eslserver.store import products
 from firmware_proto.models import MODELS
 
 __all__ = ["ROUTES", "TECH_ROLES", "label_json", "label_error", "json_column"]
@@ -28,11 +32,10 @@ _MAX_BODY: Final = 16 * 1024
 _FIELDS_OF: Final = {"unknown_sku": "sku", "unknown_label": "mac", "bad_mac": "mac", "bad_seconds": "seconds",
                      "unknown_template": "template", "unknown_model": "model"}
 _PNG_CACHE: Final = "private, no-cache"
-_COLUMNS: Final = f"{STATE_COLUMNS}, label_key IS NOT NULL AS paired"
 
 
 def label_json(row: Any) -> dict[str, Any]:
-    """A labels row (`_COLUMNS`) → the label JSON of the API: the label state, plus
+    """A labels row (`eslserver.store.labels.get`) → the label JSON of the API: the label state, plus
     ``template``, ``aisle`` and ``paired`` (the label holds a key: it can be commanded)."""
     out = state_json(row)
     out["template"] = row["template"]
@@ -61,40 +64,19 @@ def _mac(call: Call) -> str:
 
 async def list_labels(call: Call) -> web.StreamResponse:
     request = call.request
-    where = ["store = ?"]
-    params: list[Any] = [call.server.settings.store]
-    state = query_choice(request, "state", LABEL_STATES)
-    if state is not None:
-        where.append("state = ?")
-        params.append(state)
-    for name in ("gateway", "sku", "aisle", "model", "template"):
-        value = query_text(request, name)
-        if value is not None:
-            where.append(f"{name} = ?")
-            params.append(value)
-    below = query_int(request, "battery_below", default=None, lo=0, hi=100_000)
-    if below is not None:
-        where.append("battery_mv < ?")
-        params.append(below)
-    paired = query_bool(request, "paired")
-    if paired is not None:
-        where.append("label_key IS NOT NULL" if paired else "label_key IS NULL")
-    stale = query_bool(request, "stale")
-    if stale is not None:
-        shown = "(expected_hash IS NOT NULL AND displayed_hash IS expected_hash)"
-        where.append(f"NOT {shown}" if stale else shown)
+    where = label_rows.LabelFilter(
+        store=call.server.settings.store, state=query_choice(request, "state", LABEL_STATES),
+        gateway=query_text(request, "gateway"), sku=query_text(request, "sku"), aisle=query_text(request, "aisle"),
+        model=query_text(request, "model"), template=query_text(request, "template"),
+        battery_below=query_int(request, "battery_below", default=None, lo=0, hi=100_000),
+        paired=query_bool(request, "paired"), stale=query_bool(request, "stale"))
     limit, offset = page_params(request, default=100, maximum=1000)
-    clause = " AND ".join(where)
-    db = call.server.db
-    total_row = await db.read_one(f"SELECT COUNT(*) FROM labels WHERE {clause}", params)
-    rows = await db.read(f"SELECT {_COLUMNS} FROM labels WHERE {clause} ORDER BY mac LIMIT ? OFFSET ?",
-                         [*params, limit, offset])
-    return json_response({"items": [label_json(r) for r in rows], "total": total_row[0] if total_row else 0,
-                          "limit": limit, "offset": offset})
+    total, rows = await label_rows.page(call.server.db, where, limit, offset)
+    return json_response({"items": [label_json(r) for r in rows], "total": total, "limit": limit, "offset": offset})
 
 
 async def _label_row(call: Call, mac: str) -> Any:
-    row = await call.server.db.read_one(f"SELECT {_COLUMNS} FROM labels WHERE mac = ?", (mac,))
+    row = await label_rows.get(call.server.db, mac)
     if row is None:
         raise not_found("unknown_label", f"label {mac} is not known", field="mac")
     return row
@@ -117,13 +99,10 @@ async def show_label(call: Call) -> web.StreamResponse:
     db = call.server.db
     product = None
     if row["sku"] is not None:
-        prow = await db.read_one("SELECT record FROM products WHERE store = ? AND sku = ?",
-                                 (call.server.settings.store, row["sku"]))
+        prow = await products.get(db, call.server.settings.store, row["sku"])
         product = _product_summary(prow["record"] if prow else None, row["sku"])
     out["product"] = product
-    jobs = await db.read("SELECT id, kind, state, attempts, created_at, error FROM jobs "
-                         "WHERE mac = ? AND state IN ('queued', 'sent') ORDER BY id", (mac,))
-    out["open_jobs"] = [dict(j) for j in jobs]
+    out["open_jobs"] = [dict(j) for j in await job_rows.open_for_label(db, mac)]
     return json_response(out)
 
 
@@ -207,7 +186,8 @@ async def image_png(call: Call) -> web.StreamResponse:
 async def label_events(call: Call) -> web.StreamResponse:
     mac = _mac(call)
     await _label_row(call, mac)
-    return await newest_first(call, "SELECT id, at, gateway, kind, detail FROM events", ["mac = ?"], [mac],
+    db = call.server.db
+    return await newest_first(call, lambda before, limit: event_rows.for_label(db, mac, before=before, limit=limit),
                               lambda r: {"id": r["id"], "at": r["at"], "gateway": r["gateway"], "kind": r["kind"],
                                          "detail": json_column(r["detail"])})
 

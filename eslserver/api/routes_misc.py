@@ -12,10 +12,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from eslserver.api.routes_labels import json_column
 from eslserver.api.routing import (
-    ANY_ROLE, PUBLIC, Call, Route, json_response, newest_first, normalise_mac, page_params, query_choice, query_int,
-    query_text,
+    ANY_ROLE, DOCUMENT_KEY, PUBLIC, Call, Route, json_response, newest_first, normalise_mac, page_params, query_choice,
+    query_int, query_text,
 )
 from eslserver.metrics import JOB_STATES, LABEL_STATES
+from eslserver.store import audit, stores
+from eslserver.store import gateways as gateway_rows
+from eslserver.store import jobs as job_rows
+from eslserver.store import labels as label_rows
 from eslserver.timeutil import iso, parse_iso, utcnow
 
 __all__ = ["ROUTES", "ADMIN_ONLY"]
@@ -24,16 +28,11 @@ log = logging.getLogger(__name__)
 
 ADMIN_ONLY: Final = frozenset({"admin"})
 _JOB_KINDS: Final = ("pair", "image", "command")
-_JOB_COLUMNS: Final = ("id, mac, gateway, kind, state, image_hash, base_hash, region, delta, format, attempts, "
-                       "next_attempt_at, created_at, sent_at, finished_at, origin_at, error")
 _HEALTH_TIMEOUT_S: Final = 2.0
 
 
 async def list_gateways(call: Call) -> web.StreamResponse:
-    rows = await call.server.db.read(
-        "SELECT g.id, g.status, g.last_seen, g.info, "
-        "(SELECT COUNT(*) FROM labels l WHERE l.store = g.store AND l.gateway = g.id) AS n_labels "
-        "FROM gateways g WHERE g.store = ? ORDER BY g.id", (call.server.settings.store,))
+    rows = await gateway_rows.listing(call.server.db, call.server.settings.store)
     items = [{"id": r["id"], "status": r["status"], "last_seen": r["last_seen"], "labels": r["n_labels"],
               "info": json_column(r["info"]) or {}} for r in rows]
     return json_response({"items": items})
@@ -47,35 +46,15 @@ def _job_json(row: Any) -> dict[str, Any]:
 
 async def list_jobs(call: Call) -> web.StreamResponse:
     request = call.request
-    where = ["store = ?"]
-    params: list[Any] = [call.server.settings.store]
     state = query_choice(request, "state", JOB_STATES)
-    if state is not None:
-        where.append("state = ?")
-        params.append(state)
     kind = query_choice(request, "kind", _JOB_KINDS)
-    if kind is not None:
-        where.append("kind = ?")
-        params.append(kind)
     gateway = query_text(request, "gateway")
-    if gateway is not None:
-        where.append("gateway = ?")
-        params.append(gateway)
     mac = query_text(request, "mac")
-    if mac is not None:
-        where.append("mac = ?")
-        params.append(normalise_mac(mac))
+    where = job_rows.JobFilter(store=call.server.settings.store, state=state, kind=kind, gateway=gateway,
+                               mac=None if mac is None else normalise_mac(mac))
     limit, offset = page_params(request, default=100, maximum=1000)
-    clause = " AND ".join(where)
-    db = call.server.db
-    total = await db.read_one(f"SELECT COUNT(*) FROM jobs WHERE {clause}", params)
-    rows = await db.read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-                         [*params, limit, offset])
-    return json_response({"items": [_job_json(r) for r in rows], "total": total[0] if total else 0,
-                          "limit": limit, "offset": offset})
-
-
-AUDIT_SELECT: Final = "SELECT id, at, actor, role, action, target, before, after FROM audit"
+    total, rows = await job_rows.page(call.server.db, where, limit, offset)
+    return json_response({"items": [_job_json(r) for r in rows], "total": total, "limit": limit, "offset": offset})
 
 
 def audit_item(row: Any) -> dict[str, Any]:
@@ -85,14 +64,10 @@ def audit_item(row: Any) -> dict[str, Any]:
 
 
 async def list_audit(call: Call) -> web.StreamResponse:
-    where: list[str] = []
-    params: list[Any] = []
-    for name in ("actor", "action", "target"):
-        value = query_text(call.request, name)
-        if value is not None:
-            where.append(f"{name} = ?")
-            params.append(value)
-    return await newest_first(call, AUDIT_SELECT, where, params, audit_item)
+    request, db = call.request, call.server.db
+    actor, action, target = (query_text(request, name) for name in ("actor", "action", "target"))
+    return await newest_first(call, lambda before, limit: audit.newest(
+        db, before=before, limit=limit, actor=actor, action=action, target=target), audit_item)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:
@@ -108,31 +83,23 @@ async def summary(call: Call) -> web.StreamResponse:
     server = call.server
     store = server.settings.store
     low = query_int(call.request, "battery_below", default=2400, lo=0, hi=100_000)
+    assert low is not None  # it has a default
     db = server.db
-    labels = {s: 0 for s in LABEL_STATES}
-    for r in await db.read("SELECT state, COUNT(*) FROM labels WHERE store = ? GROUP BY state", (store,)):
-        labels[r[0]] = r[1]
-    low_row = await db.read_one("SELECT COUNT(*) FROM labels WHERE store = ? AND battery_mv < ?", (store, low))
-    up_row = await db.read_one("SELECT COUNT(*) FROM labels WHERE store = ? AND expected_hash IS NOT NULL "
-                               "AND displayed_hash = expected_hash", (store,))
-    gateways = {"online": 0, "offline": 0}
-    for r in await db.read("SELECT status, COUNT(*) FROM gateways WHERE store = ? GROUP BY status", (store,)):
-        gateways[str(r[0])] = r[1]
-    jobs = {s: 0 for s in JOB_STATES}
-    for r in await db.read("SELECT state, COUNT(*) FROM jobs WHERE store = ? AND state IN ('queued', 'sent') "
-                           "GROUP BY state", (store,)):
-        jobs[r[0]] = r[1]
+    labels = {s: 0 for s in LABEL_STATES} | await label_rows.count_by_state(db, store)
+    low_battery = await label_rows.count_low_battery(db, store, low)
+    up_to_date = await label_rows.count_up_to_date(db, store)
+    gateways = {"online": 0, "offline": 0} | await gateway_rows.count_by_status(db, store)
+    jobs = {s: 0 for s in JOB_STATES} | await job_rows.count_open_by_state(db, store)
     now = utcnow()
     since = iso(now - timedelta(hours=1))
-    updates = await db.read_one("SELECT COUNT(*) FROM audit WHERE action = 'price.update' AND at >= ?", (since,))
-    done = await db.read("SELECT origin_at, finished_at FROM jobs WHERE store = ? AND kind = 'image' "
-                         "AND state = 'done' AND finished_at >= ? AND origin_at IS NOT NULL", (store, since))
+    updates = await audit.count_since(db, "price.update", since)
+    done = await job_rows.image_waits(db, store, since)
     waits = sorted(max(0.0, (parse_iso(r["finished_at"]) - parse_iso(r["origin_at"])).total_seconds()) for r in done)
     return json_response({
-        "at": iso(now), "labels": labels, "labels_up_to_date": up_row[0] if up_row else 0,
-        "labels_low_battery": low_row[0] if low_row else 0, "battery_below": low,
+        "at": iso(now), "labels": labels, "labels_up_to_date": up_to_date,
+        "labels_low_battery": low_battery, "battery_below": low,
         "gateways": gateways, "open_jobs": {"queued": jobs["queued"], "sent": jobs["sent"]},
-        "updates_last_hour": updates[0] if updates else 0,
+        "updates_last_hour": updates,
         "time_to_shelf_s": {"count": len(waits), "p50": _percentile(waits, 0.5), "p99": _percentile(waits, 0.99)},
     })
 
@@ -151,7 +118,7 @@ async def metrics(call: Call) -> web.StreamResponse:
 
 async def _database_ok(call: Call) -> str:
     try:
-        await asyncio.wait_for(call.server.db.read_one("SELECT COUNT(*) FROM stores"), _HEALTH_TIMEOUT_S)
+        await asyncio.wait_for(stores.count(call.server.db), _HEALTH_TIMEOUT_S)
     except (TimeoutError, OSError) as exc:
         return f"error: {exc or type(exc).__name__}"
     except Exception as exc:  # the health check reports any database failure, it must not raise
@@ -179,8 +146,7 @@ async def healthz(call: Call) -> web.StreamResponse:
 
 
 async def openapi(call: Call) -> web.StreamResponse:
-    from eslserver.api.openapi import document
-    return json_response(document())
+    return json_response(call.request.app[DOCUMENT_KEY]())
 
 
 ROUTES: Final = (

@@ -15,6 +15,8 @@ from eslserver import pricing
 from eslserver.api.errors import not_found
 from eslserver.api.routes_labels import json_column
 from eslserver.api.routing import ANY_ROLE, Call, Route, json_response, page_params, query_int, query_text
+from eslserver.store import labels as label_rows
+from eslserver.store import products
 from eslserver.timeutil import utcnow
 
 __all__ = ["ROUTES", "product_json"]
@@ -32,49 +34,24 @@ def product_json(row: Any, labels: int) -> dict[str, Any]:
             "updated_at": row["updated_at"], "next_change_at": row["next_change_at"], "labels": labels}
 
 
-def _like(text: str) -> str:
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-_COUNT_LABELS: Final = "(SELECT COUNT(*) FROM labels l WHERE l.store = p.store AND l.sku = p.sku) AS n_labels"
-
-
 async def list_products(call: Call) -> web.StreamResponse:
     request = call.request
     q = query_text(request, "q")
     limit, offset = page_params(request, default=50, maximum=500)
-    where = "p.store = ?"
-    params: list[Any] = [call.server.settings.store]
-    if q is not None:
-        where += (" AND (p.sku LIKE ? ESCAPE '\\' OR json_extract(p.record, '$.name') LIKE ? ESCAPE '\\' "
-                  "OR json_extract(p.record, '$.ean') = ? OR p.sku = ?)")
-        params += [_like(q), _like(q), q, q]
-    db = call.server.db
-    total = await db.read_one(f"SELECT COUNT(*) FROM products p WHERE {where}", params)
-    # exact SKU / EAN matches first, then by SKU
-    order = "p.sku"
-    order_params: list[Any] = []
-    if q is not None:
-        order = "(p.sku = ? OR json_extract(p.record, '$.ean') = ?) DESC, p.sku"
-        order_params = [q, q]
-    rows = await db.read(f"SELECT p.sku, p.record, p.seq, p.updated_at, p.next_change_at, {_COUNT_LABELS} "
-                         f"FROM products p WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
-                         [*params, *order_params, limit, offset])
+    total, rows = await products.search(call.server.db, call.server.settings.store, q, limit=limit, offset=offset)
     return json_response({"items": [product_json(r, r["n_labels"]) for r in rows],
-                          "total": total[0] if total else 0, "limit": limit, "offset": offset})
+                          "total": total, "limit": limit, "offset": offset})
 
 
 async def show_product(call: Call) -> web.StreamResponse:
     sku = call.request.match_info["sku"]
     store = call.server.settings.store
     db = call.server.db
-    row = await db.read_one(f"SELECT p.sku, p.record, p.seq, p.updated_at, p.next_change_at, {_COUNT_LABELS} "
-                            "FROM products p WHERE p.store = ? AND p.sku = ?", (store, sku))
+    row = await products.summary(db, store, sku)
     if row is None:
         raise not_found("unknown_sku", f"sku {sku!r} is not in the catalogue", field="sku")
     history_limit = query_int(call.request, "history", default=100, lo=0, hi=_HISTORY_MAX)
-    rows = await db.read("SELECT id, price, start_at, end_at, reduction, seq, source, recorded_at "
-                         "FROM price_history WHERE store = ? AND sku = ? ORDER BY id", (store, sku))
+    rows = (await products.history(db, store, [sku]))[sku]
     periods = [pricing.PricePeriod.from_row(r["price"], r["start_at"], r["end_at"], r["reduction"]) for r in rows]
     out = product_json(row, row["n_labels"])
     now = utcnow()
@@ -86,13 +63,11 @@ async def show_product(call: Call) -> web.StreamResponse:
                        "reduction": bool(r["reduction"]), "seq": r["seq"], "source": r["source"],
                        "recorded_at": r["recorded_at"]}
                       for r in reversed(rows[-history_limit:] if history_limit else [])]
-    scheduled = await db.read("SELECT id, fields, seq, valid_from, received_at, source FROM scheduled_updates "
-                              "WHERE store = ? AND sku = ? ORDER BY valid_from, id", (store, sku))
+    scheduled = await products.scheduled(db, store, sku)
     out["scheduled"] = [{"id": r["id"], "fields": json_column(r["fields"]), "seq": r["seq"],
                          "valid_from": r["valid_from"], "received_at": r["received_at"], "source": r["source"]}
                         for r in scheduled]
-    labels = await db.read("SELECT mac, state FROM labels WHERE store = ? AND sku = ? ORDER BY mac LIMIT 1000",
-                           (store, sku))
+    labels = await label_rows.bound_to(db, store, sku, limit=1000)
     out["bound_labels"] = [{"mac": r["mac"], "state": r["state"]} for r in labels]
     return json_response(out)
 

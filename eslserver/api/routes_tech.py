@@ -17,7 +17,7 @@ from typing import Final
 from aiohttp import web
 
 from eslserver.api.errors import ApiError, bad_input, not_found
-from eslserver.api.routes_misc import AUDIT_SELECT, audit_item
+from eslserver.api.routes_misc import audit_item
 from eslserver.api.routing import (
     ANY_ROLE,
     Call,
@@ -29,6 +29,8 @@ from eslserver.api.routing import (
     read_json,
 )
 from eslserver.catalogue import MAX_ROWS, CatalogueError, apply_rows, row_from_json
+from eslserver.store import audit
+from eslserver.store import labels as label_rows
 
 __all__ = ["ROUTES", "IMPORT_ROLES", "MAX_IMPORT_BODY"]
 
@@ -45,7 +47,9 @@ async def post_import(call: Call) -> web.StreamResponse:
         raise bad_input("rows", f"{len(raw)} rows", f"at most {MAX_ROWS} rows a request", code="invalid_body")
     try:
         rows = [row_from_json(item, i) for i, item in enumerate(raw)]
-        report = await apply_rows(call.server, rows, call.who)
+        server = call.server
+        report = await apply_rows(rows, call.who, db=server.db, settings=server.settings, labels=server.labels,
+                                  templates=server.templates)
     except CatalogueError as exc:
         raise ApiError(400, "invalid_body", str(exc), field="rows") from None
     return json_response(report.to_json())
@@ -53,9 +57,11 @@ async def post_import(call: Call) -> web.StreamResponse:
 
 async def label_history(call: Call) -> web.StreamResponse:
     mac = normalise_mac(call.request.match_info["mac"])
-    if await call.server.db.read_one("SELECT 1 FROM labels WHERE mac = ?", (mac,)) is None:
+    if await label_rows.get(call.server.db, mac) is None:
         raise not_found("unknown_label", f"label {mac} is not known", field="mac")
-    return await newest_first(call, AUDIT_SELECT, ["target = ?", "action LIKE 'label.%'"], [mac], audit_item)
+    db = call.server.db
+    return await newest_first(call, lambda before, limit: audit.newest(
+        db, before=before, limit=limit, target=mac, action_prefix="label."), audit_item)
 
 
 ROUTES: Final = (

@@ -19,6 +19,7 @@ from eslserver.api.errors import ApiError, bad_input, conflict, not_found
 from eslserver.api.routing import (
     ANY_ROLE, Call, Route, json_object, json_response, parse_json, read_body, read_json,
 )
+from eslserver.store import products
 from firmware_proto.models import MODELS
 from render.templates import MAX_SOURCE_CHARS, TemplateError
 
@@ -115,8 +116,7 @@ async def preview(call: Call) -> web.StreamResponse:
     if sku is not None:
         if not isinstance(sku, str):
             raise bad_input("sku", sku, "a SKU", code="invalid_body")
-        if await server.db.read_one(
-                "SELECT 1 FROM products WHERE store = ? AND sku = ?", (server.settings.store, sku)) is None:
+        if not await products.exists(server.db, server.settings.store, sku):
             raise not_found("unknown_sku", f"sku {sku!r} is not in the catalogue", field="sku")
     model = doc.get("model")
     if model is not None:

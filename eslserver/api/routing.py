@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from aiohttp import web
 
 from eslserver import labels
+from eslserver.api.backend import Backend
 from eslserver.api.errors import ApiError, bad_input
 from eslserver.auth import Actor
-
-if TYPE_CHECKING:
-    from eslserver.server import Server
 
 __all__ = [
     "Call", "Route", "Handler", "ANY_ROLE", "PUBLIC", "json_response", "query_int", "query_bool",
     "query_choice", "query_text", "read_json", "read_body", "parse_json", "json_object", "normalise_mac",
-    "page_params", "newest_first", "dumps", "MAX_JSON_BODY",
+    "page_params", "newest_first", "dumps", "MAX_JSON_BODY", "DOCUMENT_KEY",
 ]
 
 MAX_JSON_BODY: Final = 4 * 1024 * 1024
@@ -39,6 +37,10 @@ ANY_ROLE: Final[frozenset[str]] = frozenset()
 PUBLIC: Final = None
 """No token at all (metrics, health, the OpenAPI document)."""
 
+DOCUMENT_KEY: Final = web.AppKey[Callable[[], dict[str, Any]]]("eslserver.openapi")
+"""The application's OpenAPI document, set by `create_app`: the handler serving it reads it
+here, because the document is built from the route table that handler is part of."""
+
 _INT_RE: Final = re.compile(r"^-?[0-9]{1,19}$")
 _MAC_RE: Final = re.compile(r"^[0-9A-Fa-f]{2}([:-]?)[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}$")
 
@@ -48,7 +50,7 @@ class Call:
     """One request as a handler sees it."""
 
     request: web.Request
-    server: Server
+    server: Backend
     actor: Actor | None
 
     @property
@@ -145,20 +147,15 @@ def page_params(request: web.Request, *, default: int = 100, maximum: int = 1000
     return limit, offset
 
 
-async def newest_first(call: Call, select: str, where: list[str], params: list[Any],
+async def newest_first(call: Call, fetch: Callable[[int | None, int], Awaitable[Sequence[Any]]],
                        item: Callable[[Any], dict[str, Any]]) -> web.Response:
     """A listing of rows newest first by ``id``, ``limit`` at a time: ``before`` (an id from the
-    last page's ``next_before``) continues it. `select` is the query up to its WHERE clause."""
+    last page's ``next_before``) continues it. `fetch(before, limit)` reads one page (a storage
+    operation, e.g. `eslserver.store.audit.newest`); `item` turns a row into its JSON."""
     limit = query_int(call.request, "limit", default=100, lo=1, hi=1000)
     before = query_int(call.request, "before", default=None, lo=1, hi=2**63 - 1)
     assert limit is not None
-    clauses, args = list(where), list(params)
-    if before is not None:
-        clauses.append("id < ?")
-        args.append(before)
-    clause = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-    rows = await call.server.db.read(f"{select}{clause} ORDER BY id DESC LIMIT ?", [*args, limit])
-    items = [item(r) for r in rows]
+    items = [item(r) for r in await fetch(before, limit)]
     return json_response({"items": items, "next_before": items[-1]["id"] if len(items) == limit else None})
 
 

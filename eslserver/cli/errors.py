@@ -24,8 +24,10 @@ from eslserver.startup import StartupError
 __all__ = ["startup_errors", "how_to_change", "run_app"]
 
 _FLAGS: Final = {"http_port": "--http-port", "http_host": "--http-host", "data_dir": "--data",
-                 "broker_url": "--broker", "mqtt_port": "--broker-port", "store": "--store"}
-"""The `esl serve` / `esl demo` flag of each setting a start-up error can name."""
+                 "broker_url": "--broker", "mqtt_port": "--broker-port", "store": "--store",
+                 "gateway_id": "--id", "radio": "--radio"}
+"""The `esl serve` / `esl demo` (or, for the last two, `esl gateway`) flag of each setting a
+start-up error can name."""
 
 
 def how_to_change(setting: str) -> str:

@@ -15,24 +15,39 @@ log = logging.getLogger(__name__)
 
 
 def gateway(
-    broker: str = typer.Option(..., "--broker", help="Broker URL: mqtt://[user[:pass]@]host[:port] or mqtts://..."),
-    radio: str = typer.Option(..., "--radio", help="sim://HOST:PORT (the `esl simulate` radio) or ble."),
-    store: str = typer.Option(..., "--store", help="Store id (the topic level after the prefix)."),
-    gateway_id: str = typer.Option(..., "--id", help="This gateway's id (unique in the store)."),
-    data: Path = typer.Option(Path("./esl-data"), "--data", help="Directory for the job spool."),
-    concurrency: int = typer.Option(8, "--concurrency", min=1, max=10_000, help="Jobs in flight at most."),
-    prefix: str = typer.Option("esl", "--prefix", help="MQTT topic prefix."),
-    username: str | None = typer.Option(None, "--username", help="Broker user name (overrides the URL's)."),
-    password: str | None = typer.Option(None, "--password", envvar="ESL_MQTT_PASSWORD",
-                                        help="Broker password (or ESL_MQTT_PASSWORD)."),
-    ca_file: Path | None = typer.Option(None, "--ca-file", help="CA certificate(s) for an mqtts:// broker."),
-    insecure: bool = typer.Option(False, "--insecure", help="mqtts:// without certificate checks (tests only)."),
-    status_interval: float = typer.Option(30.0, "--status-interval", min=0.1, help="Seconds between status events."),
+    config_file: Path | None = typer.Option(None, "--config", "-c",
+                                            help="esl.toml to read (default ./esl.toml if present)."),
+    broker: str | None = typer.Option(
+        None, "--broker", help="Broker URL: mqtt://[user[:pass]@]host[:port] or mqtts://... (broker_url)."),
+    radio: str | None = typer.Option(None, "--radio",
+                                     help="sim://HOST:PORT (the `esl simulate` radio) or ble (radio)."),
+    store: str | None = typer.Option(None, "--store", help="Store id (the topic level after the prefix; store)."),
+    gateway_id: str | None = typer.Option(None, "--id", help="This gateway's id, unique in the store (gateway_id)."),
+    data: Path | None = typer.Option(None, "--data", help="Directory for the job spool (data_dir)."),
+    concurrency: int | None = typer.Option(None, "--concurrency", min=1, max=10_000,
+                                           help="Jobs in flight at most (gateway_concurrency, default 8)."),
+    prefix: str | None = typer.Option(None, "--prefix", help="MQTT topic prefix (topic_prefix, default esl)."),
+    username: str | None = typer.Option(None, "--username", help="Broker user name, over the URL's (mqtt_username)."),
+    password: str | None = typer.Option(None, "--password", help="Broker password (mqtt_password, ESL_MQTT_PASSWORD)."),
+    ca_file: Path | None = typer.Option(None, "--ca-file",
+                                        help="CA certificate(s) for an mqtts:// broker (mqtt_ca_file)."),
+    insecure: bool = typer.Option(False, "--insecure",
+                                  help="mqtts:// without certificate checks, tests only (mqtt_insecure)."),
+    status_interval: float | None = typer.Option(None, "--status-interval", min=0.1,
+                                                 help="Seconds between status events (gateway_status_interval_s, "
+                                                      "default 30)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level (default WARNING)."),
-    log_format: str = typer.Option("text", "--log-format", envvar="ESL_LOG_FORMAT",
-                                   help="text, or json: one JSON object per line (or ESL_LOG_FORMAT)."),
+    log_format: str | None = typer.Option(None, "--log-format",
+                                          help="text, or json: one JSON object per line (log_format)."),
 ) -> None:
-    """Bridge the store's MQTT job topic to labels on the radio; runs until Ctrl-C or SIGTERM."""
+    """Bridge the store's MQTT job topic to labels on the radio; runs until Ctrl-C or SIGTERM.
+
+    Settings come from esl.toml < ESL_* < these flags, with the server's keys (broker_url,
+    mqtt_*, topic_prefix, store, data_dir, log_format) and the gateway's own (gateway_id,
+    radio, gateway_concurrency, gateway_status_interval_s).
+    """
+    from eslserver.cli.errors import how_to_change
+    from eslserver.config import ConfigError, load_settings
     from eslserver.gateway.bridge import (
         Gateway,
         GatewayConfig,
@@ -40,29 +55,30 @@ def gateway(
         RadioSpecError,
         open_radio,
     )
-    from eslserver.logs import setup_logging
     from eslserver.gateway.spool import SpoolError
+    from eslserver.logs import setup_logging
     from eslserver.mqtt import MqttSettings, MqttSettingsError
 
     try:
-        setup_logging(logging.INFO if verbose else logging.WARNING, log_format,
-                      context={"store": store, "gateway": gateway_id})
-    except ValueError as exc:
+        s = load_settings(config_file, overrides={
+            "broker_url": broker, "radio": radio, "store": store, "gateway_id": gateway_id, "data_dir": data,
+            "gateway_concurrency": concurrency, "topic_prefix": prefix, "mqtt_username": username,
+            "mqtt_password": password, "mqtt_ca_file": None if ca_file is None else str(ca_file),
+            "mqtt_insecure": True if insecure else None, "gateway_status_interval_s": status_interval,
+            "log_format": log_format})
+    except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
+    for needed in ("broker_url", "radio", "gateway_id"):
+        if getattr(s, needed) is None:
+            raise typer.BadParameter(f"{needed} is not set: {how_to_change(needed).replace('change', 'set', 1)}")
+    assert s.radio is not None and s.gateway_id is not None
+    setup_logging(logging.INFO if verbose else logging.WARNING, s.log_format,
+                  context={"store": s.store, "gateway": s.gateway_id})
     try:
-        overrides: dict[str, object] = {}
-        if username is not None:
-            overrides["username"] = username
-        if password is not None:
-            overrides["password"] = password
-        if ca_file is not None:
-            overrides["ca_file"] = str(ca_file)
-        if insecure:
-            overrides["tls_insecure"] = True
-        settings = MqttSettings.from_url(broker, **overrides)
-        config = GatewayConfig(store=store, gateway_id=gateway_id, data_dir=data, prefix=prefix,
-                               concurrency=concurrency, status_interval_s=status_interval)
-        the_radio = open_radio(radio)
+        settings = MqttSettings.from_settings(s)
+        config = GatewayConfig(store=s.store, gateway_id=s.gateway_id, data_dir=s.data_dir, prefix=s.topic_prefix,
+                               concurrency=s.gateway_concurrency, status_interval_s=s.gateway_status_interval_s)
+        the_radio = open_radio(s.radio)
     except (MqttSettingsError, GatewayConfigError, RadioSpecError) as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -73,15 +89,15 @@ def gateway(
             loop.add_signal_handler(sig, stop.set)
         gw = Gateway(config, the_radio, settings)
         async with gw:
-            typer.echo(f"gateway {gateway_id} of store {store}: {settings.url} <-> {radio}", err=True)
+            typer.echo(f"gateway {config.gateway_id} of store {config.store}: {settings.url} <-> {s.radio}", err=True)
             await stop.wait()
-        typer.echo(f"gateway {gateway_id} stopped: {gw.results['ack']} acks, {gw.results['nack']} nacks",
+        typer.echo(f"gateway {config.gateway_id} stopped: {gw.results['ack']} acks, {gw.results['nack']} nacks",
                    err=True)
 
     try:
         asyncio.run(main())
     except ConnectionError as exc:  # the radio cannot start (no simulator there, no adapter)
-        typer.echo(f"esl gateway: radio {radio}: {exc}", err=True)
+        typer.echo(f"esl gateway: radio {s.radio}: {exc}", err=True)
         raise typer.Exit(1) from None
     except (OSError, SpoolError) as exc:  # the data directory
         typer.echo(f"esl gateway: {exc}; choose a writable directory with --data", err=True)

@@ -165,31 +165,47 @@ def templates_list(
 def templates_check(
     path: Annotated[Optional[Path], typer.Argument(help="A template file (default: every shipped template).")] = None,
 ) -> None:
-    """Render every template (or the file given) for the sample catalogue; non-zero on any error."""
-    require_fonts_or_exit("templates check")
-    from render.batch import render_batch
-    from render.samples import image_resolver, sample_catalogue
-    from render.templates import TemplateError, load_template, shipped_template_names
+    """Render every template (or the file given) for the sample catalogue; non-zero on any error.
 
+    Each template runs in a render process inside the template limits (``template_cpu_s``,
+    ``template_memory_mb``, ``template_timeout_s`` of esl.toml / ``ESL_*``), as the server
+    runs it: a template bomb is one error line naming the template, line and limit."""
+    require_fonts_or_exit("templates check")
+    from eslserver.config import ConfigError, load_settings
+    from eslserver.render_worker import check_samples
+    from render.isolate import LimitedPool, LimitExceeded
+    from render.templates import TemplateError, shipped_template_names
+
+    try:
+        limits = load_settings().template_limits
+    except ConfigError as exc:
+        raise _fail(f"error: {exc}") from None
     refs: list[str | Path] = [path] if path is not None else list(shipped_template_names())
     now = datetime.now(timezone.utc)
-    records = sample_catalogue(now)
-    images = image_resolver()
     problems = 0
-    for ref in refs:
-        try:
-            tmpl = load_template(ref)
-            for model in tmpl.info.models:
-                results = render_batch(tmpl, records, model=model, images=images, now=now)
-                errors = [r for r in results if r.error is not None]
-                for r in errors:
-                    _err(f"error: {r.sku}: {r.error}")
-                problems += len(errors)
-                status = "ok" if not errors else f"{len(errors)} errors"
-                typer.echo(f"{tmpl.name} [{model}]: {len(results)} labels, {status}")
-        except TemplateError as exc:
-            problems += 1
-            _err(f"error: {exc}")
+    pool = LimitedPool(1, limits, name="templates-check")
+    try:
+        for ref in refs:
+            try:
+                checks = pool.call(check_samples, (str(ref), now))
+            except TemplateError as exc:
+                problems += 1
+                _err(f"error: {exc}")
+                continue
+            except LimitExceeded as exc:
+                problems += 1
+                _err(f"error: {exc}" if exc.template else f"error: {ref}: limit error: {exc.reason}")
+                continue
+            for check in checks:
+                for error, skus in check.errors.items():
+                    more = f" and {len(skus) - 3} more" if len(skus) > 3 else ""
+                    _err(f"error: {', '.join(skus[:3])}{more}: {error}")
+                    problems += len(skus)
+                failed = sum(len(skus) for skus in check.errors.values())
+                status = "ok" if not failed else f"{failed} errors"
+                typer.echo(f"{check.template} [{check.model}]: {check.labels} labels, {status}")
+    finally:
+        pool.close()
     if problems:
         raise typer.Exit(1)
 

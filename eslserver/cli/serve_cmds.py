@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -13,8 +12,9 @@ from eslserver.cli.errors import startup_errors
 from eslserver.cli.need_fonts import require_fonts_or_exit
 from eslserver.config import ConfigError, Settings, load_settings
 from eslserver.logs import setup_logging
+from eslserver.signals import run_until_signal
 
-__all__ = ["register", "serve", "demo", "settings_from_flags", "run_until_signal"]
+__all__ = ["register", "serve", "demo", "settings_from_flags"]
 
 _Config = Annotated[Optional[Path], typer.Option("--config", "-c", help="esl.toml to read (default ./esl.toml if present).")]
 _Data = Annotated[Optional[Path], typer.Option("--data", help="Data directory (SQLite file, spools, snapshots).")]
@@ -37,19 +37,6 @@ def settings_from_flags(config: Path | None, **flags: Any) -> Settings:
 
 def _logging(settings: Settings, verbose: bool) -> None:
     setup_logging("debug" if verbose else settings.log_level, settings.log_format, context={"store": settings.store})
-
-
-async def run_until_signal() -> None:
-    """Return on SIGINT or SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 def serve(config: _Config = None, data: _Data = None, http_host: _Host = None, http_port: _Port = None,

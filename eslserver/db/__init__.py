@@ -1,4 +1,5 @@
-"""Storage: SQLite through aiosqlite (WAL, ordered migrations), and the queries per table."""
+"""The database engine: SQLite through aiosqlite (WAL, ordered migrations, serialised write
+transactions). It names no table: every statement on a table is in `eslserver.store`."""
 
 from eslserver.db.database import SCHEMA_VERSION, Database, DatabaseError
 

@@ -183,18 +183,33 @@ class Database:
         return rows[0] if rows else None
 
 
-async def fetchall(conn: aiosqlite.Connection, sql: str,
+Reader = aiosqlite.Connection | Database
+"""Where a read runs: an open transaction's connection (sees its own writes), or the
+`Database` (`Database.read`: committed data only). Storage operations that both a
+transaction and a plain reader need take either."""
+
+
+async def fetchall(conn: Reader, sql: str,
                    params: Sequence[Any] | dict[str, Any] = ()) -> list[aiosqlite.Row]:
-    """Rows from a query inside a transaction (one call into the connection's thread)."""
+    """Rows from a query inside a transaction (one call into the connection's thread), or
+    from the committed data when `conn` is the `Database`."""
+    if isinstance(conn, Database):
+        return await conn.read(sql, params)
     return list(await conn.execute_fetchall(sql, params))
 
 
-async def fetchone(conn: aiosqlite.Connection, sql: str,
+async def fetchone(conn: Reader, sql: str,
                    params: Sequence[Any] | dict[str, Any] = ()) -> aiosqlite.Row | None:
-    rows = await conn.execute_fetchall(sql, params)
-    return next(iter(rows), None)
+    """The first row of `fetchall`, or None."""
+    return next(iter(await fetchall(conn, sql, params)), None)
 
 
 def placeholders(items: Iterable[object]) -> str:
     """``?, ?, ?`` for an IN (...) list."""
     return ", ".join("?" for _ in items)
+
+
+def escape_like(text: str) -> str:
+    """`text` matched literally by ``LIKE ? ESCAPE '\\'`` (its ``%``, ``_`` and ``\\`` escaped);
+    add the wildcards around it."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

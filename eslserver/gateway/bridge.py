@@ -43,14 +43,13 @@ from eslserver.gateway.events import Ack, Checkin, Event, EventError, Nack, Stat
 from eslserver.gateway.spool import JobSpool, PutResult, SpoolError
 from eslserver.logs import FailureLog
 from eslserver.mqtt import Message, MqttConnection, MqttSettings, MqttUnavailable, Will
+from eslserver.topics import TopicError, Topics, check_level
 from firmware_proto.envelope import EnvelopeError, JobEnvelope, parse_envelope
 from firmware_proto.link import Radio
 
 __all__ = ["RadioSpecError", "GatewayConfigError", "GatewayConfig", "Gateway", "open_radio"]
 
 log = logging.getLogger(__name__)
-
-_BAD_NAME = set("+#/") | {"\x00"}
 
 
 class RadioSpecError(ValueError):
@@ -96,10 +95,10 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         for name in ("store", "gateway_id", "prefix"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value or _BAD_NAME & set(value):
-                raise GatewayConfigError(f"{name} must be a non-empty MQTT topic level "
-                                         f"(no '+', '#', '/'), got {value!r}")
+            try:
+                check_level(name, getattr(self, name))
+            except TopicError as exc:
+                raise GatewayConfigError(str(exc)) from None
         if not isinstance(self.concurrency, int) or not 1 <= self.concurrency <= 10_000:
             raise GatewayConfigError(f"concurrency must be an int in 1..10000, got {self.concurrency!r}")
         for name in ("status_interval_s", "checkin_coalesce_s"):
@@ -109,8 +108,10 @@ class GatewayConfig:
         if self.status_interval_s == 0:
             raise GatewayConfigError("status_interval_s must be > 0, got 0")
 
-    def topic(self, leaf: str) -> str:
-        return f"{self.prefix}/{self.store}/gateway/{self.gateway_id}/{leaf}"
+    @property
+    def topics(self) -> Topics:
+        """The store's topics; this gateway's are ``topics.gateway_jobs(gateway_id)`` and so on."""
+        return Topics(self.prefix, self.store)
 
     @property
     def client_id(self) -> str:
@@ -148,12 +149,16 @@ class Gateway:
         self.radio = radio
         self.checkins = CheckinTracker(coalesce_s=config.checkin_coalesce_s)
         self.spool = JobSpool(config.spool_path)
+        topics = config.topics
+        self.jobs_topic = topics.gateway_jobs(config.gateway_id)
+        self.events_topic = topics.gateway_events(config.gateway_id)
+        self.status_topic = topics.gateway_status(config.gateway_id)
         self.mqtt = MqttConnection(
             mqtt, client_id=config.client_id, clean_session=False,
-            will=Will(config.topic("status"), b"offline", qos=1, retain=True),
+            will=Will(self.status_topic, b"offline", qos=1, retain=True),
             on_connect=self._on_connect, reconnect_min_s=reconnect_min_s,
             reconnect_max_s=reconnect_max_s)
-        self.mqtt.subscribe(config.topic("jobs"), self._on_job, qos=1, concurrency=config.concurrency)
+        self.mqtt.subscribe(self.jobs_topic, self._on_job, qos=1, concurrency=config.concurrency)
         self._slots = asyncio.Semaphore(config.concurrency)
         self._queues: dict[str, deque[_Job]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -197,16 +202,17 @@ class Gateway:
         self._spawn(self._publish_checkins(), "gateway-checkins")
         self._spawn(self._publish_status(), "gateway-status")
         log.info("gateway %s for store %s: jobs on %s", self.config.gateway_id, self.config.store,
-                 self.config.topic("jobs"))
+                 self.jobs_topic)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stop_tasks()
         try:
-            await self.mqtt.publish(self.config.topic("status"), b"offline", qos=1, retain=True, timeout=2.0)
+            await self.mqtt.publish(self.status_topic, b"offline", qos=1, retain=True, timeout=2.0)
         except MqttUnavailable:
             log.warning("could not publish 'offline' (broker unreachable); the last will covers it")
         await self.mqtt.__aexit__(None, None, None)
+        await self._stop_tasks()  # whatever a message handled during the close started
         self.radio.set_checkin_callback(None)
         await self.radio.close()
         await self.spool.close()
@@ -243,10 +249,10 @@ class Gateway:
 
     # -- MQTT side ----------------------------------------------------------------------------
     async def _on_connect(self) -> None:
-        await self.mqtt.publish(self.config.topic("status"), b"online", qos=1, retain=True)
+        await self.mqtt.publish(self.status_topic, b"online", qos=1, retain=True)
 
     async def _publish(self, event: Event) -> None:
-        await self.mqtt.publish(self.config.topic("events"), event.to_json(), qos=1)
+        await self.mqtt.publish(self.events_topic, event.to_json(), qos=1)
 
     async def _on_job(self, message: Message) -> None:
         """A job from the broker: spool it (durably) and schedule it; the PUBACK follows."""
@@ -306,6 +312,8 @@ class Gateway:
 
     # -- jobs ---------------------------------------------------------------------------------
     def _schedule(self, job: _Job) -> None:
+        if self._stopping:  # a job that arrives while we stop stays spooled: resumed at restart
+            return
         self._known.add(job.key)
         mac = job.envelope.mac
         self._queues.setdefault(mac, deque()).append(job)
@@ -418,7 +426,7 @@ class Gateway:
             if not self.mqtt.is_connected:
                 continue  # a status is about now: do not queue stale ones
             try:
-                await self.mqtt.publish(self.config.topic("events"), self.status().to_json(), qos=1,
+                await self.mqtt.publish(self.events_topic, self.status().to_json(), qos=1,
                                         timeout=self.config.status_interval_s)
             except MqttUnavailable:
                 continue

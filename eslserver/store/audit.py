@@ -1,0 +1,47 @@
+"""The ``audit`` table: every statement on it.
+
+Rows are only ever appended (`insert`, inside the transaction of the change they record) and
+read back newest first. What is audited, and how before/after are written as JSON, is
+`eslserver.audit`'s business; this module stores and finds the text it is given.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import aiosqlite
+
+from eslserver.db.database import Database, escape_like
+from eslserver.store import paging
+from eslserver.store._listing import equal_to
+
+__all__ = ["insert", "newest", "count_since"]
+
+_SELECT: Final = "SELECT id, at, actor, role, action, target, before, after FROM audit"
+
+
+async def insert(conn: aiosqlite.Connection, at: str, actor: str, role: str, action: str, target: str,
+                 before: str | None, after: str | None) -> None:
+    """Append one row inside the caller's transaction (it commits, or not, with the change)."""
+    await conn.execute(
+        "INSERT INTO audit (at, actor, role, action, target, before, after) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (at, actor, role, action, target, before, after))
+
+
+async def newest(db: Database, *, before: int | None, limit: int, actor: str | None = None,
+                 action: str | None = None, target: str | None = None,
+                 action_prefix: str | None = None) -> list[aiosqlite.Row]:
+    """One page of committed rows (``id``, ``at``, ``actor``, ``role``, ``action``, ``target``,
+    ``before``, ``after``), newest first, matching every filter given: `actor`, `action` and
+    `target` exactly, `action_prefix` as the start of the action (``"label."``)."""
+    where, params = equal_to({"actor": actor, "action": action, "target": target})
+    if action_prefix is not None:
+        where.append("action LIKE ? ESCAPE '\\'")
+        params.append(escape_like(action_prefix) + "%")
+    return await paging.newest_first(db, _SELECT, where, params, before=before, limit=limit)
+
+
+async def count_since(db: Database, action: str, since: str) -> int:
+    """How many committed rows of `action` were written at or after `since`."""
+    row = await db.read_one("SELECT COUNT(*) FROM audit WHERE action = ? AND at >= ?", (action, since))
+    return int(row[0]) if row else 0

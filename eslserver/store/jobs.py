@@ -1,0 +1,214 @@
+"""The ``jobs`` table (the outbox): every statement on it.
+
+A job is ``queued``, then ``sent`` to a gateway, then ``done``, ``failed`` or back to
+``queued``; a queued image job can be ``superseded``. `eslserver.jobs.Outbox` creates and
+ends jobs through this module (and counts them); `eslserver.dispatch` claims, requeues and
+reads them. Writes take the caller's transaction connection and never commit; reads take a
+`Reader` (the transaction's connection, or the `Database` for committed data). Each
+operation is one statement (or one ``executemany``; lists of MACs go in slices of
+`eslserver.store.labels.IN_MAX`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiosqlite
+
+from eslserver.db.database import Database, Reader, fetchall, fetchone, placeholders
+from eslserver.store._listing import equal_to
+from eslserver.store.labels import IN_MAX
+
+__all__ = [
+    "JOB_COLUMNS", "JobFilter", "claimable", "count_by_state", "count_open_by_state", "finish", "get", "has_open",
+    "image_waits", "insert", "insert_many", "mark_sent", "next_attempt_at", "open_by_kind", "open_for_label",
+    "open_images", "open_pairings", "overdue", "page", "requeue", "requeue_sent_by", "requeue_whole_image",
+    "sent_per_gateway", "supersede_images",
+]
+
+JOB_COLUMNS: Final = ("id, mac, gateway, kind, state, image_hash, base_hash, region, delta, format, attempts, "
+                      "next_attempt_at, created_at, sent_at, finished_at, origin_at, error")
+"""The columns of a job listing (everything but the payload and the command)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobFilter:
+    """The filters of a job listing (all of them apply); a filter left None is not applied."""
+
+    store: str
+    state: str | None = None
+    kind: str | None = None
+    gateway: str | None = None
+    mac: str | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        """The WHERE clause (without the keyword) and its parameters."""
+        clauses, params = equal_to({"store": self.store, "state": self.state, "kind": self.kind,
+                                    "gateway": self.gateway, "mac": self.mac})
+        return " AND ".join(clauses), params
+
+
+# -- creating and ending --------------------------------------------------------------------
+async def insert(conn: aiosqlite.Connection, values: Mapping[str, Any]) -> int:
+    """Add one job with these column values; its id."""
+    names = list(values)
+    cur = await conn.execute(f"INSERT INTO jobs ({', '.join(names)}) VALUES ({placeholders(names)})",
+                             list(values.values()))
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+async def insert_many(conn: aiosqlite.Connection, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Add one job per row, a row holding the values of `columns` (one ``executemany``)."""
+    await conn.executemany(f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({placeholders(columns)})", rows)
+
+
+async def finish(conn: aiosqlite.Connection, job_id: int, outcome: str, now: str, error: str | None) -> str | None:
+    """End the job as `outcome` if it is open; its kind, or None when it was not open (then
+    nothing changed)."""
+    row = await fetchone(conn, "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state IN "
+                               "('queued', 'sent') RETURNING kind", (outcome, now, error, job_id))
+    return None if row is None else str(row["kind"])
+
+
+async def supersede_images(conn: aiosqlite.Connection, macs: Sequence[str], now: str) -> int:
+    """End the queued image jobs of `macs` as ``superseded``; how many."""
+    superseded = 0
+    for i in range(0, len(macs), IN_MAX):
+        part = macs[i:i + IN_MAX]
+        rows = await fetchall(conn, f"UPDATE jobs SET state = 'superseded', finished_at = ? WHERE kind = 'image' "
+                                    f"AND state = 'queued' AND mac IN ({placeholders(part)}) RETURNING id",
+                              (now, *part))
+        superseded += len(rows)
+    return superseded
+
+
+# -- sending ------------------------------------------------------------------------------
+async def claimable(conn: Reader, store: str, now: str, limit: int) -> list[aiosqlite.Row]:
+    """Up to `limit` queued jobs of `store` due by `now`, oldest first, each the oldest open
+    job of its label and for a label that is not ``offline``, with what building its
+    envelope needs from the label (``gateway, label_key, tx_counter, rx_highest,
+    factory_counter, displayed_hash``). Joins ``labels``; it lives here because it selects jobs."""
+    return await fetchall(
+        conn,
+        "SELECT j.id, j.mac, j.kind, j.image_hash, j.base_hash, j.region, j.delta, j.format, j.payload, "
+        "j.command, j.attempts, l.gateway, l.label_key, l.tx_counter, l.rx_highest, l.factory_counter, "
+        "l.displayed_hash FROM jobs j JOIN labels l ON l.mac = j.mac "
+        "WHERE j.store = ? AND j.state = 'queued' AND j.next_attempt_at <= ? AND l.state <> 'offline' "
+        "AND j.id = (SELECT MIN(k.id) FROM jobs k WHERE k.mac = j.mac AND k.state IN ('queued', 'sent')) "
+        "ORDER BY j.id LIMIT ?", (store, now, limit))
+
+
+async def mark_sent(conn: aiosqlite.Connection, job_id: int, gateway: str, now: str) -> None:
+    """The queued job goes to `gateway`: ``sent``, one more attempt."""
+    await conn.execute("UPDATE jobs SET state = 'sent', gateway = ?, attempts = attempts + 1, sent_at = ? "
+                       "WHERE id = ? AND state = 'queued'", (gateway, now, job_id))
+
+
+async def requeue(conn: aiosqlite.Connection, job_id: int, next_attempt_at: str, error: str) -> None:
+    """Try the job again at `next_attempt_at` (``queued``), noting why the last try failed."""
+    await conn.execute("UPDATE jobs SET state = 'queued', next_attempt_at = ?, error = ? WHERE id = ?",
+                       (next_attempt_at, error, job_id))
+
+
+async def requeue_whole_image(conn: aiosqlite.Connection, job_id: int, now: str, error: str) -> None:
+    """Try the image job again at once with the whole stored image instead of an update
+    against the image the label was thought to show. Reads ``images``."""
+    await conn.execute("UPDATE jobs SET state = 'queued', base_hash = NULL, region = NULL, delta = 0, "
+                       "format = (SELECT format FROM images WHERE hash = jobs.image_hash), "
+                       "payload = (SELECT payload FROM images WHERE hash = jobs.image_hash), "
+                       "next_attempt_at = ?, error = ? WHERE id = ?", (now, error, job_id))
+
+
+async def requeue_sent_by(conn: aiosqlite.Connection, gateway: str, now: str) -> None:
+    """Hand every job sent to `gateway` back to the queue, due `now`."""
+    await conn.execute("UPDATE jobs SET state = 'queued', next_attempt_at = ? WHERE state = 'sent' AND gateway = ?",
+                       (now, gateway))
+
+
+# -- reads --------------------------------------------------------------------------------
+async def get(conn: Reader, job_id: int, mac: str) -> aiosqlite.Row | None:
+    """``kind, state, attempts, command, image_hash`` of job `job_id` if it is for `mac`."""
+    return await fetchone(conn, "SELECT kind, state, attempts, command, image_hash FROM jobs WHERE id = ? AND mac = ?",
+                          (job_id, mac))
+
+
+async def has_open(conn: Reader, mac: str) -> bool:
+    """True when a job for the label is ``queued`` or ``sent``."""
+    return await fetchone(conn, "SELECT 1 FROM jobs WHERE mac = ? AND state IN ('queued', 'sent')",
+                          (mac,)) is not None
+
+
+async def open_pairings(conn: Reader, mac: str) -> list[aiosqlite.Row]:
+    """``id`` and ``command`` (the new key) of the label's open pairing jobs, newest first."""
+    return await fetchall(conn, "SELECT id, command FROM jobs WHERE mac = ? AND kind = 'pair' "
+                                "AND state IN ('queued', 'sent') ORDER BY id DESC", (mac,))
+
+
+async def open_images(conn: Reader, macs: Sequence[str]) -> set[tuple[str, str]]:
+    """``(mac, image_hash)`` of every open image job of `macs`."""
+    out: set[tuple[str, str]] = set()
+    for i in range(0, len(macs), IN_MAX):
+        part = macs[i:i + IN_MAX]
+        for row in await fetchall(conn, f"SELECT mac, image_hash FROM jobs WHERE kind = 'image' AND state IN "
+                                        f"('queued', 'sent') AND mac IN ({placeholders(part)})", part):
+            out.add((row["mac"], row["image_hash"]))
+    return out
+
+
+async def open_for_label(db: Database, mac: str) -> list[aiosqlite.Row]:
+    """``id, kind, state, attempts, created_at, error`` of the label's open jobs, oldest first."""
+    return await db.read("SELECT id, kind, state, attempts, created_at, error FROM jobs "
+                         "WHERE mac = ? AND state IN ('queued', 'sent') ORDER BY id", (mac,))
+
+
+async def overdue(db: Database, sent_before: str) -> list[aiosqlite.Row]:
+    """``id`` and ``mac`` of the jobs still ``sent`` that were sent before `sent_before`."""
+    return await db.read("SELECT id, mac FROM jobs WHERE state = 'sent' AND sent_at < ?", (sent_before,))
+
+
+async def next_attempt_at(db: Database) -> str | None:
+    """The earliest ``next_attempt_at`` of the queued jobs; None when none is queued."""
+    row = await db.read_one("SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'queued'")
+    return row[0] if row else None
+
+
+async def sent_per_gateway(db: Database) -> dict[str, int]:
+    """How many jobs each gateway has out (``sent``)."""
+    return {r["gateway"]: r["n"] for r in await db.read(
+        "SELECT gateway, COUNT(*) AS n FROM jobs WHERE state = 'sent' GROUP BY gateway")}
+
+
+async def open_by_kind(db: Database) -> dict[str, int]:
+    """How many jobs of each kind are open (``queued`` or ``sent``)."""
+    return {r["kind"]: r["n"] for r in await db.read(
+        "SELECT kind, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'sent') GROUP BY kind")}
+
+
+async def count_by_state(db: Database) -> dict[str, int]:
+    """Jobs per ``state``, all stores."""
+    return {r[0]: r[1] for r in await db.read("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+
+
+async def count_open_by_state(db: Database, store: str) -> dict[str, int]:
+    """`store`'s open jobs per ``state`` (``queued``, ``sent``)."""
+    return {r[0]: r[1] for r in await db.read(
+        "SELECT state, COUNT(*) FROM jobs WHERE store = ? AND state IN ('queued', 'sent') GROUP BY state", (store,))}
+
+
+async def image_waits(db: Database, store: str, finished_since: str) -> list[aiosqlite.Row]:
+    """``origin_at`` and ``finished_at`` of `store`'s image jobs done since `finished_since`
+    that know when their change arrived (time-to-shelf)."""
+    return await db.read("SELECT origin_at, finished_at FROM jobs WHERE store = ? AND kind = 'image' "
+                         "AND state = 'done' AND finished_at >= ? AND origin_at IS NOT NULL", (store, finished_since))
+
+
+async def page(db: Database, where: JobFilter, limit: int, offset: int) -> tuple[int, list[aiosqlite.Row]]:
+    """(how many jobs match, their `JOB_COLUMNS` rows ``offset``…``offset + limit``, newest first)."""
+    clause, params = where.where()
+    total = await db.read_one(f"SELECT COUNT(*) FROM jobs WHERE {clause}", params)
+    rows = await db.read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+                         [*params, limit, offset])
+    return (total[0] if total else 0), rows

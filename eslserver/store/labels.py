@@ -1,0 +1,352 @@
+"""The ``labels`` table: every statement on it.
+
+A label row is what the server knows of one shelf label: the product it shows, what it
+should show (``expected_hash``) and what it reported showing (``displayed_hash``), its key
+and counters, and the ``dirty`` mark that asks the render pipeline to draw it again.
+
+Writes take the caller's transaction connection and never commit; reads take a `Reader` (the
+transaction's connection, or the `Database` for committed data). Each operation is one
+statement (or one ``executemany``); lists of MACs go in slices of `IN_MAX`. What to do with a
+label (state changes, metrics, logging, auditing) is decided by the callers: `eslserver.labels`,
+`eslserver.dispatch`, `eslserver.pipeline`, `eslserver.ingest`, `eslserver.catalogue`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiosqlite
+
+from eslserver.db.database import Database, Reader, fetchall, fetchone, placeholders
+from eslserver.store._listing import equal_to
+
+__all__ = [
+    "IN_MAX", "STATE_COLUMNS", "LabelFilter", "Pairing", "advance_counters", "bind", "bound_to", "clear_dirty",
+    "count_by_state", "count_low_battery", "count_up_to_date", "dirty_batch", "dirty_generation", "dirty_marks",
+    "discover", "for_event", "forget_key", "get", "mark_dirty", "mark_failed", "macs", "page", "pairing",
+    "record_failure", "record_seen", "record_unkeyed_checkin", "register", "reserve_counters", "set_expected",
+    "set_key", "set_pending", "set_render_failed", "set_shown", "set_up_to_date", "states", "unbind",
+    "use_factory_counter",
+]
+
+IN_MAX: Final = 500
+"""MACs per ``IN (...)`` list, well under SQLite's bound on parameters."""
+
+STATE_COLUMNS: Final = ("mac, sku, model, gateway, state, expected_hash, displayed_hash, battery_mv, temperature_c, "
+                        "rssi, last_seen, updated_at, template, aisle")
+"""The columns of the label state (`eslserver.labels.state_json`) plus ``template`` and ``aisle``."""
+
+_ROW: Final = f"{STATE_COLUMNS}, label_key IS NOT NULL AS paired"
+
+_generation = itertools.count(time.time_ns())
+
+
+def dirty_generation() -> int:
+    """A number larger than every earlier one in this process (and, being clock-based, across
+    restarts): a label is marked dirty with a new generation, and the renderer clears the
+    mark only if it is still the generation it rendered."""
+    return next(_generation)
+
+
+@dataclass(frozen=True, slots=True)
+class Pairing:
+    """Whether a label holds a key (``paired``) and whether a pairing job is open for it."""
+
+    paired: bool
+    pairing: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LabelFilter:
+    """The filters of a label listing (all of them apply); a filter left None is not applied."""
+
+    store: str
+    state: str | None = None
+    gateway: str | None = None
+    sku: str | None = None
+    aisle: str | None = None
+    model: str | None = None
+    template: str | None = None
+    battery_below: int | None = None
+    paired: bool | None = None
+    stale: bool | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        """The WHERE clause (without the keyword) and its parameters."""
+        clauses, params = equal_to({"store": self.store, "state": self.state, "gateway": self.gateway,
+                                    "sku": self.sku, "aisle": self.aisle, "model": self.model,
+                                    "template": self.template})
+        if self.battery_below is not None:
+            clauses.append("battery_mv < ?")
+            params.append(self.battery_below)
+        if self.paired is not None:
+            clauses.append("label_key IS NOT NULL" if self.paired else "label_key IS NULL")
+        if self.stale is not None:
+            shown = "(expected_hash IS NOT NULL AND displayed_hash IS expected_hash)"
+            clauses.append(f"NOT {shown}" if self.stale else shown)
+        return " AND ".join(clauses), params
+
+
+# -- reads --------------------------------------------------------------------------------
+async def get(conn: Reader, mac: str) -> aiosqlite.Row | None:
+    """The label's `STATE_COLUMNS` and ``paired`` (it holds a key); None when it is not known."""
+    return await fetchone(conn, f"SELECT {_ROW} FROM labels WHERE mac = ?", (mac,))
+
+
+async def states(db: Database, macs: Iterable[str]) -> list[aiosqlite.Row]:
+    """`get`'s rows for every known label of `macs` (committed), in no particular order."""
+    keys = list(macs)
+    out: list[aiosqlite.Row] = []
+    for i in range(0, len(keys), IN_MAX):
+        part = keys[i:i + IN_MAX]
+        out.extend(await db.read(f"SELECT {_ROW} FROM labels WHERE mac IN ({placeholders(part)})", part))
+    return out
+
+
+async def page(db: Database, where: LabelFilter, limit: int, offset: int) -> tuple[int, list[aiosqlite.Row]]:
+    """(how many labels match, `get`'s rows of the page ``offset``…``offset + limit`` by MAC)."""
+    clause, params = where.where()
+    total = await db.read_one(f"SELECT COUNT(*) FROM labels WHERE {clause}", params)
+    rows = await db.read(f"SELECT {_ROW} FROM labels WHERE {clause} ORDER BY mac LIMIT ? OFFSET ?",
+                         [*params, limit, offset])
+    return (total[0] if total else 0), rows
+
+
+async def macs(db: Database, store: str) -> list[str]:
+    """Every label of `store` (committed)."""
+    return [r["mac"] for r in await db.read("SELECT mac FROM labels WHERE store = ?", (store,))]
+
+
+async def bound_to(db: Database, store: str, sku: str, *, limit: int) -> list[aiosqlite.Row]:
+    """``mac`` and ``state`` of the first `limit` labels (by MAC) bound to product `sku`."""
+    return await db.read("SELECT mac, state FROM labels WHERE store = ? AND sku = ? ORDER BY mac LIMIT ?",
+                         (store, sku, limit))
+
+
+async def count_by_state(db: Database, store: str | None = None) -> dict[str, int]:
+    """Labels per ``state`` (of `store`, or of every store), in state order."""
+    if store is None:
+        rows = await db.read("SELECT state, COUNT(*) FROM labels GROUP BY state ORDER BY state")
+    else:
+        rows = await db.read("SELECT state, COUNT(*) FROM labels WHERE store = ? GROUP BY state ORDER BY state",
+                             (store,))
+    return {r[0]: r[1] for r in rows}
+
+
+async def count_low_battery(db: Database, store: str, below_mv: int) -> int:
+    """Labels of `store` that last reported a battery below `below_mv`."""
+    row = await db.read_one("SELECT COUNT(*) FROM labels WHERE store = ? AND battery_mv < ?", (store, below_mv))
+    return row[0] if row else 0
+
+
+async def count_up_to_date(db: Database, store: str) -> int:
+    """Labels of `store` whose reported image is the one they should show."""
+    row = await db.read_one("SELECT COUNT(*) FROM labels WHERE store = ? AND expected_hash IS NOT NULL "
+                            "AND displayed_hash = expected_hash", (store,))
+    return row[0] if row else 0
+
+
+async def dirty_batch(db: Database, store: str, limit: int) -> list[aiosqlite.Row]:
+    """Up to `limit` dirty labels of `store`, oldest mark first, each with its product's
+    ``record`` (None when the label is bound to no product that exists): ``mac, sku, model,
+    template, displayed_hash, expected_hash, dirty, paired, origin_at, record``. Reads
+    ``labels`` joined with ``products``; it lives here because it selects labels."""
+    return await db.read(
+        "SELECT l.mac, l.sku, l.model, l.template, l.displayed_hash, l.expected_hash, l.dirty, "
+        "l.label_key IS NOT NULL AS paired, l.origin_at, p.record "
+        "FROM labels l LEFT JOIN products p ON p.store = l.store AND p.sku = l.sku "
+        "WHERE l.store = ? AND l.dirty <> 0 ORDER BY l.dirty LIMIT ?", (store, limit))
+
+
+async def dirty_marks(conn: Reader, macs: Sequence[str]) -> dict[str, int]:
+    """The current ``dirty`` generation of each known label of `macs` (0: none)."""
+    out: dict[str, int] = {}
+    for i in range(0, len(macs), IN_MAX):
+        part = macs[i:i + IN_MAX]
+        for row in await fetchall(conn, f"SELECT mac, dirty FROM labels WHERE mac IN ({placeholders(part)})", part):
+            out[row["mac"]] = row["dirty"]
+    return out
+
+
+async def for_event(conn: Reader, mac: str) -> aiosqlite.Row | None:
+    """What a gateway event about the label is judged by: ``sku, label_key, rx_highest,
+    expected_hash, origin_at, state``; None when the label is not known."""
+    return await fetchone(conn, "SELECT sku, label_key, rx_highest, expected_hash, origin_at, state "
+                                "FROM labels WHERE mac = ?", (mac,))
+
+
+async def pairing(conn: Reader, mac: str) -> Pairing | None:
+    """Whether the label holds a key and whether a pairing job is open for it; None when the
+    label is not known. Reads ``jobs`` too; it lives here because it selects a label."""
+    row = await fetchone(conn, "SELECT label_key IS NOT NULL AS paired, EXISTS (SELECT 1 FROM jobs WHERE mac = ? "
+                               "AND kind = 'pair' AND state IN ('queued', 'sent')) AS pairing "
+                               "FROM labels WHERE mac = ?", (mac, mac))
+    return None if row is None else Pairing(bool(row["paired"]), bool(row["pairing"]))
+
+
+# -- registering and binding ---------------------------------------------------------------
+async def register(conn: aiosqlite.Connection, *, mac: str, store: str, model: str, now: str,
+                   gateway: str | None = None, sku: str | None = None, template: str | None = None,
+                   aisle: str | None = None) -> bool:
+    """Add a label unless it is known; True if it was added. A label added with a product is
+    ``pending`` and dirty (it must be drawn), one without is ``unpaired``."""
+    cur = await conn.execute(
+        "INSERT OR IGNORE INTO labels (mac, store, sku, model, template, gateway, aisle, state, updated_at, dirty) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (mac, store, sku, model, template, gateway, aisle, "unpaired" if sku is None else "pending",
+         now, dirty_generation() if sku is not None else 0))
+    return cur.rowcount > 0
+
+
+async def discover(conn: aiosqlite.Connection, *, mac: str, store: str, model: str, gateway: str,
+                   rssi: int | None, battery_mv: int | None, factory_counter: int, now: str) -> None:
+    """Add a label first heard by `gateway` (``unpaired``, not known before)."""
+    await conn.execute(
+        "INSERT INTO labels (mac, store, model, gateway, state, rssi, battery_mv, last_seen, updated_at, "
+        "factory_counter) VALUES (?, ?, ?, ?, 'unpaired', ?, ?, ?, ?, ?)",
+        (mac, store, model, gateway, rssi, battery_mv, now, now, factory_counter))
+
+
+async def bind(conn: aiosqlite.Connection, mac: str, sku: str, *, template: str | None, now: str) -> None:
+    """Show product `sku` on the known label `mac` (and `template`, unless None keeps its
+    own): it is marked dirty, and an ``unpaired`` label becomes ``pending``."""
+    await conn.execute(
+        "UPDATE labels SET sku = ?, template = COALESCE(?, template), dirty = ?, "
+        "origin_at = COALESCE(origin_at, ?), state = CASE WHEN state = 'unpaired' THEN 'pending' "
+        "ELSE state END, updated_at = ? WHERE mac = ?",
+        (sku, template, dirty_generation(), now, now, mac))
+
+
+async def unbind(conn: aiosqlite.Connection, mac: str, *, now: str) -> None:
+    """The label shows no product: ``unpaired``, with no dirty mark and nothing waiting."""
+    await conn.execute("UPDATE labels SET sku = NULL, state = 'unpaired', dirty = 0, origin_at = NULL, "
+                       "updated_at = ? WHERE mac = ?", (now, mac))
+
+
+# -- the dirty mark -------------------------------------------------------------------------
+async def mark_dirty(conn: aiosqlite.Connection, origin_at: str, *, mac: str | None = None,
+                     store: str | None = None, sku: str | None = None, template: str | None = None,
+                     models: Sequence[str] = (), pending: bool = False) -> None:
+    """Ask the pipeline to draw labels again, with a new `dirty_generation`; ``origin_at``
+    (when the change arrived) is kept if an older change is still unshown. Which labels:
+    the label `mac`; or those of `store` bound to `sku`; or the bound labels drawn with
+    `template` (named, or by default for one of `models`). `pending` also sets ``state``
+    to ``pending``."""
+    sets = "dirty = ?, state = 'pending', " if pending else "dirty = ?, "
+    where: str
+    params: tuple[Any, ...]
+    if mac is not None and store is None and sku is None and template is None:
+        where, params = "mac = ?", (mac,)
+    elif mac is None and store is not None and sku is not None and template is None:
+        where, params = "store = ? AND sku = ?", (store, sku)
+    elif mac is None and store is None and sku is None and template is not None:
+        where = f"sku IS NOT NULL AND (template = ? OR (template IS NULL AND model IN ({placeholders(models) or 'NULL'})))"
+        params = (template, *models)
+    else:
+        raise ValueError(f"mark_dirty: expected mac, store and sku, or template; got mac={mac!r}, "
+                         f"store={store!r}, sku={sku!r}, template={template!r}")
+    await conn.execute(f"UPDATE labels SET {sets}origin_at = COALESCE(origin_at, ?) WHERE {where}",
+                       (dirty_generation(), origin_at, *params))
+
+
+async def set_shown(conn: aiosqlite.Connection, rows: Iterable[tuple[str, str, str]]) -> None:
+    """Rendered labels that already show their image: ``(expected_hash, now, mac)`` each;
+    state ``ok``, nothing waiting, mark cleared."""
+    await conn.executemany("UPDATE labels SET expected_hash = ?, state = 'ok', origin_at = NULL, "
+                           "updated_at = ?, dirty = 0 WHERE mac = ?", rows)
+
+
+async def set_expected(conn: aiosqlite.Connection, rows: Iterable[tuple[str, str, str]]) -> None:
+    """Rendered labels whose new image is on its way: ``(expected_hash, now, mac)`` each;
+    state ``pending`` (an ``offline`` label stays offline), mark cleared."""
+    await conn.executemany("UPDATE labels SET expected_hash = ?, state = CASE WHEN state = 'offline' "
+                           "THEN state ELSE 'pending' END, updated_at = ?, dirty = 0 WHERE mac = ?", rows)
+
+
+async def set_render_failed(conn: aiosqlite.Connection, rows: Iterable[tuple[str, str]]) -> None:
+    """Labels whose render failed: ``(now, mac)`` each; state ``failed``, mark cleared (they
+    keep their last good image)."""
+    await conn.executemany("UPDATE labels SET state = 'failed', updated_at = ?, dirty = 0 WHERE mac = ?", rows)
+
+
+async def clear_dirty(conn: aiosqlite.Connection, rows: Iterable[tuple[str, int]]) -> None:
+    """``(mac, generation)`` each: clear the mark only where it still holds that generation
+    (a newer change is drawn again)."""
+    await conn.executemany("UPDATE labels SET dirty = 0 WHERE mac = ? AND dirty = ?", rows)
+
+
+# -- keys and counters ---------------------------------------------------------------------
+async def reserve_counters(conn: aiosqlite.Connection, mac: str, budget: int) -> None:
+    """Move the label's transmit counter past the `budget` a job may use."""
+    await conn.execute("UPDATE labels SET tx_counter = tx_counter + ? WHERE mac = ?", (budget, mac))
+
+
+async def use_factory_counter(conn: aiosqlite.Connection, mac: str) -> None:
+    """A pairing job used the factory counter once more."""
+    await conn.execute("UPDATE labels SET factory_counter = factory_counter + 1 WHERE mac = ?", (mac,))
+
+
+async def set_key(conn: aiosqlite.Connection, mac: str, key: bytes, *, tx_counter: int, rx_highest: int) -> None:
+    """The label's new long-term key, with the counters it starts at."""
+    await conn.execute("UPDATE labels SET label_key = ?, tx_counter = ?, rx_highest = ? WHERE mac = ?",
+                       (key, tx_counter, rx_highest, mac))
+
+
+async def forget_key(conn: aiosqlite.Connection, mac: str) -> None:
+    """The label lost its key (a factory reset): it must be paired again."""
+    await conn.execute("UPDATE labels SET label_key = NULL WHERE mac = ?", (mac,))
+
+
+async def advance_counters(conn: aiosqlite.Connection, mac: str, *, tx_counter: int,
+                           rx_highest: int | None) -> None:
+    """Counters only move forward: each becomes the larger of the stored and the given one
+    (None: leave ``rx_highest`` as it is)."""
+    await conn.execute("UPDATE labels SET tx_counter = MAX(tx_counter, ?), "
+                       "rx_highest = MAX(rx_highest, COALESCE(?, 0)) WHERE mac = ?", (tx_counter, rx_highest, mac))
+
+
+# -- what the label reported ----------------------------------------------------------------
+async def record_seen(conn: aiosqlite.Connection, mac: str, *, now: str, gateway: str | None,
+                      displayed_hash: str | None, battery_mv: int | None, temperature_c: int | None,
+                      rssi: int | None) -> None:
+    """The label was heard (authenticated): what it reported (None keeps the stored value),
+    when, through which gateway; its failure count starts again."""
+    await conn.execute(
+        "UPDATE labels SET displayed_hash = COALESCE(?, displayed_hash), battery_mv = COALESCE(?, battery_mv), "
+        "temperature_c = COALESCE(?, temperature_c), rssi = COALESCE(?, rssi), last_seen = ?, "
+        "gateway = COALESCE(?, gateway), failures = 0, updated_at = ? WHERE mac = ?",
+        (displayed_hash, battery_mv, temperature_c, rssi, now, gateway, now, mac))
+
+
+async def record_unkeyed_checkin(conn: aiosqlite.Connection, mac: str, *, factory_counter: int, gateway: str,
+                                 rssi: int | None, now: str) -> None:
+    """A check-in without a key (a new or reset label): its factory counter moves forward,
+    and where and when it was heard."""
+    await conn.execute("UPDATE labels SET factory_counter = MAX(factory_counter, ?), gateway = ?, "
+                       "rssi = ?, last_seen = ? WHERE mac = ?", (factory_counter, gateway, rssi, now, mac))
+
+
+async def set_up_to_date(conn: aiosqlite.Connection, mac: str) -> None:
+    """The label reported the image it should show: ``ok``, nothing waiting."""
+    await conn.execute("UPDATE labels SET state = 'ok', origin_at = NULL WHERE mac = ?", (mac,))
+
+
+async def set_pending(conn: aiosqlite.Connection, mac: str) -> None:
+    """An update for the label is on its way (or about to be)."""
+    await conn.execute("UPDATE labels SET state = 'pending' WHERE mac = ?", (mac,))
+
+
+async def mark_failed(conn: aiosqlite.Connection, mac: str, *, now: str) -> None:
+    """A job for the label could not be built: ``failed``."""
+    await conn.execute("UPDATE labels SET state = 'failed', updated_at = ? WHERE mac = ?", (now, mac))
+
+
+async def record_failure(conn: aiosqlite.Connection, mac: str, state: str, *, now: str) -> None:
+    """A job for the label failed for good: `state` (``offline`` or ``failed``) and one more
+    failure counted."""
+    await conn.execute("UPDATE labels SET state = ?, failures = failures + 1, updated_at = ? WHERE mac = ?",
+                       (state, now, mac))

@@ -1,0 +1,172 @@
+"""The catalogue's tables: ``products``, ``price_history`` and ``scheduled_updates``.
+
+Every statement on these three tables is here; they are one module because a price change
+writes all of them in one transaction (`eslserver.ingest`). Writes take the caller's
+transaction connection and never commit; reads take a `Reader` (the transaction's
+connection, or the `Database` for committed data). Records and scheduled fields are stored
+as the JSON text `eslserver.pricing` writes; this module neither reads nor shapes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import aiosqlite
+
+from eslserver.db.database import Database, Reader, escape_like, fetchall, fetchone, placeholders
+
+__all__ = [
+    "HistoryRow", "exists", "get", "seq", "upsert", "records", "due_changes", "set_next_change", "next_due",
+    "search", "summary", "add_history", "history", "schedule", "scheduled_max_seq", "due_scheduled",
+    "drop_scheduled", "scheduled",
+]
+
+HistoryRow = tuple[str, str, str | None, int, int | None, str, str]
+"""One price period to write: (price, start_at, end_at, reduction 0/1, seq, source, recorded_at)."""
+
+_IN_MAX: Final = 500  # SKUs per IN (...) list, well under SQLite's bound on parameters
+
+
+# -- products -----------------------------------------------------------------------------
+async def exists(conn: Reader, store: str, sku: str) -> bool:
+    """True when `sku` is in `store`'s catalogue."""
+    return await fetchone(conn, "SELECT 1 FROM products WHERE store = ? AND sku = ?", (store, sku)) is not None
+
+
+async def get(conn: Reader, store: str, sku: str) -> aiosqlite.Row | None:
+    """The product's ``record`` (JSON text) and ``seq``; None when it is not in the catalogue."""
+    return await fetchone(conn, "SELECT record, seq FROM products WHERE store = ? AND sku = ?", (store, sku))
+
+
+async def seq(conn: Reader, store: str, sku: str) -> int | None:
+    """The highest POS ``seq`` applied to the product; None when it has none or is unknown."""
+    row = await fetchone(conn, "SELECT seq FROM products WHERE store = ? AND sku = ?", (store, sku))
+    return None if row is None else row[0]
+
+
+async def upsert(conn: aiosqlite.Connection, store: str, sku: str, record: str, seq: int | None,
+                 updated_at: str, next_change_at: str | None) -> None:
+    """Make `record` the product's current one (inserted, or replacing the stored row whole)."""
+    await conn.execute(
+        "INSERT INTO products (store, sku, record, seq, updated_at, next_change_at) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (store, sku) DO UPDATE SET record = excluded.record, seq = excluded.seq, "
+        "updated_at = excluded.updated_at, next_change_at = excluded.next_change_at",
+        (store, sku, record, seq, updated_at, next_change_at))
+
+
+async def records(db: Database, store: str) -> list[aiosqlite.Row]:
+    """Every product's ``sku`` and ``record`` (committed), by SKU."""
+    return await db.read("SELECT sku, record FROM products WHERE store = ? ORDER BY sku", (store,))
+
+
+async def due_changes(conn: aiosqlite.Connection, store: str, now: str) -> list[aiosqlite.Row]:
+    """Products (``sku``, ``record``, ``next_change_at``) whose promotion starts or ends by `now`."""
+    return await fetchall(conn, "SELECT sku, record, next_change_at FROM products WHERE store = ? "
+                                "AND next_change_at <= ?", (store, now))
+
+
+async def set_next_change(conn: aiosqlite.Connection, store: str, sku: str, at: str | None) -> None:
+    """When the product's label must next be redrawn for a promotion (None: never)."""
+    await conn.execute("UPDATE products SET next_change_at = ? WHERE store = ? AND sku = ?", (at, store, sku))
+
+
+async def next_due(db: Database, store: str) -> str | None:
+    """The earliest time a scheduled update or a promotion boundary is due (None: nothing is);
+    one read over ``scheduled_updates`` and ``products``."""
+    row = await db.read_one(
+        "SELECT MIN(t) FROM (SELECT MIN(valid_from) AS t FROM scheduled_updates WHERE store = ? "
+        "UNION ALL SELECT MIN(next_change_at) FROM products WHERE store = ?)", (store, store))
+    return row[0] if row and row[0] else None
+
+
+# the API's product summary: the product and how many labels show it (a read of `products`
+# that counts in `labels`, so it is this module's)
+_SUMMARY: Final = ("SELECT p.sku, p.record, p.seq, p.updated_at, p.next_change_at, "
+                   "(SELECT COUNT(*) FROM labels l WHERE l.store = p.store AND l.sku = p.sku) AS n_labels "
+                   "FROM products p")
+
+
+async def search(db: Database, store: str, q: str | None, *, limit: int,
+                 offset: int) -> tuple[int, list[aiosqlite.Row]]:
+    """(how many match, one page of them) as `summary` rows. `q` matches a SKU or name
+    (substring, case-insensitive) or an EAN exactly; exact SKU / EAN matches come first,
+    then by SKU. Two reads, as the count and the page are separate questions."""
+    where = "p.store = ?"
+    params: list[Any] = [store]
+    order = "p.sku"
+    order_params: list[Any] = []
+    if q is not None:
+        where += (" AND (p.sku LIKE ? ESCAPE '\\' OR json_extract(p.record, '$.name') LIKE ? ESCAPE '\\' "
+                  "OR json_extract(p.record, '$.ean') = ? OR p.sku = ?)")
+        params += [f"%{escape_like(q)}%", f"%{escape_like(q)}%", q, q]
+        order = "(p.sku = ? OR json_extract(p.record, '$.ean') = ?) DESC, p.sku"
+        order_params = [q, q]
+    total = await db.read_one(f"SELECT COUNT(*) FROM products p WHERE {where}", params)
+    rows = await db.read(f"{_SUMMARY} WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                         [*params, *order_params, limit, offset])
+    return (total[0] if total else 0), rows
+
+
+async def summary(db: Database, store: str, sku: str) -> aiosqlite.Row | None:
+    """``sku``, ``record``, ``seq``, ``updated_at``, ``next_change_at`` and ``n_labels`` (labels
+    bound to it) of one product; None when it is not in the catalogue."""
+    return await db.read_one(f"{_SUMMARY} WHERE p.store = ? AND p.sku = ?", (store, sku))
+
+
+# -- price_history ------------------------------------------------------------------------
+async def add_history(conn: aiosqlite.Connection, store: str, sku: str, periods: Sequence[HistoryRow]) -> None:
+    """Append price periods to the SKU's history, in order (one executemany)."""
+    if periods:
+        await conn.executemany(
+            "INSERT INTO price_history (store, sku, price, start_at, end_at, reduction, seq, source, recorded_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [(store, sku, *period) for period in periods])
+
+
+async def history(db: Database, store: str, skus: Iterable[str]) -> dict[str, list[aiosqlite.Row]]:
+    """Each SKU's price history (committed) in the order it was written: ``id``, ``price``,
+    ``start_at``, ``end_at``, ``reduction``, ``seq``, ``source``, ``recorded_at``. Every SKU
+    asked for is a key (an empty list when it has no history); one read per 500 SKUs."""
+    out: dict[str, list[aiosqlite.Row]] = {sku: [] for sku in skus}
+    keys = list(out)
+    for i in range(0, len(keys), _IN_MAX):
+        part = keys[i:i + _IN_MAX]
+        for row in await db.read("SELECT id, sku, price, start_at, end_at, reduction, seq, source, recorded_at "
+                                 f"FROM price_history WHERE store = ? AND sku IN ({placeholders(part)}) "
+                                 "ORDER BY id", (store, *part)):
+            out[row["sku"]].append(row)
+    return out
+
+
+# -- scheduled_updates --------------------------------------------------------------------
+async def schedule(conn: aiosqlite.Connection, store: str, sku: str, fields: str, seq: int | None,
+                   valid_from: str, received_at: str, source: str) -> None:
+    """Keep an update (`fields`, JSON text) to apply at `valid_from`."""
+    await conn.execute(
+        "INSERT INTO scheduled_updates (store, sku, fields, seq, valid_from, received_at, source) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)", (store, sku, fields, seq, valid_from, received_at, source))
+
+
+async def scheduled_max_seq(conn: Reader, store: str, sku: str) -> int | None:
+    """The highest ``seq`` among the SKU's scheduled updates (None: none has one)."""
+    row = await fetchone(conn, "SELECT MAX(seq) FROM scheduled_updates WHERE store = ? AND sku = ?", (store, sku))
+    return None if row is None else row[0]
+
+
+async def due_scheduled(conn: aiosqlite.Connection, store: str, now: str) -> list[aiosqlite.Row]:
+    """Scheduled updates due by `now` (``id``, ``sku``, ``fields``, ``seq``, ``valid_from``,
+    ``received_at``, ``source``), oldest ``valid_from`` first."""
+    return await fetchall(conn, "SELECT id, sku, fields, seq, valid_from, received_at, source "
+                                "FROM scheduled_updates WHERE store = ? AND valid_from <= ? ORDER BY valid_from, id",
+                          (store, now))
+
+
+async def drop_scheduled(conn: aiosqlite.Connection, update_id: int) -> None:
+    """Forget one scheduled update (it was applied, or superseded)."""
+    await conn.execute("DELETE FROM scheduled_updates WHERE id = ?", (update_id,))
+
+
+async def scheduled(db: Database, store: str, sku: str) -> list[aiosqlite.Row]:
+    """The SKU's pending scheduled updates (committed), in the order they will apply."""
+    return await db.read("SELECT id, fields, seq, valid_from, received_at, source FROM scheduled_updates "
+                         "WHERE store = ? AND sku = ? ORDER BY valid_from, id", (store, sku))

@@ -1,0 +1,32 @@
+"""The ``stores`` table: every statement on it.
+
+One row per store the server serves: its name, currency and POS field map, written from the
+configuration at each start (the configuration is the source of truth; ``created_at`` keeps
+the first start).
+"""
+
+from __future__ import annotations
+
+import aiosqlite
+
+from eslserver.db.database import Database
+
+__all__ = ["upsert", "count"]
+
+
+async def upsert(conn: aiosqlite.Connection, store: str, name: str, currency: str, field_map: str,
+                 created_at: str) -> None:
+    """Insert the store, or update its name, currency and field map (JSON text), keeping the
+    ``created_at`` of its first row."""
+    await conn.execute(
+        "INSERT INTO stores (id, name, currency, field_map, created_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET name = excluded.name, currency = excluded.currency, "
+        "field_map = excluded.field_map",
+        (store, name, currency, field_map, created_at))
+
+
+async def count(db: Database) -> int:
+    """How many stores the committed data holds: a cheap read that proves the database answers
+    (the health check)."""
+    row = await db.read_one("SELECT COUNT(*) FROM stores")
+    return int(row[0]) if row else 0
