@@ -244,6 +244,16 @@ class Client:
         result: Json = self.request("POST", "/api/v1/prices", body=updates)
         return result
 
+    def import_history(self, updates: Sequence[Mapping[str, Any]]) -> Json:
+        """``POST /prices/history`` (admin): past prices, each with its ``valid_from``."""
+        result: Json = self.request("POST", "/api/v1/prices/history", body=list(updates))
+        return result
+
+    def reset_seq(self, sku: str) -> Json:
+        """``POST /products/{sku}/seq-reset`` (admin): forget the SKU's POS seq."""
+        result: Json = self.request("POST", f"/api/v1/products/{_segment(sku)}/seq-reset")
+        return result
+
     def import_rows(self, rows: Sequence[Mapping[str, Any]]) -> Json:
         """``POST /import``: catalogue rows with optional bindings; ``{results, errors}``."""
         result: Json = self.request("POST", "/api/v1/import", body={"rows": list(rows)})

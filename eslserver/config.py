@@ -40,6 +40,9 @@ DEFAULT_TEMPLATES: Final[Mapping[str, str]] = MappingProxyType({
 EMBEDDED_BROKERS: Final = ("auto", "mosquitto", "amqtt")
 """Values of `Settings.embedded_broker` (`eslserver.broker.EmbeddedBroker` implementations)."""
 
+UNKNOWN_SKU: Final = ("create", "refuse")
+"""Values of `Settings.unknown_sku`: what a POS update for a SKU not in the catalogue does."""
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -79,6 +82,17 @@ class Settings:
     currency: str = "PLN"
     field_map: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """POS field name → canonical field (dotted for nested: ``promo.price``)."""
+    valid_from_tolerance_s: int = 300
+    """How far in the past a POS ``valid_from`` may lie (a POS clock behind, a message delayed
+    by an outage): such an update applies as of its receipt; an older one is refused, so a POS
+    cannot rewrite the price history the shelf showed (``esl import-history`` records it)."""
+    max_seq_jump: int = 0
+    """A POS ``seq`` more than this far above the stored one is refused and alerted (a forged
+    seq would make every later genuine update stale); 0 turns the check off (POS systems
+    that use timestamps as seq). ``esl reset-seq SKU`` clears a SKU's seq."""
+    unknown_sku: str = "create"
+    """A POS update for a SKU not in the catalogue: ``create`` the product (listed with
+    ``"created_by_pos": true`` until edited) or ``refuse`` it naming the SKU."""
     debounce_ms: int = 20
     """Price changes arriving within this window are rendered together."""
     render_workers: int = 0
@@ -99,6 +113,15 @@ class Settings:
     retry_max_s: float = 300.0
     max_attempts: int = 5
     """Attempts before an unreachable label is marked offline (caught up at its next check-in)."""
+    db_check_interval_s: float = 3600.0
+    """Seconds between SQLite ``quick_check`` runs on the live database (0: only at start);
+    a failure turns ``/healthz`` degraded (``database: corrupt (quick_check: …)``)."""
+    checkin_interval_s: float = 30.0
+    """Seconds between a label's check-ins (its wake interval; the simulator's default). Labels
+    do not report it, so the server assumes this one for all of them."""
+    offline_after_missed: int = 3
+    """A label not heard for this many check-in intervals is ``offline``, even with nothing
+    pending; its next check-in brings it back."""
     factory_secret: str = "eslserver-simulator-0"
     """Derives each label's factory key (`firmware_proto.derive_factory_key`); the default is
     the simulator's (seed 0). Real labels come with their vendor's secret."""
@@ -131,16 +154,23 @@ class Settings:
             raise ConfigError(f"broker_url: expected mqtt://host:port or mqtts://host:port, got {self.broker_url!r}")
         bounds = {"debounce_ms": (0, 10_000), "render_workers": (0, 64), "render_batch": (1, 10_000),
                   "max_in_flight": (1, 10_000), "job_deadline_s": (1, 3600), "max_attempts": (1, 100),
-                  "gateway_concurrency": (1, 10_000), "template_memory_mb": (64, 1_048_576)}
+                  "offline_after_missed": (1, 1000),
+                  "gateway_concurrency": (1, 10_000), "template_memory_mb": (64, 1_048_576),
+                  "valid_from_tolerance_s": (0, 86_400), "max_seq_jump": (0, 2**62)}
         for name, (lo, hi) in bounds.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise ConfigError(f"{name}: expected an integer in {lo}..{hi}, got {value!r}")
         for name in ("retry_base_s", "retry_max_s", "gateway_status_interval_s", "template_cpu_s",
-                     "template_timeout_s"):
+                     "template_timeout_s", "checkin_interval_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name}: expected a number > 0, got {value!r}")
+        if self.unknown_sku not in UNKNOWN_SKU:
+            raise ConfigError(f"unknown_sku: expected {' or '.join(UNKNOWN_SKU)}, got {self.unknown_sku!r}")
+        if (not isinstance(self.db_check_interval_s, (int, float)) or isinstance(self.db_check_interval_s, bool)
+                or not math.isfinite(self.db_check_interval_s) or self.db_check_interval_s < 0):
+            raise ConfigError(f"db_check_interval_s: expected a number >= 0, got {self.db_check_interval_s!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level: expected debug, info, warning or error, got {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:

@@ -7,8 +7,9 @@ bound to a product, and a small POS that publishes price changes on MQTT every f
 (logged one line each; ``feed_interval_s=0`` turns it off, so an integrator's own prices stay).
 Each label's screen is written as a PNG under ``{data}/snapshots`` when it changes.
 
-The catalogue starts with five weeks of price history, sent as back-dated POS updates
-(``valid_from`` in the past) through the normal ingest path, so promotions show the prior
+The catalogue starts with five weeks of price history, recorded by the admin's historic
+import (`eslserver.history_import`: POS-shaped updates with a past ``valid_from``, which
+the POS path itself refuses), so promotions show the prior
 price ("lowest in the 30 days before the reduction") from the first picture. The simulated
 labels keep their keys, counters and screens in ``{data}/simulator/{store}.json`` (as real
 labels keep them in flash), so a second demo on the same data continues where the first
@@ -31,6 +32,7 @@ from eslserver.auth import create_token
 from eslserver.config import Settings
 from eslserver.gateway.bridge import Gateway, GatewayConfig
 from eslserver.gateway.links.loopback import LoopbackRadio
+from eslserver.history_import import import_history
 from eslserver.ingest import current_prices
 from eslserver.mqtt import MqttConnection, MqttSettings
 from eslserver.server import SYSTEM, Server
@@ -127,7 +129,7 @@ async def run_demo(settings: Settings, config: DemoConfig, *, print_line: Callab
         prices = await current_prices(server.db, settings.store)
         history = [update for rec in catalogue if rec["sku"] not in prices for update in demo_price_history(rec, now)]
         if history:  # products a previous run on this data did not have yet
-            result = await server.ingest.submit(history, source="demo", actor=SYSTEM)
+            result = await import_history(server.ingest, history, actor=SYSTEM, source="demo")
             if result.errors:
                 log.warning("demo catalogue: %d updates refused: %s", len(result.errors), result.errors[:3])
             prices = await current_prices(server.db, settings.store)

@@ -238,8 +238,11 @@ class Dispatcher:
             self._warn_once(gateway, "bad_event", "gateway %s sent a bad event: %s", gateway, exc)
             return
         if isinstance(event, Status):
-            await self.set_gateway(gateway, "online", info={"in_flight": event.in_flight, "spooled": event.spooled,
-                                                            "labels_heard": event.labels_heard})
+            # connected but deaf: "degraded" (no jobs are routed to it) until its radio is back
+            status = "online" if event.radio == "up" else "degraded"
+            await self.set_gateway(gateway, status, info={
+                "in_flight": event.in_flight, "spooled": event.spooled, "labels_heard": event.labels_heard,
+                "radio": event.radio, "radio_since": None if event.radio_since is None else iso(event.radio_since)})
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inbox.append((gateway, event, done))
@@ -303,6 +306,26 @@ class Dispatcher:
                 async with self.db.transaction() as conn:
                     await job_rows.requeue_sent_by(conn, gateway, now)
             self.poke()
+
+    async def mark_silent(self, now: datetime) -> set[str]:
+        """Labels that missed ``offline_after_missed`` check-ins become ``offline`` (one
+        statement), pending jobs or not: a label that stops waking would otherwise stay ``ok``
+        forever. Its next check-in brings it back (`_seen`). Returns the labels changed."""
+        silent_s = self.settings.checkin_interval_s * self.settings.offline_after_missed
+        async with self.db.transaction() as conn:
+            macs = await label_rows.mark_silent_offline(
+                conn, self.settings.store, heard_before=iso(now - timedelta(seconds=silent_s)), now=iso(now))
+        if len(macs) > 10:  # e.g. a whole gateway's labels: one line, not thousands
+            log.warning("%d labels are offline: not heard for %g s (%d check-ins missed), e.g. %s", len(macs),
+                        silent_s, self.settings.offline_after_missed, ", ".join(macs[:5]),
+                        extra={"store": self.settings.store})
+        else:
+            for mac in macs:
+                log.warning("label %s is offline: not heard for %g s (%d check-ins missed)", mac, silent_s,
+                            self.settings.offline_after_missed, extra={"store": self.settings.store, "mac": mac})
+        if macs:
+            self.on_states(set(macs))
+        return set(macs)
 
     async def _ack(self, conn: aiosqlite.Connection, gateway: str, ev: Ack) -> set[str]:
         now = utcnow()

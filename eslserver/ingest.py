@@ -10,7 +10,11 @@ scheduled) is stale: ignored and counted, not an error (a POS replaying its outb
 normal). An item with ``valid_from`` in the future is kept in ``scheduled_updates`` and
 applied by `apply_due` at its time, unless a newer ``seq`` has been applied by then (the
 POS's newest instruction wins). Promotion windows need no scheduling of their own: the
-product's ``next_change_at`` says when its label must be redrawn.
+product's ``next_change_at`` says when its label must be redrawn. A ``valid_from`` in the
+past applies as of receipt when within ``valid_from_tolerance_s``, and is refused when older
+(`eslserver.price_rules`; past prices are an admin's import, `eslserver.history_import`).
+Refused against what is stored, per item: a ``seq`` more than ``max_seq_jump`` above the
+stored one (``seq_jump``), and a SKU not in the catalogue when ``unknown_sku`` is ``refuse``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from eslserver.audit import Who, record_audit
 from eslserver.config import Settings
 from eslserver.db.database import Database
 from eslserver.metrics import Metrics
-from eslserver.pos_fields import read_update
+from eslserver.pos_fields import in_pos_terms, read_update
+from eslserver.price_rules import check_valid_from
 from eslserver.pricing import PriceError, PriceUpdate
 from eslserver.store import labels as label_rows
 from eslserver.store import products
@@ -64,7 +69,8 @@ class _Pending:
     received: datetime
     source: str
     actor: Who
-    done: asyncio.Future[list[str]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[list[str | PriceError]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Ingest:
@@ -99,10 +105,12 @@ class Ingest:
         updates: list[tuple[int, PriceUpdate]] = []
         for index, item in enumerate(items):
             try:
-                updates.append((index, read_update(item, self.settings.field_map, index=index,
-                                                   default_currency=self.settings.currency)))
+                update = read_update(item, self.settings.field_map, index=index,
+                                     default_currency=self.settings.currency)
+                updates.append((index, check_valid_from(update, received, self.settings.valid_from_tolerance_s,
+                                                        index=index)))
             except PriceError as exc:  # named in the POS's own field names
-                self._reject(result, exc, source)
+                self._reject(result, in_pos_terms(exc, item, self.settings.field_map), source)
         self.metrics.updates_received.labels(source).inc(len(items))
         if not updates:
             self.on_result(0, len(result.errors))
@@ -110,6 +118,10 @@ class Ingest:
         statuses = await self._group_commit(_Pending(updates, received, source, actor))
         dirty = False
         for (index, update), status in zip(updates, statuses, strict=True):
+            if isinstance(status, PriceError):  # refused against what is stored (seq jump, unknown SKU)
+                status.index = index
+                self._reject(result, in_pos_terms(status, items[index], self.settings.field_map), source)
+                continue
             result.accepted.append({"index": index, "sku": update.sku, "status": status})
             dirty |= status != "stale"  # applied, or scheduled: the scheduler must look again
         for item in result.accepted:
@@ -122,7 +134,7 @@ class Ingest:
         self.on_result(len(result.accepted), len(result.errors))
         return result
 
-    async def _group_commit(self, pending: _Pending) -> list[str]:
+    async def _group_commit(self, pending: _Pending) -> list[str | PriceError]:
         """Apply `pending` in a transaction shared with the messages that arrive meanwhile.
 
         The first caller leads: it lets the loop run once (so that concurrent handlers queue
@@ -138,7 +150,7 @@ class Ingest:
             await asyncio.sleep(0)
             while self._queue:
                 batch, self._queue = self._queue[:_GROUP], self._queue[_GROUP:]
-                results: list[list[str] | BaseException] = []
+                results: list[list[str | PriceError] | BaseException] = []
                 try:
                     async with self.db.transaction() as conn:
                         for item in batch:
@@ -176,14 +188,27 @@ class Ingest:
         self.metrics.updates_rejected.labels(source, str(body.get("error", "invalid"))).inc()
 
     async def _accept(self, conn: aiosqlite.Connection, update: PriceUpdate, received: datetime,
-                      source: str, actor: Who) -> str:
+                      source: str, actor: Who) -> str | PriceError:
+        """The item's status, or the `PriceError` refusing it against what is stored."""
         store = self.settings.store
-        applied = await products.seq(conn, store, update.sku)
+        row = await products.get(conn, store, update.sku)
+        if row is None and self.settings.unknown_sku == "refuse":
+            return PriceError("sku", update.sku, "not in the catalogue (this store does not let the POS create "
+                              "products: unknown_sku = refuse)", code="unknown_sku", sku=update.sku)
+        applied = None if row is None else row["seq"]
         if update.seq is not None:
             pending = await products.scheduled_max_seq(conn, store, update.sku)
             highest = max((v for v in (applied, pending) if v is not None), default=None)
             if highest is not None and update.seq <= highest:
                 return "stale"
+            jump = self.settings.max_seq_jump
+            if jump and highest is not None and update.seq - highest > jump:
+                # a forged or corrupt seq would make every later genuine update stale
+                log.warning("refused seq %d for %s: more than max_seq_jump %d above the stored %d", update.seq,
+                            update.sku, jump, highest, extra={"store": store, "sku": update.sku})
+                return PriceError("seq", update.seq, f"more than {jump} above the stored seq {highest} "
+                                  "(max_seq_jump); an admin clears it with esl reset-seq",
+                                  code="seq_jump", sku=update.sku)
         if update.valid_from is not None and update.valid_from > received:
             await products.schedule(conn, store, update.sku, pricing.record_to_json(dict(update.fields)), update.seq,
                                     iso(update.valid_from), iso(received), source)
@@ -211,7 +236,7 @@ class Ingest:
                              current, extra={"store": store, "sku": update.sku})
                     continue
                 await apply_update(conn, store, update, parse_iso(row["valid_from"]), parse_iso(row["received_at"]),
-                                   row["source"], actor)
+                                   row["source"], actor, scheduled=True)
                 changed += 1
             for row in await products.due_changes(conn, store, iso(now)):
                 nxt = pricing.next_change_after(pricing.record_from_json(row["record"]), now)
@@ -230,8 +255,10 @@ class Ingest:
 
 
 async def apply_update(conn: aiosqlite.Connection, store: str, update: PriceUpdate, effective: datetime,
-                       received: datetime, source: str, actor: Who) -> None:
-    """Make `update` the product's current state at `effective`: record, history, labels."""
+                       received: datetime, source: str, actor: Who, *, scheduled: bool = False) -> None:
+    """Make `update` the product's current state at `effective`: record, history, labels.
+    A product a POS token creates is listed as new (``created_by_pos``) until another role
+    changes it; a `scheduled` change the server applies leaves that as it is."""
     row = await products.get(conn, store, update.sku)
     before = pricing.record_from_json(row["record"]) if row else None
     after = pricing.merge_record(before, update)
@@ -241,7 +268,7 @@ async def apply_update(conn: aiosqlite.Connection, store: str, update: PriceUpda
     nxt = pricing.next_change_after(after, received)
     seq = max((s for s in (update.seq, row["seq"] if row else None) if s is not None), default=None)
     await products.upsert(conn, store, update.sku, pricing.record_to_json(after), seq, iso(received),
-                          iso(nxt) if nxt else None)
+                          iso(nxt) if nxt else None, by_pos=None if scheduled else actor.role == "pos")
     # time-to-shelf counts from when the change took effect: its arrival, or a scheduled
     # change's valid_from (it could not be on the shelf before then)
     await label_rows.mark_dirty(conn, iso(max(effective, received)), store=store, sku=update.sku)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -42,7 +42,7 @@ from render.templates import (
     template_from_string,
 )
 
-__all__ = ["Templates", "framebuffer_png", "png_of_indices"]
+__all__ = ["TemplateInUse", "Templates", "framebuffer_png", "png_of_indices"]
 
 
 def png_of_indices(indices: Any) -> bytes:
@@ -54,6 +54,19 @@ def png_of_indices(indices: Any) -> bytes:
 def framebuffer_png(framebuffer: bytes, model: str) -> bytes:
     """A PNG of a packed framebuffer in the panel's colours."""
     return png_of_indices(from_framebuffer(framebuffer, get_model(model)))
+
+
+class TemplateInUse(ValueError):
+    """A template save that would leave bound labels without a template for their model."""
+
+    def __init__(self, name: str, labels: Sequence[tuple[str, str]]) -> None:
+        self.name = name
+        self.labels = list(labels)
+        shown = ", ".join(f"{mac} ({model})" for mac, model in self.labels[:5])
+        more = f" and {len(self.labels) - 5} more" if len(self.labels) > 5 else ""
+        models = sorted({model for _, model in self.labels})
+        super().__init__(f"template {name!r}: {len(self.labels)} bound labels of model {', '.join(models)} are "
+                         f"drawn with it and the new version does not declare that model: {shown}{more}")
 
 
 class Templates:
@@ -100,18 +113,24 @@ class Templates:
         return template_from_string(source, name)
 
     async def save(self, name: str, source: str, *, actor: Who) -> int:
-        """Store a new version after `check`; the new version number."""
+        """Store a new version after `check`; the new version number. Refused (`TemplateInUse`)
+        when a bound label drawn with it has a model the new version no longer declares: that
+        label could not be drawn any more."""
         if self.pool is None:
             tpl = await asyncio.to_thread(self.check, source, name)
         else:
             await self._limited(check_template, (source, name), name)
             tpl = template_from_string(source, name)
         now = iso(utcnow())
+        models = [m for m, t in DEFAULT_TEMPLATES.items() if t == name]
         async with self.db.transaction() as conn:
+            broken = [(row["mac"], row["model"]) for row in await label_rows.drawn_with(conn, name, models)
+                      if row["model"] not in tpl.info.models]
+            if broken:
+                raise TemplateInUse(name, broken)
             before = await store_templates.get(conn, name)
             version = (before["version"] if before else 0) + 1
             await store_templates.save(conn, name, source, version, now, actor.name)
-            models = [m for m, t in DEFAULT_TEMPLATES.items() if t == name]
             await label_rows.mark_dirty(conn, now, template=name, models=models)
             await record_audit(conn, actor, "template.save", name,
                                {"version": before["version"], "source": before["source"]} if before else None,

@@ -87,6 +87,8 @@ class Metrics:
         self.labels = Gauge("esl_labels", "Labels by state", ["state"], registry=r)
         self.gateways_online = Gauge("esl_gateways_online", "Gateways reporting online", registry=r)
         self.mqtt_connected = Gauge("esl_mqtt_connected", "1 while the server is connected to the broker", registry=r)
+        self.health = Gauge("esl_health", "1 while a component is healthy, 0 while degraded (the reason is in "
+                            "/healthz): database, database_integrity, broker", ["component"], registry=r)
         for state in LABEL_STATES:
             self.labels.labels(state).set(0)
         for state in JOB_STATES:

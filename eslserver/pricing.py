@@ -82,6 +82,8 @@ ERROR_CODES: Final = frozenset({
     "invalid_value",     # a field whose value is refused (named with the value)
     "field_collision",   # two keys of one message land on one canonical field
     "invalid_field_map", # a store field map with a target that is not a canonical field
+    "unknown_sku",       # a SKU not in the catalogue, in a store that lets no POS create products
+    "seq_jump",          # a seq further above the stored one than the store's max_seq_jump
 })
 
 #: The canonical top-level fields of a price update (docs/mqtt.asyncapi.yaml, "PriceUpdate").

@@ -12,7 +12,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterable
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +26,7 @@ from eslserver.broker import EmbeddedBroker
 from eslserver.config import Settings
 from eslserver.db.database import Database, DatabaseError
 from eslserver.dispatch import Dispatcher
+from eslserver.health import Health, database_fault
 from eslserver.ingest import Ingest, error_message
 from eslserver.jobs import Outbox
 from eslserver.label_templates import Templates
@@ -47,6 +52,10 @@ log = logging.getLogger(__name__)
 SYSTEM = Actor("eslserver", "admin")
 """The actor of changes the server makes by itself (scheduled prices, promotions)."""
 POS_MQTT = Actor("mqtt", "pos")
+_ROOM_BYTES = 1 << 20
+"""Free space on the database's file system that ends a "disk full" fault."""
+_FIRST_CONNECT_GRACE = timedelta(seconds=10)
+"""How long a server that has never reached its broker waits before calling it a fault."""
 
 
 class Server:
@@ -60,6 +69,12 @@ class Server:
         self.render_processes = render_processes
         self.db = Database(settings.database_path)
         self.metrics = Metrics()
+        self.health = Health(self.metrics.health)
+        """Ok, or degraded with the reasons (`/healthz`, ``esl_health``)."""
+        self.db.on_fault = self._database_fault
+        self._broker_down_since: datetime | None = None
+        self._broker_ever_up = False
+        self._next_db_check = 0.0
         self.executor: LimitedPool | None = None
         self.preview_pool: LimitedPool | None = None
         self.broker: EmbeddedBroker | None = None
@@ -127,6 +142,52 @@ class Server:
             raise RuntimeError("this server runs without MQTT")
         await self.mqtt.publish(topic, payload, qos=qos, retain=retain)
 
+    def _database_fault(self, exc: BaseException | None) -> None:
+        if exc is None:
+            # a small commit can go through on a full disk (SQLite reuses its journal's space):
+            # a full disk is over when it has room again
+            if not self.health.is_disk_full or self._disk_has_room():
+                self.health.clear("database")
+            return
+        fault = database_fault(exc)
+        if fault is not None:
+            component, reason = fault
+            self.health.fault(component, reason, sticky=component == "database_integrity")
+
+    def check_broker(self) -> None:
+        """Bring the broker's health up to date with the MQTT connection (housekeeping and
+        `/healthz` call it, so a lost broker shows at once)."""
+        if self.mqtt is None:
+            return
+        if self.mqtt.is_connected:
+            self._broker_down_since = None
+            self._broker_ever_up = True
+            self.health.clear("broker")
+            return
+        if self._broker_down_since is None:
+            self._broker_down_since = utcnow()
+        if not self._broker_ever_up and utcnow() - self._broker_down_since < _FIRST_CONNECT_GRACE:
+            return  # still making its first connection: not a fault (and no "recovered" warning)
+        self.health.broker_down(self._broker_down_since)
+
+    async def _check_database(self) -> None:
+        """The periodic ``quick_check``, and while writes are failing a probe write (only when
+        the disk has room again: a probe that fills the last bytes would prove nothing)."""
+        interval = self.settings.db_check_interval_s
+        if interval > 0 and time.monotonic() >= self._next_db_check:
+            self._next_db_check = time.monotonic() + interval
+            problem = await self.db.quick_check()
+            if problem is None:
+                self.health.clear("database_integrity")
+            else:
+                self.health.fault("database_integrity", f"database: corrupt (quick_check: {problem})")
+        if self.health.reason("database") is not None and self._disk_has_room():
+            with contextlib.suppress(sqlite3.Error):  # the fault stays, `on_fault` was told
+                await self.db.probe_write()
+
+    def _disk_has_room(self) -> bool:
+        return shutil.disk_usage(self.db.path.parent).free >= _ROOM_BYTES
+
     # -- lifecycle ------------------------------------------------------------------------------
     async def __aenter__(self) -> Server:
         try:
@@ -146,7 +207,10 @@ class Server:
         except (OSError, DatabaseError) as exc:
             reason = os_reason(exc) if isinstance(exc, OSError) else str(exc)
             raise StartupError("data_dir", f"cannot use the data directory {s.data_dir}: {reason}") from exc
-        await self._ensure_store()
+        try:
+            await self._ensure_store()
+        except sqlite3.Error as exc:  # locked by another process past busy_timeout, read-only, full
+            raise StartupError("data_dir", f"cannot write the database {self.db.path}: {exc}") from exc
         await Outbox(self.db, self.metrics).adopt_open()
         if self.render_processes:
             # the pipeline's render processes, and a small pool of its own for previews and
@@ -233,6 +297,7 @@ class Server:
     # -- MQTT handlers ------------------------------------------------------------------------
     async def _on_connect(self) -> None:
         self.metrics.mqtt_connected.set(1)
+        self.check_broker()
         self.dispatcher.poke()
         # a broker without persistence forgets retained messages when it restarts: state them again
         self._state_queue.update(await label_rows.macs(self.db, self.settings.store))
@@ -307,8 +372,17 @@ class Server:
 
     async def _housekeeping(self) -> None:
         failure = FailureLog(log, "housekeeping (label and job gauges)", store=self.settings.store)
+        checks = FailureLog(log, "health checks (quick_check, probe write)", store=self.settings.store)
+        self._next_db_check = time.monotonic() + self.settings.db_check_interval_s  # start checked the file
         while True:
+            self.check_broker()
             try:
+                await self._check_database()
+                checks.ok()
+            except Exception as exc:
+                checks.failed(exc, retry_s=2.0)
+            try:
+                await self.dispatcher.mark_silent(utcnow())
                 labels = await label_rows.count_by_state(self.db)
                 jobs = await job_rows.count_by_state(self.db)
                 self.metrics.set_states(labels, jobs, await gateway_rows.count_online(self.db))

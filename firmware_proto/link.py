@@ -57,7 +57,15 @@ class Radio(Protocol):
     """A gateway's radio: hears labels check in and opens links to them."""
 
     async def start(self) -> None:
-        """Start listening for check-ins."""
+        """Start listening for check-ins; raises `ConnectionError` (or a subclass) when the
+        radio cannot be reached. Called again after `is_up` turned false, it reconnects."""
+        ...
+
+    @property
+    def is_up(self) -> bool:
+        """Started and still working: false before `start`, after `close`, and once the radio
+        was lost (the simulator's socket closed, the adapter went away). The gateway watches
+        it to reconnect with backoff and to report ``radio: down`` meanwhile."""
         ...
 
     async def open_link(self, address: str) -> Link:

@@ -126,6 +126,10 @@ class MemoryRadio:
             self._store.add_checkin_listener(self._on_checkin)
             self._started = True
 
+    @property
+    def is_up(self) -> bool:
+        return self._started
+
     def _on_checkin(self, address: str, frame: bytes, rssi: int) -> None:
         if self._callback is not None:
             self._callback(address, frame, rssi)

@@ -99,6 +99,8 @@ class RadioServer:
         for gw in list(self._gateways):
             gw.closed = True
             gw.writer.close()
+        if self._tasks:  # a closed connection ends its task; cancelling one asyncio's stream
+            await asyncio.wait(list(self._tasks), timeout=1.0)  # server started logs an error
         await cancel_and_wait(*self._tasks)
         if server is not None:
             await server.wait_closed()

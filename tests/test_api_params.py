@@ -135,3 +135,14 @@ async def test_odd_json_bodies_never_crash_a_route(api: ApiClient) -> None:
             reply = await api.call(method, path, role="admin", data=json.dumps(body).encode(),
                                    headers={"Content-Type": "application/json"})
             assert reply.status < 500, (method, path, body, reply.json)
+
+
+async def test_a_misspelt_query_parameter_is_a_400_naming_it(api: ApiClient) -> None:
+    """`?stat=offline` must not quietly answer with every label."""
+    reply = await api.call("GET", "/api/v1/labels", params={"stat": "offline"})
+    assert reply.status == 400 and reply.error == "unknown_parameter"
+    assert reply.json["field"] == "stat" and "'stat'" in reply.json["detail"] and "state" in reply.json["detail"]
+    reply = await api.call("GET", "/api/v1/gateways", params={"limit": "5"})
+    assert reply.status == 400 and reply.json["field"] == "limit"
+    assert (await api.call("GET", "/api/v1/labels", params={"state": "offline"})).status == 200
+    assert (await api.call("GET", "/healthz", role=None, params={"probe": "1"}, check=False)).status in (200, 503)

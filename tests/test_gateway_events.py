@@ -61,7 +61,7 @@ def test_nack_checkin_status_json() -> None:
         "type": "checkin", "mac": MAC, "at": "2026-11-23T17:00:00.123456Z", "rssi": -70, "frame": frame.hex()}
     assert Status(gateway="gw1", at=AT, in_flight=2, spooled=5, labels_heard=100).to_json() == (
         b'{"type":"status","gateway":"gw1","at":"2026-11-23T17:00:00.123456Z","in_flight":2,"spooled":5,'
-        b'"labels_heard":100}')
+        b'"labels_heard":100,"radio":"up","radio_since":null}')
 
 
 def test_times_with_offsets_are_read_as_utc_and_default_to_now() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler as AiohttpHandler
@@ -57,7 +57,15 @@ async def _actor(request: web.Request, server: Backend) -> Actor:
     return actor
 
 
-def _guard(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _query_names(doc: dict[str, Any], route: Route) -> frozenset[str] | None:
+    """The query parameters the document gives `route` (None: the route is not documented)."""
+    op = doc.get("paths", {}).get(route.path, {}).get(route.method.lower())
+    if op is None:
+        return None
+    return frozenset(p["name"] for p in op.get("parameters", ()) if p.get("in") == "query")
+
+
+def _guard(route: Route, query: frozenset[str] | None) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     roles = route.roles
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -69,6 +77,14 @@ def _guard(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse
                 allowed = ", ".join(r for r in ROLES if r in roles or r == "admin")
                 raise ApiError(403, "forbidden",
                                f"role {actor.role!r} may not {route.method} {route.path}; needs one of {allowed}")
+        if query is not None and roles is not None:
+            # a misspelt filter (`?stat=offline`) must not silently answer with everything
+            unknown = sorted(set(request.query) - query)
+            if unknown:
+                known = ", ".join(sorted(query)) or "none"
+                raise ApiError(400, "unknown_parameter",
+                               f"query parameter {unknown[0][:100]!r} is not one of {route.method} "
+                               f"{route.path}'s parameters ({known})", field=unknown[0][:100])
         return await route.handler(Call(request, server, actor))
 
     handler.__name__ = getattr(route.handler, "__name__", "handler")
@@ -124,8 +140,13 @@ def create_app(server: Backend, *, routes: Sequence[Route] | None = None) -> web
     app[ROUTES_KEY] = table
     app[BODY_LIMIT_KEY] = biggest
     app[DOCUMENT_KEY] = document
+    doc = document()
     for route in table:
-        app.router.add_route(route.method, route.path, _guard(route))
+        guard = _guard(route, _query_names(doc, route))
+        if route.method == "GET":  # HEAD wherever GET: same headers and status, no body
+            app.router.add_get(route.path, guard, allow_head=True)
+        else:
+            app.router.add_route(route.method, route.path, guard)
     routes_live.setup_live(app)
     setup_web(app)
     setup_docs(app)

@@ -13,8 +13,12 @@ import copy
 import functools
 from typing import Any, Final
 
+from eslserver.api.routes_templates import NAME_PATTERN
+from eslserver.api.routing import MAC_PATTERN, TEXT_MAX, TEXT_PATTERN
 from eslserver.api.table import all_routes
 from eslserver.auth import ROLES
+from firmware_proto.models import MODELS
+from render.templates import MAX_SOURCE_CHARS
 from eslserver.metrics import JOB_STATES, LABEL_STATES
 
 __all__ = ["document", "SCHEMAS"]
@@ -63,6 +67,8 @@ SCHEMAS: Final[dict[str, Schema]] = {
     "Error": _obj(dict(_ERROR_PROPS), ("error", "detail")),
     "TemplateError": _obj({**_ERROR_PROPS, "line": _null("integer"), "kind": {"type": "string", "description": "syntax, security, undefined, runtime, markup, model, metadata, render or limit (a CPU, memory or time limit of the render processes)"},
         "template": {"type": "string"}}, ("error", "detail", "line", "kind")),
+    "TemplateInUse": _obj({**_ERROR_PROPS, "labels": {"type": "array", "items": _obj(
+        {"mac": {"type": "string"}, "model": {"type": "string"}})}}, ("error", "detail")),
     "PriceUpdate": {
         "type": "object",
         "description": "A price update: the same JSON a POS publishes on MQTT `esl/{store}/pos/prices` "
@@ -126,6 +132,8 @@ SCHEMAS: Final[dict[str, Schema]] = {
         "record": {"type": "object", "description": "the stored canonical record (eslserver.pricing)"},
         "seq": _null("integer"), "updated_at": _TIME, "next_change_at": _TIME_OR_NULL,
         "labels": {"type": "integer", "minimum": 0, "description": "labels bound to this product"},
+        "created_by_pos": {"type": "boolean", "description": "a POS created it (its SKU was unknown and the store's "
+                                                           "`unknown_sku` is `create`); false once a person changed it"},
     }),
     "ProductList": _list("Product", paged=True),
     "PricePeriod": _obj({"id": {"type": "integer"}, "price": _DECIMAL, "start_at": _TIME, "end_at": _TIME_OR_NULL,
@@ -133,7 +141,10 @@ SCHEMAS: Final[dict[str, Schema]] = {
                          "recorded_at": _TIME}),
     "ScheduledUpdate": _obj({"id": {"type": "integer"}, "fields": {"type": "object"}, "seq": _null("integer"),
                              "valid_from": _TIME, "received_at": _TIME, "source": {"type": "string"}}),
-    "Gateway": _obj({"id": {"type": "string"}, "status": {"type": "string"}, "last_seen": _TIME_OR_NULL,
+    "Gateway": _obj({"id": {"type": "string"}, "status": {
+                         "type": "string", "enum": ["online", "degraded", "offline"],
+                         "description": "degraded: connected, but its radio is down (info.radio, info.radio_since)"},
+                     "last_seen": _TIME_OR_NULL,
                      "labels": {"type": "integer", "minimum": 0}, "info": {"type": "object"}}),
     "GatewayList": _list("Gateway"),
     "Job": _obj({
@@ -172,8 +183,13 @@ SCHEMAS: Final[dict[str, Schema]] = {
     }),
     "Me": _obj({"name": {"type": "string"}, "role": {"type": "string", "enum": ["pos", "merchandiser", "tech", "admin"]}}),
     "Health": _obj({"status": {"type": "string", "enum": ["ok", "degraded"]},
-                    "database": {"type": "string", "description": "ok, or error: …"},
-                    "mqtt": {"type": "string", "enum": ["connected", "disconnected", "disabled"]}}),
+                    "database": {"type": "string", "description": "ok, or error: … (disk full, read-only, corrupt)"},
+                    "mqtt": {"type": "string", "enum": ["connected", "disconnected", "disabled"]},
+                    "reasons": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                                "description": "only when degraded: 'database: disk full (…)', 'database: "
+                                               "read-only (…)', 'database: corrupt (quick_check: …)', "
+                                               "'broker: disconnected since …'"}},
+                   ("status", "database", "mqtt")),
 }
 SCHEMAS["ImportRow"] = _obj({
     "line": {"type": "integer", "minimum": 1, "description": "the row's line in the file (for the report)"},
@@ -226,19 +242,38 @@ def _p(name: str, description: str, schema: Schema | None = None) -> dict[str, A
             "description": description}
 
 
-def _body(schema: str | Schema, *, also_text: bool = False) -> dict[str, Any]:
+def _body(schema: str | Schema, *, text: Schema | None = None) -> dict[str, Any]:
     content: dict[str, Any] = {"application/json": {"schema": _ref(schema) if isinstance(schema, str) else schema}}
-    if also_text:
-        content["text/plain"] = {"schema": {"type": "string"}}
+    if text is not None:
+        content["text/plain"] = {"schema": text}
     return {"required": True, "content": content}
 
 
-_PAGE = [_q("limit", {"type": "integer", "minimum": 1}, "page size"),
-         _q("offset", {"type": "integer", "minimum": 0}, "items to skip")]
-_MAC = _p("mac", "AA:BB:CC:DD:EE:FF (aa-bb-…, aabbcc… accepted)")
+def _page(maximum: int) -> list[dict[str, Any]]:
+    return [_q("limit", {"type": "integer", "minimum": 1, "maximum": maximum}, "page size"),
+            _q("offset", {"type": "integer", "minimum": 0, "maximum": 10**9}, "items to skip")]
+
+
+_PAGE = _page(1000)
+_TEXT: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": TEXT_MAX, "pattern": TEXT_PATTERN}
+_MAC_SCHEMA: Final[Schema] = {"type": "string", "pattern": MAC_PATTERN}
+_MAC = _p("mac", "AA:BB:CC:DD:EE:FF (aa-bb-…, aabbcc… accepted)", _MAC_SCHEMA)
+_NAME = _p("name", "template name (`preview` is reserved)", {"type": "string", "pattern": NAME_PATTERN})
+_BEFORE = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+_CURSOR = [_q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size")]
+_BATTERY = {"type": "integer", "minimum": 0, "maximum": 100_000}
+_MODEL: Final[Schema] = {"type": ["string", "null"], "enum": [*MODELS, None]}
+_SOURCE: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": MAX_SOURCE_CHARS, "pattern": r"\S",
+                          "description": "the template text (not blank)"}
 _BAD = _err("a parameter or body field is invalid (named in `field` and `detail`)")
 _BODY_ERRORS = {"400": _BAD, "413": _err("body too large"), "415": _err("wrong Content-Type")}
 _NO_LABEL = _err("unknown label (`unknown_label`)")
+
+_PRICES_BODY = _body({"oneOf": [_ref("PriceUpdate"), {"type": "array", "items": _ref("PriceUpdate")}]})
+_PRICES_ANSWERS = {"200": _json("PriceResult", "accepted items, and errors for the rejected ones"),
+                   "400": _json({"oneOf": [_ref("PriceRejected"), _ref("Error")]},
+                                "every item rejected, or the body is not JSON"),
+                   "413": _err("body too large"), "415": _err("wrong Content-Type")}
 
 _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     ("POST", "/api/v1/prices"): {
@@ -247,21 +282,35 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
                        "200 when at least one item was accepted (or the batch is empty); 400 when every "
                        "item was rejected (`error` is the item's code for a single object, `batch_rejected` "
                        "for a batch). Stale items (older `seq`) are accepted and ignored.",
-        "requestBody": _body({"oneOf": [_ref("PriceUpdate"), {"type": "array", "items": _ref("PriceUpdate")}]}),
-        "responses": {"200": _json("PriceResult", "accepted items, and errors for the rejected ones"),
-                      "400": _json({"oneOf": [_ref("PriceRejected"), _ref("Error")]},
-                                   "every item rejected, or the body is not JSON"),
-                      "413": _err("body too large"), "415": _err("wrong Content-Type")},
+        "requestBody": _PRICES_BODY, "responses": _PRICES_ANSWERS,
+    },
+    ("POST", "/api/v1/prices/history"): {
+        "summary": "Import historic prices (admin; audited as `price.import_history`)",
+        "description": "Prices a product had before this server knew it, each item with the past "
+                       "`valid_from` at which it took effect; applied oldest first, and only after the SKU's "
+                       "latest recorded change, so recorded history is never rewritten (the POS feed refuses a "
+                       "`valid_from` more than `valid_from_tolerance_s` in the past). Answers as `POST /prices`.",
+        "requestBody": _PRICES_BODY, "responses": _PRICES_ANSWERS,
+    },
+    ("POST", "/api/v1/products/{sku}/seq-reset"): {
+        "summary": "Forget a SKU's POS `seq` (admin; audited as `price.seq_reset`)",
+        "description": "After a forged or corrupt `seq` was stored, every genuine update would be stale "
+                       "(or refused as `seq_jump` with `max_seq_jump` set): the POS's next `seq` is accepted "
+                       "whatever it is.",
+        "parameters": [_p("sku", "product SKU (percent-encode '/' as %2F)")],
+        "responses": {"200": _json(_obj({"sku": {"type": "string"}, "seq": {"type": "null"},
+                                         "previous_seq": {"type": ["integer", "null"]}}), "the seq is forgotten"),
+                      "404": _err("unknown SKU (`unknown_sku`)")},
     },
     ("GET", "/api/v1/products"): {
         "summary": "Search the catalogue",
-        "parameters": [_q("q", {"type": "string"}, "SKU or name substring, or an exact EAN"), *_PAGE],
+        "parameters": [_q("q", _TEXT, "SKU or name substring, or an exact EAN"), *_page(500)],
         "responses": {"200": _json("ProductList", "products, exact SKU/EAN matches first"), "400": _BAD},
     },
     ("GET", "/api/v1/products/{sku}"): {
         "summary": "A product with price history, scheduled changes and the 30-day lowest price",
         "parameters": [_p("sku", "product SKU (percent-encode '/' as %2F)"),
-                       _q("history", {"type": "integer", "minimum": 0}, "history rows (newest first), default 100")],
+                       _q("history", {"type": "integer", "minimum": 0, "maximum": 1000}, "history rows (newest first), default 100")],
         "responses": {"200": _json("ProductDetail", "the product"), "400": _BAD,
                       "404": _err("unknown SKU (`unknown_sku`)")},
     },
@@ -269,10 +318,10 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "summary": "Labels, filtered",
         "parameters": [
             _q("state", {"type": "string", "enum": list(LABEL_STATES)}, "label state (unpaired: not bound)"),
-            _q("gateway", {"type": "string"}, "gateway id"), _q("sku", {"type": "string"}, "bound SKU"),
-            _q("aisle", {"type": "string"}, "aisle"), _q("model", {"type": "string"}, "label model"),
-            _q("template", {"type": "string"}, "template named on the label"),
-            _q("battery_below", {"type": "integer", "minimum": 0}, "battery under this many mV"),
+            _q("gateway", _TEXT, "gateway id"), _q("sku", _TEXT, "bound SKU"),
+            _q("aisle", _TEXT, "aisle"), _q("model", _TEXT, "label model"),
+            _q("template", _TEXT, "template named on the label"),
+            _q("battery_below", _BATTERY, "battery under this many mV"),
             _q("stale", {"type": "boolean"}, "true: not showing its expected image; false: showing it"),
             _q("paired", {"type": "boolean"}, "true: holds its key (pairing done); false: not paired yet"),
             *_PAGE],
@@ -287,8 +336,8 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "summary": "Bind a label to a product (pairs it first if needed)",
         "description": "`model` registers a label no gateway has reported yet. Audited.",
         "parameters": [_MAC],
-        "requestBody": _body(_obj({"sku": {"type": "string"}, "template": _null("string"),
-                                   "model": _null("string")}, ("sku",))),
+        "requestBody": _body(_obj({"sku": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"\S"},
+                                   "template": _null("string"), "model": _MODEL}, ("sku",))),
         "responses": {"200": _json("Label", "the label after binding"), **_BODY_ERRORS,
                       "404": _err("unknown label, SKU or template (`unknown_label`, `unknown_sku`, "
                                   "`unknown_template`)")},
@@ -317,14 +366,12 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("GET", "/api/v1/labels/{mac}/events"): {
         "summary": "The label's events (acks, nacks, check-ins), newest first",
-        "parameters": [_MAC, _q("limit", {"type": "integer", "minimum": 1}, "page size"),
-                       _q("before", {"type": "integer", "minimum": 1}, "events older than this id")],
+        "parameters": [_MAC, *_CURSOR, _q("before", _BEFORE, "events older than this id")],
         "responses": {"200": _json("EventList", "events"), "400": _BAD, "404": _NO_LABEL},
     },
     ("GET", "/api/v1/labels/{mac}/history"): {
         "summary": "The label's audit trail (bound, unbound, flashed), newest first",
-        "parameters": [_MAC, _q("limit", {"type": "integer", "minimum": 1}, "page size"),
-                       _q("before", {"type": "integer", "minimum": 1}, "entries older than this id")],
+        "parameters": [_MAC, *_CURSOR, _q("before", _BEFORE, "entries older than this id")],
         "responses": {"200": _json("AuditList", "audit entries of this label"), "400": _BAD, "404": _NO_LABEL},
     },
     ("POST", "/api/v1/import"): {
@@ -352,7 +399,7 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("GET", "/api/v1/templates/{name}"): {
         "summary": "A template's source and version",
-        "parameters": [_p("name", "template name")],
+        "parameters": [_NAME],
         "responses": {"200": _json("TemplateSource", "the template"), "400": _BAD,
                       "404": _err("no such template (`unknown_template`)")},
     },
@@ -360,17 +407,20 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "summary": "Write a template (validated; audited; labels using it are redrawn)",
         "description": "JSON `{source, base_version?}` or the raw source as text/plain. A template that "
                        "fails is answered 422 with its line and is not stored.",
-        "parameters": [_p("name", "template name")],
-        "requestBody": _body(_obj({"source": {"type": "string"}, "base_version": {"type": "integer", "minimum": 0}},
-                                  ("source",)), also_text=True),
+        "parameters": [_NAME],
+        "requestBody": _body(_obj({"source": _SOURCE, "base_version": {"type": "integer", "minimum": 0}},
+                                  ("source",)), text=_SOURCE),
         "responses": {"200": _json("TemplateSaved", "stored as this version"), **_BODY_ERRORS,
-                      "409": _err("`base_version` is not the current version (`version_conflict`)"),
+                      "409": _err("`base_version` is not the current version (`version_conflict`), or bound "
+                                  "labels drawn with it have a model the new version does not declare "
+                                  "(`template_in_use`, with those `labels`)", "TemplateInUse"),
                       "422": _err("the template fails (`template_error`, with its line)", "TemplateError")},
     },
     ("POST", "/api/v1/templates/preview"): {
         "summary": "Render a template (stored by name, or unsaved source) as PNG",
-        "requestBody": _body(_obj({"source": {"type": "string"}, "name": {"type": "string"},
-                                   "sku": _null("string"), "model": _null("string")}, ())),
+        "requestBody": _body({"oneOf": [
+            _obj({"source": _SOURCE, "sku": _null("string"), "model": _MODEL}, ("source",)),
+            _obj({"name": {"type": "string"}, "sku": _null("string"), "model": _MODEL}, ("name",))]}),
         "responses": {"200": _png("the rendered label"), **_BODY_ERRORS,
                       "404": _err("unknown template or SKU"),
                       "422": _err("the template fails (`template_error`, with its line)", "TemplateError")},
@@ -379,21 +429,20 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "summary": "Jobs (the outbox), newest first",
         "parameters": [_q("state", {"type": "string", "enum": list(JOB_STATES)}, "job state"),
                        _q("kind", {"type": "string", "enum": ["pair", "image", "command"]}, "job kind"),
-                       _q("gateway", {"type": "string"}, "gateway id"), _q("mac", {"type": "string"}, "label"),
+                       _q("gateway", _TEXT, "gateway id"), _q("mac", _MAC_SCHEMA, "label"),
                        *_PAGE],
         "responses": {"200": _json("JobList", "jobs"), "400": _BAD},
     },
     ("GET", "/api/v1/audit"): {
         "summary": "The audit log, newest first",
-        "parameters": [_q("actor", {"type": "string"}, "who"), _q("action", {"type": "string"}, "e.g. price.update"),
-                       _q("target", {"type": "string"}, "e.g. a SKU or MAC"),
-                       _q("limit", {"type": "integer", "minimum": 1}, "page size"),
-                       _q("before", {"type": "integer", "minimum": 1}, "entries older than this id")],
+        "parameters": [_q("actor", _TEXT, "who"), _q("action", _TEXT, "e.g. price.update"),
+                       _q("target", _TEXT, "e.g. a SKU or MAC"),
+                       *_CURSOR, _q("before", _BEFORE, "entries older than this id")],
         "responses": {"200": _json("AuditList", "audit entries"), "400": _BAD},
     },
     ("GET", "/api/v1/summary"): {
         "summary": "Dashboard numbers: labels by state, gateways, open jobs, last hour's updates and time-to-shelf",
-        "parameters": [_q("battery_below", {"type": "integer", "minimum": 0}, "low-battery threshold, mV")],
+        "parameters": [_q("battery_below", _BATTERY, "low-battery threshold, mV")],
         "responses": {"200": _json("Summary", "the numbers"), "400": _BAD},
     },
     ("GET", "/api/v1/events/stream"): {
@@ -402,9 +451,10 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
                        "`accepted` and `rejected`, …), data as JSON. The first event is `ready` (the "
                        "subscription is live: load state after it); a comment line every 15 s keeps the "
                        "stream alive. The stream ends when the server shuts down, or after `limit` events.",
-        "parameters": [_q("limit", {"type": "integer", "minimum": 1}, "end after this many events (ready included)")],
+        "parameters": [_q("limit", {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                          "end after this many events (ready included)")],
         "responses": {"200": {"description": "text/event-stream",
-                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              "content": {"text/event-stream": {}}},
                       "400": _BAD},
     },
     ("GET", "/api/v1/me"): {
@@ -417,9 +467,10 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
                               "content": {"text/plain": {"schema": {"type": "string"}}}}},
     },
     ("GET", "/healthz"): {
-        "summary": "Health: database and broker",
-        "responses": {"200": _json("Health", "database answers (status degraded when the broker is down)"),
-                      "503": _json("Health", "database fails")},
+        "summary": "Health: database and broker, degraded with the reasons",
+        "responses": {"200": _json("Health", "the database works (status degraded, with reasons, when the broker "
+                                             "is down)"),
+                      "503": _json("Health", "the database fails: disk full, read-only, corrupt, or not answering")},
     },
     ("GET", "/api/v1/openapi.json"): {
         "summary": "This document",
@@ -445,6 +496,8 @@ def _build() -> dict[str, Any]:
             responses.setdefault("401", _err("missing or invalid token (`missing_token`, `invalid_token`)"))
             if route.roles:
                 responses.setdefault("403", _err(f"role not allowed (`forbidden`); needs {', '.join(roles)}"))
+            # a query parameter the operation does not list is refused (`unknown_parameter`)
+            responses.setdefault("400", _BAD)
         else:
             op["security"] = []
         if any(p.get("in") == "path" for p in op.get("parameters", [])):
@@ -460,7 +513,8 @@ def _build() -> dict[str, Any]:
         "info": {"title": "eslserver", "version": "1",
                  "description": "Electronic shelf label server. Bearer tokens (`esl tokens create --role R`) "
                                 "with roles pos, merchandiser, tech, admin; every valid token may read. Errors "
-                                "are `{error, detail}` with a stable `error` code."},
+                                "are `{error, detail}` with a stable `error` code. HEAD answers wherever "
+                                "GET does (same status and headers, no body)."},
         "servers": [{"url": "/"}],
         "paths": paths,
         "components": {

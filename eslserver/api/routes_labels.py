@@ -15,7 +15,7 @@ from aiohttp import web
 from eslserver.api.errors import ApiError, bad_input, not_found
 from eslserver.api.routing import (
     ANY_ROLE, Call, Route, json_object, json_response, newest_first, normalise_mac, page_params, query_bool,
-    query_choice, query_int, query_text, read_json,
+    json_int, query_choice, query_int, query_text, read_json,
 )
 from eslserver.labels import LabelError, state_json
 from eslserver.metrics import LABEL_STATES
@@ -141,9 +141,10 @@ async def delete_binding(call: Call) -> web.StreamResponse:
 async def post_flash(call: Call) -> web.StreamResponse:
     mac = _mac(call)
     body = json_object(await read_json(call.request, _MAX_BODY), ("seconds",))
-    seconds = body.get("seconds", 10)
-    if not isinstance(seconds, int) or isinstance(seconds, bool) or not 1 <= seconds <= 3600:
-        raise bad_input("seconds", seconds, "an integer 1..3600", code="invalid_body")
+    raw_seconds = body.get("seconds", 10)
+    seconds = json_int(raw_seconds)
+    if seconds is None or not 1 <= seconds <= 3600:
+        raise bad_input("seconds", raw_seconds, "an integer 1..3600", code="invalid_body")
     try:
         job = await call.server.labels.flash(mac, seconds=seconds, actor=call.who)
     except LabelError as exc:

@@ -86,6 +86,9 @@ async def stream(call: Call) -> web.StreamResponse:
         "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-store",
         "X-Accel-Buffering": "no"})
     await response.prepare(call.request)
+    if call.request.method == "HEAD":  # the headers a GET would get, and no stream
+        await response.write_eof()
+        return response
     streams = call.request.app[STREAMS_KEY].tasks if STREAMS_KEY in call.request.app else None
     task = asyncio.create_task(_pump(call, response, limit), name="eslserver-sse")
     if streams is not None:

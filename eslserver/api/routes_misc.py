@@ -135,14 +135,25 @@ def _mqtt_state(call: Call) -> str:
 
 
 async def healthz(call: Call) -> web.StreamResponse:
-    """``ok`` when the database answers and the broker is connected, else ``degraded``; the
-    status code is 503 only when the database fails (a broker outage does not make the HTTP
-    API useless, and a load balancer should not pull a server for it)."""
+    """``ok``, or ``degraded`` with ``reasons`` (``database: disk full (…)``, ``broker:
+    disconnected since …``): what `Server.health` has seen, plus a read of the database now.
+    The status code is 503 only while the database fails (reads, writes or integrity): a
+    load balancer or a Kubernetes readiness probe then sends requests elsewhere; a broker
+    outage does not make the HTTP API useless, so it is 200 and ``degraded``."""
+    server = call.server
+    server.check_broker()
     database = await _database_ok(call)
+    reasons = server.health.reasons
+    if database != "ok":
+        reasons = [f"database: {database}", *reasons]
+    elif not server.health.database_ok:
+        database = "error: " + "; ".join(r.removeprefix("database: ") for r in reasons if r.startswith("database"))
     mqtt = _mqtt_state(call)
-    healthy = database == "ok" and mqtt in ("connected", "disabled")
-    return json_response({"status": "ok" if healthy else "degraded", "database": database, "mqtt": mqtt},
-                         status=200 if database == "ok" else 503)
+    healthy = database == "ok" and mqtt in ("connected", "disabled") and not reasons
+    body: dict[str, Any] = {"status": "ok" if healthy else "degraded", "database": database, "mqtt": mqtt}
+    if not healthy:
+        body["reasons"] = reasons or [f"broker: {mqtt}"]
+    return json_response(body, status=200 if database == "ok" else 503)
 
 
 async def openapi(call: Call) -> web.StreamResponse:

@@ -8,16 +8,23 @@ by one; accepted ones are committed before the response. Status:
   items (index, sku, field, value, error, detail), the rest of the batch is applied;
 * 400 when every item was rejected: the same two lists plus ``error`` and ``detail`` (the
   item's own code and detail for a single item, ``batch_rejected`` for a batch).
+
+``POST /api/v1/prices/history`` (admin only) imports prices a product had in the past, each
+item with the ``valid_from`` it took effect (`eslserver.history_import`); the POS feed
+refuses a ``valid_from`` more than ``valid_from_tolerance_s`` in the past. Same answers.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
 from eslserver.api.errors import ApiError, bad_input
+from eslserver.api.routes_misc import ADMIN_ONLY
 from eslserver.api.routing import Call, Route, json_response, parse_json, read_body
+from eslserver.history_import import import_history
+from eslserver.ingest import IngestResult
 
 __all__ = ["ROUTES", "PRICE_ROLES", "MAX_PRICE_BODY"]
 
@@ -28,12 +35,26 @@ audited under the token's name."""
 MAX_PRICE_BODY: Final = 4 * 1024 * 1024
 
 
-async def post_prices(call: Call) -> web.StreamResponse:
+async def _read(call: Call) -> tuple[bytes, dict[str, Any] | list[Any]]:
     _, body = await read_body(call.request, MAX_PRICE_BODY, ("application/json",))
     parsed = parse_json(body)  # a syntax error is the caller's, answered before ingest
     if not isinstance(parsed, (dict, list)):
         raise bad_input("body", parsed, "a price update object or an array of them", code="invalid_body")
-    result = await call.server.ingest.submit(body, source="http", actor=call.who)
+    return body, parsed
+
+
+async def post_prices(call: Call) -> web.StreamResponse:
+    body, parsed = await _read(call)
+    return _answer(parsed, await call.server.ingest.submit(body, source="http", actor=call.who))
+
+
+async def post_history(call: Call) -> web.StreamResponse:
+    _, parsed = await _read(call)
+    items = [parsed] if isinstance(parsed, dict) else parsed
+    return _answer(parsed, await import_history(call.server.ingest, items, actor=call.who))
+
+
+def _answer(parsed: dict[str, Any] | list[Any], result: IngestResult) -> web.StreamResponse:
     out = {"accepted": list(result.accepted), "errors": list(result.errors)}
     if result.errors and not result.accepted:
         field: str | None = None
@@ -49,4 +70,5 @@ async def post_prices(call: Call) -> web.StreamResponse:
 
 ROUTES: Final = (
     Route("POST", "/api/v1/prices", post_prices, PRICE_ROLES, body_limit=MAX_PRICE_BODY),
+    Route("POST", "/api/v1/prices/history", post_history, ADMIN_ONLY, body_limit=MAX_PRICE_BODY),
 )

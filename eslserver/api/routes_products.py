@@ -1,7 +1,7 @@
 """Products: search the catalogue, show one with its price history and Omnibus prior price.
 
 Prices are changed through ``POST /prices`` (the same validation as the POS feed); these
-routes only read. ``q`` matches a SKU or name (substring, case-insensitive) or an EAN
+routes only read, but for an admin's ``POST /products/{sku}/seq-reset``. ``q`` matches a SKU or name (substring, case-insensitive) or an EAN
 exactly, so a scanner's barcode finds its product.
 """
 
@@ -13,9 +13,11 @@ from aiohttp import web
 
 from eslserver import pricing
 from eslserver.api.errors import not_found
+from eslserver.api.routes_misc import ADMIN_ONLY
 from eslserver.api.routes_labels import json_column
 from eslserver.api.routing import ANY_ROLE, Call, Route, json_response, page_params, query_int, query_text
 from eslserver.store import labels as label_rows
+from eslserver.audit import record_audit
 from eslserver.store import products
 from eslserver.timeutil import utcnow
 
@@ -31,7 +33,8 @@ def product_json(row: Any, labels: int) -> dict[str, Any]:
         record = {}
     return {"sku": row["sku"], "name": record.get("name"), "price": record.get("price"),
             "currency": record.get("currency"), "record": record, "seq": row["seq"],
-            "updated_at": row["updated_at"], "next_change_at": row["next_change_at"], "labels": labels}
+            "updated_at": row["updated_at"], "next_change_at": row["next_change_at"], "labels": labels,
+            "created_by_pos": bool(row["created_by_pos"])}
 
 
 async def list_products(call: Call) -> web.StreamResponse:
@@ -72,7 +75,20 @@ async def show_product(call: Call) -> web.StreamResponse:
     return json_response(out)
 
 
+async def reset_seq(call: Call) -> web.StreamResponse:
+    """Forget a SKU's POS seq (after a forged or corrupt one was applied): audited, admin only."""
+    sku = call.request.match_info["sku"]
+    async with call.server.db.transaction() as conn:
+        try:
+            forgotten = await products.reset_seq(conn, call.server.settings.store, sku)
+        except LookupError:
+            raise not_found("unknown_sku", f"sku {sku!r} is not in the catalogue", field="sku") from None
+        await record_audit(conn, call.who, "price.seq_reset", sku, {"seq": forgotten}, {"seq": None})
+    return json_response({"sku": sku, "seq": None, "previous_seq": forgotten})
+
+
 ROUTES: Final = (
     Route("GET", "/api/v1/products", list_products, ANY_ROLE),
     Route("GET", "/api/v1/products/{sku}", show_product, ANY_ROLE),
+    Route("POST", "/api/v1/products/{sku}/seq-reset", reset_seq, ADMIN_ONLY),
 )

@@ -17,17 +17,22 @@ from aiohttp import web
 
 from eslserver.api.errors import ApiError, bad_input, conflict, not_found
 from eslserver.api.routing import (
-    ANY_ROLE, Call, Route, json_object, json_response, parse_json, read_body, read_json,
+    ANY_ROLE, Call, Route, json_int, json_object, json_response, parse_json, read_body, read_json,
 )
+from eslserver.label_templates import TemplateInUse
 from eslserver.store import products
 from firmware_proto.models import MODELS
 from render.templates import MAX_SOURCE_CHARS, TemplateError
 
-__all__ = ["ROUTES", "TEMPLATE_ROLES", "template_error"]
+__all__ = ["ROUTES", "NAME_PATTERN", "RESERVED_NAMES", "TEMPLATE_ROLES", "template_error"]
 
 TEMPLATE_ROLES: Final = frozenset({"merchandiser"})
-_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""A template name (the OpenAPI document states this same pattern)."""
+_NAME_RE: Final = re.compile(NAME_PATTERN)
 _MAX_BODY: Final = 4 * MAX_SOURCE_CHARS + 1024  # UTF-8 worst case, JSON quoting aside
+RESERVED_NAMES: Final = frozenset({"preview"})
+"""Names a template may not take: ``/templates/preview`` is the preview route's path."""
 
 
 def template_error(exc: TemplateError) -> ApiError:
@@ -67,6 +72,9 @@ async def get_template(call: Call) -> web.StreamResponse:
 
 async def put_template(call: Call) -> web.StreamResponse:
     name = _name(call)
+    if name.lower() in RESERVED_NAMES:
+        raise bad_input("name", name, "a name other than " + ", ".join(sorted(RESERVED_NAMES))
+                        + " (reserved for the API's own paths)")
     media, body = await read_body(call.request, _MAX_BODY, ("application/json", "text/plain"))
     base: int | None = None
     if media == "text/plain":
@@ -78,10 +86,10 @@ async def put_template(call: Call) -> web.StreamResponse:
         doc = json_object(parse_json(body), ("source", "base_version"), ("source",))
         source = _source(doc["source"])
         raw_base = doc.get("base_version")
-        if raw_base is not None and (not isinstance(raw_base, int) or isinstance(raw_base, bool) or raw_base < 0):
+        base = json_int(raw_base)
+        if raw_base is not None and (base is None or base < 0):
             raise bad_input("base_version", raw_base, "the version the edit started from (an integer >= 0)",
                             code="invalid_body")
-        base = raw_base
     templates = call.server.templates
     if base is not None:
         current = await templates.get(name)
@@ -93,6 +101,9 @@ async def put_template(call: Call) -> web.StreamResponse:
         version = await templates.save(name, source, actor=call.who)
     except TemplateError as exc:
         raise template_error(exc) from None
+    except TemplateInUse as exc:  # the labels it would break, so the merchandiser can rebind them
+        raise ApiError(409, "template_in_use", str(exc), field="source",
+                       extra={"labels": [{"mac": mac, "model": model} for mac, model in exc.labels]}) from None
     return json_response({"name": name, "version": version})
 
 

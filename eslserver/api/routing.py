@@ -25,8 +25,9 @@ from eslserver.auth import Actor
 
 __all__ = [
     "Call", "Route", "Handler", "ANY_ROLE", "PUBLIC", "json_response", "query_int", "query_bool",
-    "query_choice", "query_text", "read_json", "read_body", "parse_json", "json_object", "normalise_mac",
-    "page_params", "newest_first", "dumps", "MAX_JSON_BODY", "DOCUMENT_KEY",
+    "query_choice", "query_text", "read_json", "json_int", "read_body", "parse_json", "json_object", "normalise_mac",
+    "page_params", "newest_first", "dumps", "MAX_JSON_BODY", "DOCUMENT_KEY", "MAC_PATTERN", "TEXT_MAX",
+    "TEXT_PATTERN",
 ]
 
 MAX_JSON_BODY: Final = 4 * 1024 * 1024
@@ -42,7 +43,14 @@ DOCUMENT_KEY: Final = web.AppKey[Callable[[], dict[str, Any]]]("eslserver.openap
 here, because the document is built from the route table that handler is part of."""
 
 _INT_RE: Final = re.compile(r"^-?[0-9]{1,19}$")
-_MAC_RE: Final = re.compile(r"^[0-9A-Fa-f]{2}([:-]?)[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}$")
+MAC_PATTERN: Final = r"^(?:[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){5}|[0-9A-Fa-f]{12})$"
+"""A MAC in a request: one kind of separator (``:``, ``-`` or none) throughout. The OpenAPI
+document states this same pattern, so what it promises and what is checked cannot drift."""
+_MAC_RE: Final = re.compile(MAC_PATTERN)
+TEXT_MAX: Final = 200
+TEXT_PATTERN: Final = r"^[^\x00-\x1f\x7f-\x9f]+$"
+"""A text query parameter: no control characters (the document states the same)."""
+_TEXT_RE: Final = re.compile(TEXT_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +138,12 @@ def query_choice(request: web.Request, name: str, choices: Collection[str]) -> s
     return raw
 
 
-def query_text(request: web.Request, name: str, *, max_len: int = 200) -> str | None:
+def query_text(request: web.Request, name: str, *, max_len: int = TEXT_MAX) -> str | None:
     raw = _one(request, name)
     if raw is None:
         return None
-    if not raw or len(raw) > max_len or not raw.isprintable():
-        raise bad_input(name, raw, f"1-{max_len} printable characters")
+    if not raw or len(raw) > max_len or not _TEXT_RE.fullmatch(raw):
+        raise bad_input(name, raw, f"1-{max_len} characters, no control characters")
     return raw
 
 
@@ -217,6 +225,18 @@ async def read_json(request: web.Request, limit: int = MAX_JSON_BODY) -> Any:
     """The JSON body of a request (Content-Type application/json)."""
     _, body = await read_body(request, limit, ("application/json",))
     return parse_json(body)
+
+
+def json_int(value: Any) -> int | None:
+    """`value` as an int when it is a JSON integer (``3``, or ``3.0``: JSON Schema counts both as
+    integers, and the document promises JSON Schema's meaning), else None (booleans too)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    return None
 
 
 def json_object(value: Any, allowed: Collection[str], required: Collection[str] = ()) -> dict[str, Any]:

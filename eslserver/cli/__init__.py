@@ -51,6 +51,8 @@ from eslserver.cli import gateway_cmds  # noqa: E402
 gateway_cmds.register(app)
 from eslserver.cli import tech_cmds  # noqa: E402
 tech_cmds.register(app)
+from eslserver.cli import admin_price_cmds  # noqa: E402
+admin_price_cmds.register(app)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from eslserver.cli.errors import startup_errors
 from eslserver.cli.need_fonts import require_fonts_or_exit
 from eslserver.config import ConfigError, Settings, load_settings
 from eslserver.logs import setup_logging
-from eslserver.signals import run_until_signal
+from eslserver.signals import cancel_on_signal, run_until_signal
 
 __all__ = ["register", "serve", "demo", "settings_from_flags"]
 
@@ -50,7 +50,7 @@ def serve(config: _Config = None, data: _Data = None, http_host: _Host = None, h
 
     async def main() -> None:
         from eslserver.server import Server
-        async with Server(settings) as server:
+        async with cancel_on_signal(), Server(settings) as server:  # SIGTERM while starting: stop
             embedded = f" (embedded {server.broker.implementation})" if server.broker is not None else ""
             typer.echo(f"eslserver: http://{settings.http_host}:{server.http_port}  broker {server.broker_url}{embedded}  "
                        f"data {settings.data_dir.resolve()}", err=False)

@@ -11,8 +11,10 @@ while the server runs) open the same file; ``busy_timeout`` makes them wait thei
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -58,11 +60,18 @@ class Database:
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._after_commit: list[Callable[[], None]] | None = None
+        self.on_fault: Callable[[BaseException | None], None] | None = None
+        """Told of every SQLite error of a transaction or a read (what it means for health is
+        `eslserver.health.database_fault`'s business), and of every commit (None): the server's
+        health follows the database without parsing its log."""
 
     async def open(self) -> Database:
+        """Connect, check the file (`quick_check`; a file that is not an eslserver database is
+        refused) and migrate; `DatabaseError` names the file and what is wrong with it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._writer = await self._connect()
+            await self._check_file(self._writer)
             await self._migrate(self._writer)
             self._reader = await self._connect()
             await self._reader.execute("PRAGMA query_only = ON")
@@ -77,11 +86,65 @@ class Database:
         except Exception as exc:
             raise DatabaseError(f"cannot open database {str(self.path)!r}: {exc}") from exc
         conn.row_factory = aiosqlite.Row
-        await conn.execute("PRAGMA busy_timeout = 10000")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = FULL")
-        await conn.execute("PRAGMA foreign_keys = ON")
+        try:
+            await conn.execute("PRAGMA busy_timeout = 10000")
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = FULL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            # close it, or its thread keeps the process alive after the error (a garbage
+            # file used to leave `esl serve` hanging after its traceback)
+            await conn.close()
+            raise DatabaseError(f"{self.path}: {exc}") from exc
         return conn
+
+    async def _check_file(self, conn: aiosqlite.Connection) -> None:
+        """Refuse a damaged file (``quick_check``) or another program's database (tables, but
+        no schema version of ours) before a migration writes into it."""
+        try:
+            problem = await self._quick_check(conn)
+            async with conn.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
+            tables = sorted(r["name"] for r in await conn.execute_fetchall("PRAGMA main.table_list")
+                            if r["type"] == "table" and not r["name"].startswith("sqlite_"))
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"{self.path} is corrupt or not a database: {exc}") from exc
+        if problem is not None:
+            raise DatabaseError(f"{self.path} is corrupt (quick_check: {problem}); restore it from a backup")
+        if (int(row[0]) if row else 0) == 0 and tables:
+            raise DatabaseError(f"{self.path} is not an eslserver database (it has the tables "
+                                f"{', '.join(tables[:5])}{', …' if len(tables) > 5 else ''} and no schema version)")
+
+    @staticmethod
+    async def _quick_check(conn: aiosqlite.Connection) -> str | None:
+        rows = await conn.execute_fetchall("PRAGMA quick_check(5)")
+        found = [line.strip() for r in rows for line in str(r[0]).splitlines()]
+        if found == ["ok"]:
+            return None
+        # one line for a one-line error: without SQLite's "*** in database main ***" headers
+        return "; ".join(line for line in found if line and not line.startswith("***"))
+
+    async def quick_check(self) -> str | None:
+        """SQLite's ``quick_check`` on a connection of its own, so that neither writes nor the
+        API's reads wait for it (it reads the whole file; its page cache starts empty, so it
+        reads the disk, not what an older check cached): None when the file is sound, else
+        the first problems found (raises when it cannot run)."""
+        if self._writer is None:
+            raise DatabaseError(f"database {str(self.path)!r} is not open")
+        conn = await self._connect()
+        try:
+            await conn.execute("PRAGMA query_only = ON")
+            return await self._quick_check(conn)
+        finally:
+            await conn.close()
+
+    async def probe_write(self) -> None:
+        """One small write transaction (the schema version, rewritten as it is), so that
+        health learns that writes work again without waiting for the next real one."""
+        async with self.transaction() as conn:
+            async with conn.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
+            await conn.execute(f"PRAGMA user_version = {int(row[0]) if row else 0}")
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         async with conn.execute("PRAGMA user_version") as cur:
@@ -127,20 +190,32 @@ class Database:
         """A write transaction (BEGIN IMMEDIATE … COMMIT); rolled back if the block raises."""
         async with self._lock:
             conn = self.writer
-            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self._fault(exc)
+                raise
             self._after_commit = []
             try:
                 yield conn
-            except BaseException:
+            except BaseException as exc:
                 self._after_commit = None
+                self._fault(exc)
                 if conn.in_transaction:
                     await conn.execute("ROLLBACK")
                 raise
             try:
                 await conn.execute("COMMIT")
                 callbacks = self._after_commit
+            except sqlite3.Error as exc:
+                self._fault(exc)
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        await conn.execute("ROLLBACK")
+                raise
             finally:
                 self._after_commit = None
+            self._fault(None)
             for callback in callbacks:
                 callback()
 
@@ -176,7 +251,15 @@ class Database:
             raise DatabaseError(f"database {str(self.path)!r} is not open")
         # one call into the connection's thread: a statement left open between an execute and
         # its fetch would let other readers' queries run inside its older snapshot
-        return list(await self._reader.execute_fetchall(sql, params))
+        try:
+            return list(await self._reader.execute_fetchall(sql, params))
+        except sqlite3.Error as exc:
+            self._fault(exc)
+            raise
+
+    def _fault(self, exc: BaseException | None) -> None:
+        if self.on_fault is not None and (exc is None or isinstance(exc, sqlite3.Error)):
+            self.on_fault(exc)
 
     async def read_one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> aiosqlite.Row | None:
         rows = await self.read(sql, params)

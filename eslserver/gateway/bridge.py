@@ -13,7 +13,10 @@
   noted in the spool before use, so a restarted gateway continues above them.
 - **Events** (`eslserver.gateway.events`) go to ``…/events`` at QoS 1: the job's ack or nack
   (then the job leaves the spool), check-ins heard on the radio (coalesced per label), and a
-  status line every ``status_interval_s``.
+  status line every ``status_interval_s`` and whenever the radio is lost or back.
+- **Radio**: a radio lost while the gateway runs is reconnected with backoff
+  (`eslserver.gateway.radio_watch`); meanwhile the status says ``radio: down`` and the server
+  shows the gateway ``degraded``.
 - **Presence**: ``…/status`` is ``online`` (retained) on every connect, ``offline`` (retained) on
   a clean exit, and the last will ``offline`` when the connection dies.
 
@@ -24,6 +27,7 @@ otherwise logged and dropped (the server's deadline retries it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Coroutine
@@ -40,6 +44,7 @@ from eslserver.gateway.conversation import (
     run_job,
 )
 from eslserver.gateway.events import Ack, Checkin, Event, EventError, Nack, Status
+from eslserver.gateway.radio_watch import RadioWatch
 from eslserver.gateway.spool import JobSpool, PutResult, SpoolError
 from eslserver.logs import FailureLog
 from eslserver.mqtt import Message, MqttConnection, MqttSettings, MqttUnavailable, Will
@@ -89,6 +94,8 @@ class GatewayConfig:
     prefix: str = "esl"
     concurrency: int = 8
     status_interval_s: float = 30.0
+    radio_retry_min_s: float = 0.5
+    radio_retry_max_s: float = 30.0
     checkin_coalesce_s: float = 1.0
     max_checkin_backlog: int = 10_000
     job: JobSettings = field(default_factory=JobSettings)
@@ -101,12 +108,15 @@ class GatewayConfig:
                 raise GatewayConfigError(str(exc)) from None
         if not isinstance(self.concurrency, int) or not 1 <= self.concurrency <= 10_000:
             raise GatewayConfigError(f"concurrency must be an int in 1..10000, got {self.concurrency!r}")
-        for name in ("status_interval_s", "checkin_coalesce_s"):
+        for name in ("status_interval_s", "checkin_coalesce_s", "radio_retry_min_s", "radio_retry_max_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0 <= value < 86_400:
                 raise GatewayConfigError(f"{name} must be a number of seconds in 0..86400, got {value!r}")
         if self.status_interval_s == 0:
             raise GatewayConfigError("status_interval_s must be > 0, got 0")
+        if not 0 < self.radio_retry_min_s <= self.radio_retry_max_s:
+            raise GatewayConfigError(f"radio_retry_min_s must be > 0 and <= radio_retry_max_s "
+                                     f"({self.radio_retry_max_s!r}), got {self.radio_retry_min_s!r}")
 
     @property
     def topics(self) -> Topics:
@@ -148,6 +158,10 @@ class Gateway:
         self.config = config
         self.radio = radio
         self.checkins = CheckinTracker(coalesce_s=config.checkin_coalesce_s)
+        self.radio_watch = RadioWatch(radio, min_s=config.radio_retry_min_s, max_s=config.radio_retry_max_s,
+                                      check_s=min(1.0, config.radio_retry_min_s), on_change=self._radio_changed,
+                                      store=config.store, gateway=config.gateway_id)
+        self._status_now = asyncio.Event()
         self.spool = JobSpool(config.spool_path)
         topics = config.topics
         self.jobs_topic = topics.gateway_jobs(config.gateway_id)
@@ -201,6 +215,7 @@ class Gateway:
             raise
         self._spawn(self._publish_checkins(), "gateway-checkins")
         self._spawn(self._publish_status(), "gateway-status")
+        self._spawn(self.radio_watch.run(), "gateway-radio-watch")
         log.info("gateway %s for store %s: jobs on %s", self.config.gateway_id, self.config.store,
                  self.jobs_topic)
         return self
@@ -250,6 +265,8 @@ class Gateway:
     # -- MQTT side ----------------------------------------------------------------------------
     async def _on_connect(self) -> None:
         await self.mqtt.publish(self.status_topic, b"online", qos=1, retain=True)
+        if not self.radio_watch.up:
+            self._status_now.set()  # "online" alone would hide a radio that is down
 
     async def _publish(self, event: Event) -> None:
         await self.mqtt.publish(self.events_topic, event.to_json(), qos=1)
@@ -420,9 +437,15 @@ class Gateway:
                 batch = [self._backlog.popleft() for _ in range(min(64, len(self._backlog)))]
                 await asyncio.gather(*(self._publish(ev) for ev in batch))
 
+    def _radio_changed(self, up: bool) -> None:
+        self._status_now.set()  # the server hears of it now, not at the next interval
+
     async def _publish_status(self) -> None:
         while True:
-            await asyncio.sleep(self.config.status_interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.status_interval_s):
+                    await self._status_now.wait()
+            self._status_now.clear()
             if not self.mqtt.is_connected:
                 continue  # a status is about now: do not queue stale ones
             try:
@@ -433,5 +456,7 @@ class Gateway:
 
     def status(self) -> Status:
         """The gateway's status now."""
+        watch = self.radio_watch
         return Status(gateway=self.config.gateway_id, in_flight=self.in_flight,
-                      spooled=len(self._known), labels_heard=self.checkins.labels_heard)
+                      spooled=len(self._known), labels_heard=self.checkins.labels_heard,
+                      radio="up" if watch.up else "down", radio_since=watch.since)

@@ -32,7 +32,7 @@ from firmware_proto.image import HASH_SIZE
 
 __all__ = [
     "EventError", "NackCode", "NACK_CODES", "Ack", "Nack", "Checkin", "Status", "Event",
-    "parse_event", "utc_now", "MAX_EVENT_BYTES",
+    "parse_event", "utc_now", "MAX_EVENT_BYTES", "RADIO_STATES",
 ]
 
 NackCode: TypeAlias = Literal["unreachable", "refused", "budget", "bad_job", "base_mismatch", "low_battery"]
@@ -40,6 +40,8 @@ NACK_CODES: Final[frozenset[str]] = frozenset(get_args(NackCode))
 MAX_EVENT_BYTES: Final = 16_384
 """No event is longer (a check-in frame is at most 1024 bytes, 2048 as hex)."""
 MAX_REASON: Final = 1_000
+RADIO_STATES: Final = ("up", "down")
+"""A gateway's radio in its status event: working, or not reachable (reconnecting)."""
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
 _U32_MAX: Final = 0xFFFFFFFF
 _U64_MAX: Final = (1 << 64) - 1
@@ -247,7 +249,10 @@ class Checkin:
 
 @dataclass(frozen=True, kw_only=True)
 class Status:
-    """The gateway's health, every few seconds: jobs running, jobs spooled, labels heard."""
+    """The gateway's health, every few seconds and whenever its radio comes or goes: jobs
+    running, jobs spooled, labels heard, and whether its radio works (``radio``: ``up`` or
+    ``down``, since ``radio_since``), so the server can show a gateway that is connected but
+    cannot reach a label as degraded rather than online."""
 
     type: ClassVar[str] = "status"
     gateway: str
@@ -255,6 +260,8 @@ class Status:
     spooled: int
     labels_heard: int
     at: datetime = field(default_factory=utc_now)
+    radio: str = "up"
+    radio_since: datetime | None = None
 
     def __post_init__(self) -> None:
         if not _str("gateway", self.gateway, 200):
@@ -262,11 +269,16 @@ class Status:
         _set(self, "at", _at(self.at))
         for name in ("in_flight", "spooled", "labels_heard"):
             _int(name, getattr(self, name), 0, _U64_MAX)
+        if self.radio not in RADIO_STATES:
+            raise EventError(f"radio: expected up or down, got {self.radio!r:.80}")
+        if self.radio_since is not None:
+            _set(self, "radio_since", _at(self.radio_since))
 
     def to_json(self) -> bytes:
         return _dumps({"type": self.type, "gateway": self.gateway, "at": _iso(self.at),
                        "in_flight": self.in_flight, "spooled": self.spooled,
-                       "labels_heard": self.labels_heard})
+                       "labels_heard": self.labels_heard, "radio": self.radio,
+                       "radio_since": None if self.radio_since is None else _iso(self.radio_since)})
 
 
 Event: TypeAlias = Ack | Nack | Checkin | Status
@@ -280,16 +292,16 @@ def _need(obj: dict[str, Any], name: str) -> Any:
     return obj[name]
 
 
-def _parse_at(obj: dict[str, Any]) -> datetime:
-    raw = _need(obj, "at")
+def _parse_at(obj: dict[str, Any], name: str = "at") -> datetime:
+    raw = _need(obj, name)
     if not isinstance(raw, str):
-        raise EventError(f"at: expected an ISO 8601 string, got {raw!r:.80}")
+        raise EventError(f"{name}: expected an ISO 8601 string, got {raw!r:.80}")
     try:
         at = datetime.fromisoformat(raw)
     except ValueError:
-        raise EventError(f"at: not an ISO 8601 time: {raw!r:.80}") from None
+        raise EventError(f"{name}: not an ISO 8601 time: {raw!r:.80}") from None
     if at.tzinfo is None:
-        raise EventError(f"at: must carry a UTC offset (Z or +00:00), got {raw!r:.80}")
+        raise EventError(f"{name}: must carry a UTC offset (Z or +00:00), got {raw!r:.80}")
     return at
 
 
@@ -336,5 +348,7 @@ def parse_event(data: bytes | str) -> Event:
                        frame=_parse_hex("frame", raw))
     if kind == "status":
         return Status(gateway=_need(obj, "gateway"), at=at, in_flight=_need(obj, "in_flight"),
-                      spooled=_need(obj, "spooled"), labels_heard=_need(obj, "labels_heard"))
+                      spooled=_need(obj, "spooled"), labels_heard=_need(obj, "labels_heard"),
+                      radio=obj.get("radio", "up"),  # older gateways do not say: up
+                      radio_since=None if obj.get("radio_since") is None else _parse_at(obj, "radio_since"))
     raise EventError(f"type: expected ack, nack, checkin or status, got {kind!r:.80}")

@@ -27,7 +27,7 @@ from eslserver.store._listing import equal_to
 __all__ = [
     "IN_MAX", "STATE_COLUMNS", "LabelFilter", "Pairing", "advance_counters", "bind", "bound_to", "clear_dirty",
     "count_by_state", "count_low_battery", "count_up_to_date", "dirty_batch", "dirty_generation", "dirty_marks",
-    "discover", "for_event", "forget_key", "get", "mark_dirty", "mark_failed", "macs", "page", "pairing",
+    "discover", "drawn_with", "for_event", "forget_key", "get", "mark_dirty", "mark_failed", "mark_silent_offline", "macs", "page", "pairing",
     "record_failure", "record_seen", "record_unkeyed_checkin", "register", "reserve_counters", "set_expected",
     "set_key", "set_pending", "set_render_failed", "set_shown", "set_up_to_date", "states", "unbind",
     "use_factory_counter",
@@ -228,6 +228,19 @@ async def unbind(conn: aiosqlite.Connection, mac: str, *, now: str) -> None:
 
 
 # -- the dirty mark -------------------------------------------------------------------------
+def _drawn_with(template: str, models: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause of the bound labels drawn with `template`: named on the label, or the
+    default template of its model, one of `models`."""
+    return (f"sku IS NOT NULL AND (template = ? OR (template IS NULL AND model IN ({placeholders(models) or 'NULL'})))",
+            (template, *models))
+
+
+async def drawn_with(conn: Reader, template: str, models: Sequence[str]) -> list[aiosqlite.Row]:
+    """``mac`` and ``model`` of the bound labels drawn with `template` (`_drawn_with`), by MAC."""
+    where, params = _drawn_with(template, models)
+    return await fetchall(conn, f"SELECT mac, model FROM labels WHERE {where} ORDER BY mac", params)
+
+
 async def mark_dirty(conn: aiosqlite.Connection, origin_at: str, *, mac: str | None = None,
                      store: str | None = None, sku: str | None = None, template: str | None = None,
                      models: Sequence[str] = (), pending: bool = False) -> None:
@@ -244,8 +257,7 @@ async def mark_dirty(conn: aiosqlite.Connection, origin_at: str, *, mac: str | N
     elif mac is None and store is not None and sku is not None and template is None:
         where, params = "store = ? AND sku = ?", (store, sku)
     elif mac is None and store is None and sku is None and template is not None:
-        where = f"sku IS NOT NULL AND (template = ? OR (template IS NULL AND model IN ({placeholders(models) or 'NULL'})))"
-        params = (template, *models)
+        where, params = _drawn_with(template, models)
     else:
         raise ValueError(f"mark_dirty: expected mac, store and sku, or template; got mac={mac!r}, "
                          f"store={store!r}, sku={sku!r}, template={template!r}")
@@ -350,3 +362,14 @@ async def record_failure(conn: aiosqlite.Connection, mac: str, state: str, *, no
     failure counted."""
     await conn.execute("UPDATE labels SET state = ?, failures = failures + 1, updated_at = ? WHERE mac = ?",
                        (state, now, mac))
+
+
+async def mark_silent_offline(conn: aiosqlite.Connection, store: str, *, heard_before: str,
+                              now: str) -> list[str]:
+    """`store`'s labels showing a product (``ok`` or ``pending``) and last heard before
+    `heard_before`: ``offline``, in one statement (they missed their check-ins; the next one
+    brings them back). Returns their MACs, so their new state can be published."""
+    cursor = await conn.execute(
+        "UPDATE labels SET state = 'offline', updated_at = ? WHERE store = ? AND state IN ('ok', 'pending') "
+        "AND last_seen IS NOT NULL AND last_seen < ? RETURNING mac", (now, store, heard_before))
+    return [str(row[0]) for row in await cursor.fetchall()]

@@ -19,7 +19,7 @@ from eslserver.db.database import Database, Reader, escape_like, fetchall, fetch
 __all__ = [
     "HistoryRow", "exists", "get", "seq", "upsert", "records", "due_changes", "set_next_change", "next_due",
     "search", "summary", "add_history", "history", "schedule", "scheduled_max_seq", "due_scheduled",
-    "drop_scheduled", "scheduled",
+    "drop_scheduled", "scheduled", "reset_seq", "last_change",
 ]
 
 HistoryRow = tuple[str, str, str | None, int, int | None, str, str]
@@ -46,13 +46,30 @@ async def seq(conn: Reader, store: str, sku: str) -> int | None:
 
 
 async def upsert(conn: aiosqlite.Connection, store: str, sku: str, record: str, seq: int | None,
-                 updated_at: str, next_change_at: str | None) -> None:
-    """Make `record` the product's current one (inserted, or replacing the stored row whole)."""
+                 updated_at: str, next_change_at: str | None, *, by_pos: bool | None = False) -> None:
+    """Make `record` the product's current one (inserted, or replacing the stored row whole).
+    ``created_by_pos`` is set when a POS (`by_pos`) inserts the product and cleared by a change
+    that is not a POS's; None leaves it as it is (the server applying a scheduled change)."""
     await conn.execute(
-        "INSERT INTO products (store, sku, record, seq, updated_at, next_change_at) VALUES (?, ?, ?, ?, ?, ?) "
+        "INSERT INTO products (store, sku, record, seq, updated_at, next_change_at, created_by_pos) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (store, sku) DO UPDATE SET record = excluded.record, seq = excluded.seq, "
-        "updated_at = excluded.updated_at, next_change_at = excluded.next_change_at",
-        (store, sku, record, seq, updated_at, next_change_at))
+        "updated_at = excluded.updated_at, next_change_at = excluded.next_change_at, "
+        "created_by_pos = CASE WHEN ? IS NULL THEN products.created_by_pos "
+        "ELSE products.created_by_pos AND excluded.created_by_pos END",
+        (store, sku, record, seq, updated_at, next_change_at, int(bool(by_pos)), by_pos))
+
+
+async def reset_seq(conn: aiosqlite.Connection, store: str, sku: str) -> int | None:
+    """Forget the SKU's POS ``seq`` (applied and scheduled), so the POS's next one is accepted
+    whatever it is; returns the seq forgotten. Raises LookupError for an unknown SKU."""
+    row = await fetchone(conn, "SELECT seq FROM products WHERE store = ? AND sku = ?", (store, sku))
+    if row is None:
+        raise LookupError(sku)
+    pending = await scheduled_max_seq(conn, store, sku)
+    await conn.execute("UPDATE products SET seq = NULL WHERE store = ? AND sku = ?", (store, sku))
+    await conn.execute("UPDATE scheduled_updates SET seq = NULL WHERE store = ? AND sku = ?", (store, sku))
+    return max((v for v in (row[0], pending) if v is not None), default=None)
 
 
 async def records(db: Database, store: str) -> list[aiosqlite.Row]:
@@ -82,7 +99,7 @@ async def next_due(db: Database, store: str) -> str | None:
 
 # the API's product summary: the product and how many labels show it (a read of `products`
 # that counts in `labels`, so it is this module's)
-_SUMMARY: Final = ("SELECT p.sku, p.record, p.seq, p.updated_at, p.next_change_at, "
+_SUMMARY: Final = ("SELECT p.sku, p.record, p.seq, p.updated_at, p.next_change_at, p.created_by_pos, "
                    "(SELECT COUNT(*) FROM labels l WHERE l.store = p.store AND l.sku = p.sku) AS n_labels "
                    "FROM products p")
 
@@ -109,8 +126,8 @@ async def search(db: Database, store: str, q: str | None, *, limit: int,
 
 
 async def summary(db: Database, store: str, sku: str) -> aiosqlite.Row | None:
-    """``sku``, ``record``, ``seq``, ``updated_at``, ``next_change_at`` and ``n_labels`` (labels
-    bound to it) of one product; None when it is not in the catalogue."""
+    """``sku``, ``record``, ``seq``, ``updated_at``, ``next_change_at``, ``created_by_pos`` and
+    ``n_labels`` (labels bound to it) of one product; None when it is not in the catalogue."""
     return await db.read_one(f"{_SUMMARY} WHERE p.store = ? AND p.sku = ?", (store, sku))
 
 
@@ -121,6 +138,12 @@ async def add_history(conn: aiosqlite.Connection, store: str, sku: str, periods:
         await conn.executemany(
             "INSERT INTO price_history (store, sku, price, start_at, end_at, reduction, seq, source, recorded_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [(store, sku, *period) for period in periods])
+
+
+async def last_change(conn: Reader, store: str, sku: str) -> str | None:
+    """The start of the SKU's latest recorded price period (None: no history)."""
+    row = await fetchone(conn, "SELECT MAX(start_at) FROM price_history WHERE store = ? AND sku = ?", (store, sku))
+    return None if row is None else row[0]
 
 
 async def history(db: Database, store: str, skus: Iterable[str]) -> dict[str, list[aiosqlite.Row]]:

@@ -333,6 +333,11 @@ class BleRadio:
         self._scanner = scanner
         logger.info("BLE radio scanning for service %s", SERVICE_UUID)
 
+    @property
+    def is_up(self) -> bool:
+        """Scanning (a lost adapter is noticed when a start or a link fails)."""
+        return self._scanner is not None
+
     async def open_link(self, address: str) -> BleakLink:
         """A link (not yet connected) to a label, by the device last seen at that address."""
         key = address.upper()

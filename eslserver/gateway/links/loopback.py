@@ -103,10 +103,19 @@ class LoopbackRadio:
         self._pending: dict[str, asyncio.Future[bool]] = {}
         self.checkins = 0
 
+    @property
+    def is_up(self) -> bool:
+        """Connected to the simulator (false once it closed the connection)."""
+        return self._task is not None and not self._task.done()
+
     async def start(self) -> None:
-        """Connect to the simulator; `LoopbackError` if nothing listens there."""
-        if self._task is not None:
+        """Connect to the simulator; `LoopbackError` if nothing listens there. After the
+        connection was lost, connects again (a new stream: nothing of the old one is kept)."""
+        if self.is_up:
             return
+        if self._task is not None:  # the old connection ended: forget it before a new one
+            await self.close()
+        self._decoder = RadioStreamDecoder()
         try:
             self._reader, self._writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port), self.connect_timeout_s)

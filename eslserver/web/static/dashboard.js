@@ -2,6 +2,9 @@
 import { api } from "./api.js";
 import { $, h, seconds, throttle, when } from "./ui.js";
 
+// degraded: connected to the broker, but its radio is down (reconnecting)
+const GATEWAY_BADGE = { online: "ok", degraded: "pending" };
+
 let active = false;
 let timer = null;
 
@@ -29,7 +32,7 @@ async function load() {
   $("stat-battery-what").textContent = `low battery (< ${s.battery_below} mV)`;
   put("stat-unpaired", s.labels.unpaired ?? 0);
   put("stat-gw-online", s.gateways.online ?? 0);
-  put("stat-gw-offline", s.gateways.offline ?? 0);
+  put("stat-gw-offline", (s.gateways.offline ?? 0) + (s.gateways.degraded ?? 0));
   put("stat-updates", s.updates_last_hour);
   put("stat-p50", seconds(s.time_to_shelf_s.p50));
   put("stat-p99", seconds(s.time_to_shelf_s.p99));
@@ -38,7 +41,8 @@ async function load() {
   at.textContent = when(s.at);
   at.dateTime = s.at;
   $("gateways").replaceChildren(...gw.items.map((g) => h("tr", {},
-    h("td", {}, g.id), h("td", {}, h("span", { class: `badge ${g.status === "online" ? "ok" : "offline"}` }, g.status)),
+    h("td", {}, g.id), h("td", {}, h("span", { class: `badge ${GATEWAY_BADGE[g.status] ?? "offline"}`,
+      title: g.status === "degraded" ? `radio down since ${when(g.info.radio_since)}` : "" }, g.status)),
     h("td", {}, g.labels), h("td", {}, when(g.last_seen)))));
   if (!gw.items.length) $("gateways").append(h("tr", {}, h("td", { colspan: 4 }, "No gateway has connected yet.")));
 }

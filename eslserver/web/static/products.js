@@ -16,7 +16,9 @@ async function search() {
   $("prod-list").replaceChildren(...body.items.map((p) => h("tr", { class: p.sku === selected ? "selected" : "" },
     h("td", {}, h("button", { type: "button", class: "link", dataset: { sku: p.sku },
                               onclick: () => select(p.sku) }, p.sku)),
-    h("td", {}, p.name || "–"), h("td", {}, money(p.price, p.currency)), h("td", {}, p.labels))));
+    h("td", {}, p.name || "–", ...(p.created_by_pos  // a POS created it; a person has not looked yet
+      ? [" ", h("span", { class: "badge pending", title: "created by the POS (unknown SKU)" }, "new")] : [])),
+    h("td", {}, money(p.price, p.currency)), h("td", {}, p.labels))));
 }
 
 const searchSoon = debounce(() => search().catch((err) => { $("prod-count").textContent = err.message; }), 250);
