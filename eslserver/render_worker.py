@@ -90,7 +90,7 @@ _RESOLVER: list[Any] = []
 
 def _images() -> Any:
     if not _RESOLVER:
-        _RESOLVER.append(image_resolver())
+        _RESOLVER.append(image_resolver(files=False))  # the server reads no file a template or POS names
     return _RESOLVER[0]
 
 

@@ -192,11 +192,13 @@ def product_photo(kind: str, colour: str = "red", size: tuple[int, int] = (480, 
     return PILImage.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
-def image_resolver(base_dir: str | Path | None = None) -> ImageResolver:
+def image_resolver(base_dir: str | Path | None = None, *, files: bool = True) -> ImageResolver:
     """A callable turning an element's ``src`` into a PIL image.
 
     ``sample:kind:colour`` gives a generated photo; anything else is a file path, which must
-    lie inside `base_dir` when one is given (templates never read arbitrary files).
+    lie inside `base_dir` when one is given (templates never read arbitrary files). With
+    ``files=False`` no path is ever read: a server renders what templates and POS messages
+    name, and neither may choose a file on the server's disk.
     """
     base = Path(base_dir).resolve() if base_dir is not None else None
 
@@ -206,6 +208,9 @@ def image_resolver(base_dir: str | Path | None = None) -> ImageResolver:
             parts = src.split(":")
             return product_photo(parts[1] if len(parts) > 1 else "fruit",
                                  parts[2] if len(parts) > 2 else "red")
+        if not files:
+            raise SampleError(f"image src {src[:200]!r}: expected a sample: image "
+                              "(this renderer reads no files)")
         path = Path(src)
         if base is not None:
             path = (base / path).resolve()
