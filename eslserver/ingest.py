@@ -154,14 +154,14 @@ class Ingest:
                 try:
                     async with self.db.transaction() as conn:
                         for item in batch:
-                            await conn.execute("SAVEPOINT message")
-                            try:
-                                results.append([await self._accept(conn, update, item.received, item.source,
-                                                                   item.actor) for _, update in item.updates])
+                            try:  # a failing message takes back only its own writes and after-commit counts
+                                async with self.db.savepoint(conn):
+                                    statuses = [await self._accept(conn, update, item.received, item.source,
+                                                                   item.actor) for _, update in item.updates]
                             except Exception as exc:  # this message only; the others still commit
-                                await conn.execute("ROLLBACK TO message")
                                 results.append(exc)
-                            await conn.execute("RELEASE message")
+                            else:
+                                results.append(statuses)
                 except BaseException as exc:
                     for item in batch:
                         if not item.done.done():
