@@ -41,6 +41,8 @@ from typing import Any
 
 STORE = "demo"
 GATEWAY = "gw1"
+_SIMULATED_LABELS = "eslserver-simulator-0"
+"""The factory secret of `esl simulate`'s labels (seed 0); `esl serve` needs it given explicitly."""
 
 
 def _free_port() -> int:
@@ -116,9 +118,10 @@ async def _seed(data_dir: Path, count: int, *, render: bool = True) -> list[tupl
     settings = load_settings(None, environ={}, overrides={"data_dir": data_dir})
     pairs = [(label_address(i + 1), f"P{i:06d}") for i in range(count)]
     async with Server(settings, mqtt=False, http=False, render_processes=False) as server:
+        await server.add_identity("gateway", GATEWAY, store=STORE, reset=True)  # registered: the server listens
         records = _records(count)
-        for i in range(0, count, 5000):
-            result = await server.ingest.submit(records[i:i + 5000], source="bench", actor=SYSTEM)
+        for i in range(0, count, 1000):  # a POS message holds at most 1000 items
+            result = await server.ingest.submit(records[i:i + 1000], source="bench", actor=SYSTEM)
             assert not result.errors, result.errors[:3]
         now = iso(utcnow())
         async with server.db.transaction() as conn:
@@ -178,7 +181,7 @@ class _Store:
         sim.line_with("listening on")
         env = {"ESL_DATA_DIR": str(self.data), "ESL_BROKER_URL": self.url, "ESL_HTTP_PORT": str(self.http_port),
                "ESL_RENDER_WORKERS": str(self.workers), "ESL_MAX_IN_FLIGHT": str(self.in_flight),
-               "ESL_LOG_LEVEL": "warning", "ESL_DEBOUNCE_MS": "10"}
+               "ESL_LOG_LEVEL": "warning", "ESL_DEBOUNCE_MS": "10", "ESL_FACTORY_SECRET": _SIMULATED_LABELS}
         self.server = _Proc([*_esl(), "serve"], env)
         self.procs.append(self.server)
         self.server.line_with("eslserver: http://")
@@ -318,7 +321,7 @@ async def server_rss(labels: int) -> dict[str, Any]:
         port = _free_port()
         server = _Proc([*_esl(), "serve"], {"ESL_DATA_DIR": str(data), "ESL_HTTP_PORT": str(port),
                                             "ESL_BROKER_URL": f"mqtt://127.0.0.1:{broker.port}",
-                                            "ESL_LOG_LEVEL": "warning"})
+                                            "ESL_LOG_LEVEL": "warning", "ESL_FACTORY_SECRET": _SIMULATED_LABELS})
         base = _Proc([sys.executable, "-c", "import eslserver.server, time; print('ready', flush=True); time.sleep(600)"])
         try:
             server.line_with("eslserver: http://")

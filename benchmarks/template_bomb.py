@@ -90,7 +90,8 @@ def run(cpu: float, seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="esl-bomb-") as tmp:
         data = Path(tmp) / "data"
         port = _free_port()
-        env = {**os.environ, "ESL_TEMPLATE_CPU_S": str(cpu), "ESL_TEMPLATE_TIMEOUT_S": str(cpu * 3)}
+        env = {**os.environ, "ESL_TEMPLATE_CPU_S": str(cpu), "ESL_TEMPLATE_TIMEOUT_S": str(cpu * 3),
+               "ESL_FACTORY_SECRET": "eslserver-simulator-0"}  # no labels here; `esl serve` needs one set
         token = _esl("tokens", "create", "--role", "merchandiser", "--name", "bench", "--data", str(data),
                      "--init", env=env).stdout.strip().splitlines()[-1]
         server = subprocess.Popen([sys.executable, "-c", "from eslserver.cli import main; main()", "serve",

@@ -1,8 +1,13 @@
-"""The audit log: who changed what, with the state before and after, in the same transaction."""
+"""The audit log: who changed what, with the state before and after, in the same transaction.
+
+A change of a record is audited as what changed (`changed`): the old and new values of the
+keys that differ, not both whole records, so an unchanged blob of attributes costs nothing
+each time a price moves."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import aiosqlite
@@ -10,7 +15,7 @@ import aiosqlite
 from eslserver.store import audit as store_audit
 from eslserver.timeutil import iso, utcnow
 
-__all__ = ["Who", "json_default", "record_audit"]
+__all__ = ["Who", "changed", "json_default", "record_audit"]
 
 
 class Who(Protocol):
@@ -28,6 +33,25 @@ def json_default(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)
+
+
+def changed(before: Mapping[str, Any] | None,
+            after: Mapping[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """``(old, new)``: the values in `before` and `after` of the keys whose value differs (null
+    on the side that lacks the key); ``attributes`` compared name by name (only the names that
+    changed, under ``attributes``). A new record (`before` None) is ``(None, after)``."""
+    if before is None:
+        return None, dict(after)
+    old: dict[str, Any] = {}
+    new: dict[str, Any] = {}
+    for key in dict.fromkeys([*before, *after]):
+        was, now = before.get(key), after.get(key)
+        if was == now:
+            continue
+        if key == "attributes" and isinstance(was, Mapping) and isinstance(now, Mapping):
+            was, now = changed(was, now)
+        old[key], new[key] = was, now
+    return old, new
 
 
 def _dump(value: object) -> str | None:

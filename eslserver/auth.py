@@ -172,7 +172,10 @@ async def revoke_token(db: Database, token_id: str) -> TokenInfo:
     if parsed is not None:
         token_id = parsed[0]
     if not isinstance(token_id, str) or not _ID_RE.fullmatch(token_id):
-        raise AuthError(f"id: expected 12 hex digits (as listed by 'esl tokens list'), got {token_id!r}")
+        # something longer than an id may be a mistyped token: its length, never its text
+        shown = repr(token_id) if isinstance(token_id, str) and len(token_id) <= 16 else \
+            f"{len(token_id)} characters" if isinstance(token_id, str) else type(token_id).__name__
+        raise AuthError(f"id: expected 12 hex digits (as listed by 'esl tokens list'), got {shown}")
     async with db.transaction() as conn:
         row = await tokens.get(conn, token_id)
         if row is None:

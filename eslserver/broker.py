@@ -17,8 +17,11 @@ again when the client reconnects; a client's will is published when its connecti
 keepalive expires; and a client gets only what it subscribed to. Sessions and retained messages
 live in memory: they survive a client's restart, not the broker's.
 
-The broker lets every client in without a password: keep it on loopback (the default), or run
-a real broker with its own access rules for a real store.
+Given access rules (``access``, an `eslserver.mqtt_access.AccessSnapshot`: what `esl serve`
+and `esl demo` always give), it lets a client in only with an active identity's password and
+allows it only its own topics, both implementations alike (tests/test_security_mqtt.py);
+`EmbeddedBroker.set_access` applies new rules at once, dropping the clients they no longer let
+in. Without, it lets every client in: only tests run it so.
 """
 
 from __future__ import annotations
@@ -28,14 +31,17 @@ import logging
 import socket
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from amqtt.broker import Broker  # type: ignore[import-untyped]
 from amqtt.errors import BrokerError as AmqttBrokerError  # type: ignore[import-untyped]
 
-from eslserver.broker_amqtt import OpenAuthPlugin, fixed_amqtt_broker
+from eslserver.broker_amqtt import AccessHolder, OpenAuthPlugin, enforce_access, fixed_amqtt_broker
 from eslserver.broker_mosquitto import MosquittoProcess, find_mosquitto
 from eslserver.config import EMBEDDED_BROKERS as IMPLEMENTATIONS
+
+if TYPE_CHECKING:
+    from eslserver.mqtt_access import AccessSnapshot
 
 __all__ = ["IMPLEMENTATIONS", "BrokerError", "EmbeddedBroker", "OpenAuthPlugin", "free_port"]
 
@@ -58,8 +64,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedBroker:
     """The embedded broker on ``host:port`` (port 0 = pick a free one) as an async context manager.
 
-    `directory` holds Mosquitto's generated configuration and log (a temporary directory when
-    None); amqtt writes nothing.
+    `directory` holds Mosquitto's generated configuration, log, password and ACL files (a
+    temporary directory when None); amqtt writes nothing. `access`: the access rules to enforce
+    (None: every client is let in).
 
     >>> async with EmbeddedBroker() as broker:   # doctest: +SKIP
     ...     print(broker.url, broker.implementation)   # mqtt://127.0.0.1:PORT mosquitto
@@ -68,7 +75,7 @@ class EmbeddedBroker:
     _amqtt_running = 0  # amqtt brokers started and not yet closed, in this process
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, implementation: str = "auto",
-                 directory: Path | None = None) -> None:
+                 directory: Path | None = None, access: AccessSnapshot | None = None) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, got {port!r}")
         if implementation not in IMPLEMENTATIONS:
@@ -81,6 +88,24 @@ class EmbeddedBroker:
         self._amqtt: Broker | None = None
         self._mosquitto: MosquittoProcess | None = None
         self._closed = False
+        self._access = access
+        self._holder = AccessHolder(access) if access is not None else None
+
+    @property
+    def access(self) -> AccessSnapshot | None:
+        """The access rules enforced now (None: every client is let in)."""
+        return self._access
+
+    async def set_access(self, access: AccessSnapshot) -> None:
+        """Enforce `access` from now on: a client it no longer lets in (revoked, or its password
+        changed) is disconnected at once and its session forgotten."""
+        if self._holder is None:
+            raise BrokerError("this embedded broker was started without access rules")
+        self._access = self._holder.current = access
+        if self._mosquitto is not None:
+            await self._mosquitto.set_access(access)
+        if self._amqtt is not None:
+            await enforce_access(self._amqtt)
 
     @property
     def port(self) -> int:
@@ -139,7 +164,7 @@ class EmbeddedBroker:
         raise BrokerError(f"cannot start the embedded broker on {self.host}:{self._requested_port}: {last}{hint}")
 
     async def _start_mosquitto(self, binary: str, port: int) -> None:
-        process = MosquittoProcess(binary, self.directory)
+        process = MosquittoProcess(binary, self.directory, access=self._access)
         try:
             await process.start(self.host, port)
         except BaseException:
@@ -152,11 +177,10 @@ class EmbeddedBroker:
         return {
             "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
             "timeout_disconnect_delay": 0,
-            "plugins": {f"{OpenAuthPlugin.__module__}.OpenAuthPlugin": {}},
         }
 
     async def _start_amqtt(self, port: int) -> None:
-        broker = fixed_amqtt_broker(self._amqtt_config(port))
+        broker = fixed_amqtt_broker(self._amqtt_config(port), self._holder)
         try:
             await broker.start()
         except BaseException:  # amqtt wraps bind errors in its BrokerError

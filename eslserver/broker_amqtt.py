@@ -22,6 +22,19 @@ other amqtt broker in the process sees:
    as a network failure, so the will is published.
 4. **Queued messages arrive marked retained**: messages kept for a persistent session while it
    was away are now delivered with the retain flag clear [MQTT-3.3.1-9].
+5. **A CONNECT changes sessions before it is authenticated**: amqtt deletes the session of the
+   client id a clean-session CONNECT names, or copies the new user name and password into the
+   persistent session it names, and only then asks the authentication plugins; so a client with
+   no password could wipe the server's subscriptions by connecting with its client id. With
+   access rules (`AccessHolder`), a CONNECT is now checked first (user name and password, the
+   will's topic, and that the client id's session belongs to the same user) and refused with
+   CONNACK 5 ("not authorised", as Mosquitto answers) before it touches any session.
+
+Access rules (`IdentityAuthPlugin`, `IdentityTopicPlugin`): amqtt's plugin API (0.12.1:
+``authenticate(session=)`` and ``topic_filtering(session=, topic=, action=)`` with actions
+publish, subscribe and receive) asks the server's current `eslserver.mqtt_access.AccessSnapshot`;
+`enforce_access` drops the connections and sessions of identities the new rules no longer let
+in (a revoked gateway is cut off at once, its will not published).
 
 Known and left alone: amqtt delivers at the subscription's QoS rather than min(publish,
 subscription), which only ever upgrades a delivery.
@@ -30,20 +43,29 @@ subscription), which only ever upgrades a delivery.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import amqtt  # type: ignore[import-untyped]
 from amqtt.broker import Broker  # type: ignore[import-untyped]
-from amqtt.contexts import BaseContext  # type: ignore[import-untyped]
+from amqtt.contexts import Action, BaseContext  # type: ignore[import-untyped]
+from amqtt.errors import AMQTTError, MQTTError, NoDataError  # type: ignore[import-untyped]
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket  # type: ignore[import-untyped]
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler  # type: ignore[import-untyped]
 from amqtt.mqtt.pubrel import PubrelPacket  # type: ignore[import-untyped]
-from amqtt.plugins.base import BaseAuthPlugin  # type: ignore[import-untyped]
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin  # type: ignore[import-untyped]
 from amqtt.session import OUTGOING, Session  # type: ignore[import-untyped]
+from amqtt.utils import gen_client_id  # type: ignore[import-untyped]
 
-__all__ = ["AMQTT_VERSION", "OpenAuthPlugin", "fixed_amqtt_broker"]
+if TYPE_CHECKING:
+    from eslserver.mqtt_access import AccessSnapshot
+
+__all__ = ["AMQTT_VERSION", "AccessHolder", "IdentityAuthPlugin", "IdentityTopicPlugin", "OpenAuthPlugin",
+           "enforce_access", "fixed_amqtt_broker"]
 
 AMQTT_VERSION = "0.12.1"
 """The amqtt release the fixes below were written against (and pyproject.toml pins)."""
@@ -51,7 +73,97 @@ AMQTT_VERSION = "0.12.1"
 _log = logging.getLogger(__name__)
 
 _KEEPALIVE_GRACE = 1.5  # [MQTT-3.1.2-24]: close after 1.5 x the keepalive without a packet
+_DROP_WAIT_S = 2.0  # how long `enforce_access` waits for a dropped connection to end
+_REFUSALS_LOGGED = 1000  # user names whose refusal is remembered (logged once each)
 _in_subscribe: contextvars.ContextVar[bool] = contextvars.ContextVar("esl_amqtt_in_subscribe", default=False)
+
+
+class AccessHolder:
+    """The access rules an amqtt broker applies now (`current`); the server replaces `current`
+    when identities change, then calls `enforce_access`. amqtt copies its configuration, so a
+    copy of the holder is the holder itself."""
+
+    def __init__(self, snapshot: AccessSnapshot) -> None:
+        self.current = snapshot
+        self._refused: set[str] = set()
+
+    def __copy__(self) -> AccessHolder:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AccessHolder:
+        return self
+
+    def refusal(self, session: Session) -> str | None:
+        """Why a CONNECT of `session` is refused (None: it is let in), in words for the log;
+        the reason never includes the password."""
+        rules = self.current
+        if not session.username:
+            return "anonymous"
+        if rules.verify(session.username, session.password) is None:
+            return "unknown user, revoked, or wrong password"
+        if session.will_flag and not rules.may_publish(session.username, session.will_topic or ""):
+            return f"its will's topic {session.will_topic!r} is not its to publish"
+        return None
+
+    def log_refusal(self, session: Session, reason: str) -> None:
+        """One warning per user name (bounded), not one per attempt of a client retrying."""
+        if self._first(f"connect {session.username or ''}"):
+            _log.warning("embedded broker refused client %r (user %r): %s", session.client_id, session.username,
+                         reason)
+
+    def log_denied(self, username: str, action: str, topic: str) -> None:
+        """One warning per user, action and topic (bounded), not one per message."""
+        if self._first(f"{action} {username} {topic}"):
+            _log.warning("embedded broker: %s may not %s %r", username, action, topic)
+
+    def _first(self, key: str) -> bool:
+        if key in self._refused:
+            return False
+        if len(self._refused) < _REFUSALS_LOGGED:
+            self._refused.add(key)
+        return True
+
+
+class IdentityAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
+    """amqtt authentication plugin: a client is let in only with the password of an active
+    identity, and a will only on a topic that identity may publish to."""
+
+    @dataclass
+    class Config:
+        access: Any = None
+
+    async def authenticate(self, *, session: Session) -> bool:
+        holder: AccessHolder = self.config.access
+        return holder.refusal(session) is None
+
+
+class IdentityTopicPlugin(BaseTopicPlugin):  # type: ignore[misc]
+    """amqtt topic plugin: publish, subscribe and receive as `eslserver.mqtt_access.RULES` allow
+    the client's identity. A subscription is allowed only when every topic it can match is
+    allowed (``gateway/+/jobs`` is refused to a gateway that may read only its own jobs)."""
+
+    @dataclass
+    class Config:
+        access: Any = None
+
+    async def topic_filtering(self, *, session: Session | None = None, topic: str | None = None,
+                              action: Action | None = None) -> bool:
+        holder: AccessHolder = self.config.access
+        username = session.username if session is not None else None
+        if topic is None or username is None:
+            return False
+        rules = holder.current
+        if action == Action.PUBLISH:
+            allowed = rules.may_publish(username, topic)
+        elif action == Action.SUBSCRIBE:
+            allowed = rules.may_subscribe(username, topic)
+        elif action == Action.RECEIVE:
+            allowed = rules.may_receive(username, topic)
+        else:
+            allowed = False
+        if not allowed and action != Action.RECEIVE:
+            holder.log_denied(username, str(action), topic)
+        return allowed
 
 
 class OpenAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
@@ -104,6 +216,10 @@ class _FixedHandler(BrokerProtocolHandler):  # type: ignore[misc]
 
     def handle_read_timeout(self) -> None:
         # nothing from the client for 1.5 x its keepalive: end the connection as a network failure
+        self.drop()
+
+    def drop(self) -> None:
+        """End this connection as a network failure would (the broker's client loop closes it)."""
         waiter = self._disconnect_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -156,16 +272,89 @@ class _FixedHandler(BrokerProtocolHandler):  # type: ignore[misc]
 
 
 class _FixedBroker(Broker):  # type: ignore[misc]
-    """amqtt's broker with fixes 1, 3 (keepalive grace) and 4, and `_FixedHandler` per connection."""
+    """amqtt's broker with fixes 1, 3 (keepalive grace), 4 and 5, and `_FixedHandler` per connection."""
+
+    access: AccessHolder | None = None
+    """The access rules, when the broker enforces them (`fixed_amqtt_broker`)."""
 
     async def _initialize_client_session(self, *args: Any, **kwargs: Any) -> tuple[Any, Session]:
-        handler, session = await super()._initialize_client_session(*args, **kwargs)
+        if self.access is None:
+            handler, session = await super()._initialize_client_session(*args, **kwargs)
+        else:
+            handler, session = await self._checked_client_session(*args, **kwargs)
         # amqtt makes a bare BrokerProtocolHandler (no session attached yet); ours instead
         fixed = _FixedHandler(self.plugins_manager, loop=self._loop)
         del handler
         if session.keep_alive > 0:
             session.keep_alive = session.keep_alive * _KEEPALIVE_GRACE
         return fixed, session
+
+    async def _checked_client_session(self, reader: Any, writer: Any, remote_address: str,
+                                      remote_port: int) -> tuple[Any, Session]:
+        """amqtt 0.12.1's `_initialize_client_session`, with the CONNECT refused (CONNACK 5)
+        before it touches any session when `refusal` says so (fix 5)."""
+        try:
+            handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+        except (AMQTTError, MQTTError, NoDataError) as exc:
+            with contextlib.suppress(Exception):
+                await writer.close()
+            raise AMQTTError(f"{remote_address}:{remote_port}: no valid CONNECT: {exc}") from exc
+        assert self.access is not None
+        reason = self.access.refusal(session)
+        existing = self._sessions.get(session.client_id) if session.client_id else None
+        if reason is None and existing is not None and existing[0].username != session.username:
+            reason = f"client id {session.client_id!r} belongs to another user's session"
+        if reason is not None:
+            self.access.log_refusal(session, reason)
+            with contextlib.suppress(Exception):
+                await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+                await writer.close()
+            raise MQTTError(f"client {session.client_id!r} refused: {reason}")
+        if session.clean_session:
+            if session.client_id:
+                await self._delete_session(session.client_id)
+            else:
+                session.client_id = gen_client_id()
+            session.parent = 0
+        elif existing is not None:
+            # the new connection brings its own will and keepalive (and the same user)
+            old = existing[0]
+            old.will_flag, old.will_message = session.will_flag, session.will_message
+            old.will_topic, old.will_qos, old.keep_alive = session.will_topic, session.will_qos, session.keep_alive
+            old.username, old.password = session.username, session.password
+            session = old
+            session.parent = 1
+        else:
+            session.parent = 0
+        delay = self.config.get("timeout-disconnect-delay", 0)
+        if session.keep_alive > 0 and isinstance(delay, int):
+            session.keep_alive += delay
+        return handler, session
+
+    async def enforce_access(self) -> int:
+        """Drop every connection, and forget every session, whose user the current rules no
+        longer let in (revoked, or its password changed); returns how many."""
+        if self.access is None:
+            return 0
+        rules = self.access.current
+        dropped = []
+        for client_id, (session, handler) in list(self._sessions.items()):
+            if rules.verify(session.username, session.password) is not None:
+                continue
+            session.will_flag = False  # an identity no longer trusted leaves no last word
+            if session.transitions.is_connected() and isinstance(handler, _FixedHandler):
+                handler.drop()
+            dropped.append((client_id, session))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _DROP_WAIT_S
+        while any(s.transitions.is_connected() for _, s in dropped) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for client_id, session in dropped:
+            if self._sessions.get(client_id, (None,))[0] is session:
+                await self._delete_session(client_id)
+            _log.warning("embedded broker: dropped client %r (user %r): no longer allowed in", client_id,
+                         session.username)
+        return len(dropped)
 
     async def _handle_subscription(self, *args: Any, **kwargs: Any) -> None:
         token = _in_subscribe.set(True)
@@ -199,10 +388,26 @@ class _FixedBroker(Broker):  # type: ignore[misc]
         self._tasks_queue.append(asyncio.ensure_future(publish))
 
 
-def fixed_amqtt_broker(config: dict[str, Any]) -> Broker:
+def fixed_amqtt_broker(config: dict[str, Any], access: AccessHolder | None = None) -> Broker:
     """A (not yet started) amqtt broker with the fixes above; refuses an amqtt they were not
-    written for, since they override amqtt internals."""
+    written for, since they override amqtt internals. With `access`, every client needs an
+    identity's password and gets only its own topics (`IdentityAuthPlugin`,
+    `IdentityTopicPlugin`); without, every client is let in (`OpenAuthPlugin`)."""
     if amqtt.__version__ != AMQTT_VERSION:
         raise RuntimeError(f"amqtt {amqtt.__version__} is installed, the embedded broker needs amqtt=={AMQTT_VERSION} "
                            f"(or set embedded_broker = \"mosquitto\" with Mosquitto installed)")
-    return _FixedBroker(config)
+    config = dict(config)
+    if access is None:
+        config["plugins"] = {f"{__name__}.OpenAuthPlugin": {}}
+    else:
+        config["plugins"] = {f"{__name__}.IdentityAuthPlugin": {"access": access},
+                             f"{__name__}.IdentityTopicPlugin": {"access": access}}
+    broker = _FixedBroker(config)
+    broker.access = access
+    return broker
+
+
+async def enforce_access(broker: Broker) -> int:
+    """`_FixedBroker.enforce_access` of a broker made by `fixed_amqtt_broker`."""
+    assert isinstance(broker, _FixedBroker)
+    return await broker.enforce_access()

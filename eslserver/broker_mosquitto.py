@@ -3,9 +3,14 @@
 Why a child process: Mosquitto is the broker stores run in production and the one our CI
 machines test against; when it is installed, `esl serve` and `esl demo` get the same broker
 behaviour on a laptop as in a store. The process gets a generated configuration in its own
-directory (one listener on ``host:port``, anonymous clients, no persistence, a queue large enough
-for a gateway or the server being away for a while, errors and warnings logged to a file there,
-never to syslog) and is stopped with the server: SIGTERM in `MosquittoProcess.aclose`, SIGKILL at
+directory (one listener on ``host:port``, no persistence, a queue large enough for a gateway or
+the server being away for a while, errors and warnings logged to a file there, never to syslog)
+and, given access rules, the password and ACL files they make (``passwd``, ``acl``, 0600 in
+that directory, anonymous clients refused, each client's session keyed by its user name so that
+no identity can take over another's); `MosquittoProcess.set_access` rewrites them and
+makes Mosquitto read them again (SIGHUP): Mosquitto 2 then drops at once every connected
+client the new files no longer let in. Without access rules every client is let in (tests).
+The process is stopped with the server: SIGTERM in `MosquittoProcess.aclose`, SIGKILL at
 interpreter exit if still running, and on Linux the kernel sends it SIGTERM if our process dies
 first (``PR_SET_PDEATHSIG``), so a crash leaves no broker holding the port. It runs in its own
 session, so Ctrl-C in a terminal reaches the server, which then closes its connections first.
@@ -25,6 +30,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from eslserver.private_files import write_private
+
+if TYPE_CHECKING:
+    from eslserver.mqtt_access import AccessSnapshot
 
 __all__ = ["MAX_QUEUED_MESSAGES", "MosquittoProcess", "find_mosquitto"]
 
@@ -59,8 +70,9 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 class MosquittoProcess:
     """One ``mosquitto`` process listening on ``host:port`` (a fixed, non-zero port)."""
 
-    def __init__(self, binary: str, directory: Path | None = None) -> None:
+    def __init__(self, binary: str, directory: Path | None = None, *, access: AccessSnapshot | None = None) -> None:
         self.binary = binary
+        self.access = access
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if directory is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="esl-mosquitto-")
@@ -80,11 +92,41 @@ class MosquittoProcess:
             return ""
         return " | ".join(text.strip().splitlines()[-lines:])
 
+    @property
+    def password_path(self) -> Path:
+        return self.directory / "passwd"
+
+    @property
+    def acl_path(self) -> Path:
+        return self.directory / "acl"
+
+    def _write_access(self) -> list[str]:
+        """Write the password and ACL files of `access`; the configuration lines that use them."""
+        if self.access is None:
+            return ["allow_anonymous true"]
+        header = "written by the eslserver embedded broker: every change of identities rewrites it"
+        write_private(self.password_path, self.access.password_file(header))
+        write_private(self.acl_path, self.access.acl_file(header))
+        # a client's session is its identity's: another identity cannot take it over (or wipe it)
+        # by connecting with its client id
+        return ["allow_anonymous false", f"password_file {self.password_path}", f"acl_file {self.acl_path}",
+                "use_username_as_clientid true"]
+
+    async def set_access(self, access: AccessSnapshot) -> None:
+        """Rewrite the password and ACL files and make Mosquitto read them again (SIGHUP)."""
+        if self.access is None:
+            raise RuntimeError("this mosquitto was started without access rules")
+        self.access = access
+        self._write_access()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGHUP)
+
     def _write_config(self, host: str, port: int) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         lines = [
             f"listener {port} {host}",
-            "allow_anonymous true",
+            *self._write_access(),
             "persistence false",
             f"max_queued_messages {MAX_QUEUED_MESSAGES}",
             "log_dest stderr",  # our stderr file below: not syslog, and it has start-up errors too

@@ -40,6 +40,7 @@ from eslserver.pos_fields import read_update
 from eslserver.store import labels as label_rows
 from eslserver.store import products
 from eslserver.timeutil import iso, utcnow
+from eslserver.uploads import unknown_image
 from firmware_proto.models import MODELS
 
 if TYPE_CHECKING:  # types only: `esl import` runs this module's parsing half without the renderer
@@ -377,6 +378,10 @@ async def apply_rows(rows: Sequence[ImportRow], actor: Who, *, db: Database, set
                     report.errors.append(RowError(row.line, sku, "valid_from", iso(update.valid_from),
                                                   "invalid_value", f"line {row.line}: valid_from: an import sets "
                                                   "today's catalogue; schedule changes through POST /prices"))
+                    continue
+                missing = await unknown_image(conn, store, update)  # a name or digest no upload has
+                if missing is not None:
+                    report.errors.append(_row_error(row, missing))
                     continue
             stored = await products.get(conn, store, sku)
             if update is None and stored is None:

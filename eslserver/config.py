@@ -27,7 +27,8 @@ from eslserver.topics import TopicError, Topics, check_level
 if TYPE_CHECKING:
     from render.isolate import ProcessLimits
 
-__all__ = ["DEFAULT_TEMPLATES", "EMBEDDED_BROKERS", "ENV_PREFIX", "ConfigError", "Settings", "load_settings"]
+__all__ = ["DEFAULT_TEMPLATES", "EMBEDDED_BROKERS", "ENV_PREFIX", "GATEWAY_REGISTRATION", "MIN_PRICE_HISTORY_DAYS",
+           "RETENTION_DAYS", "SECRET_KEY_ENV", "SIMULATOR_FACTORY_SECRET", "ConfigError", "Settings", "load_settings"]
 
 ENV_PREFIX: Final = "ESL_"
 
@@ -40,8 +41,30 @@ DEFAULT_TEMPLATES: Final[Mapping[str, str]] = MappingProxyType({
 EMBEDDED_BROKERS: Final = ("auto", "mosquitto", "amqtt")
 """Values of `Settings.embedded_broker` (`eslserver.broker.EmbeddedBroker` implementations)."""
 
+GATEWAY_REGISTRATION: Final = ("required", "open")
+"""Values of `Settings.gateway_registration`."""
+
 UNKNOWN_SKU: Final = ("create", "refuse")
 """Values of `Settings.unknown_sku`: what a POS update for a SKU not in the catalogue does."""
+
+SIMULATOR_FACTORY_SECRET: Final = "eslserver-simulator-0"
+"""The secret the simulator's labels (seed 0) derive their factory keys from: public, so that
+`esl serve` refuses to fall back on it (anyone could pair its labels); ``esl demo`` uses it."""
+
+SECRET_KEY_ENV: Final = "ESL_SECRET_KEY"
+"""The environment variable of `Settings.secret_key` (the only place it is read from)."""
+
+_SECRETS: Final = frozenset({"factory_secret", "secret_key", "mqtt_password"})
+"""Settings whose values an error message never quotes."""
+
+RETENTION_DAYS: Final = ("retention_jobs_days", "retention_events_days", "retention_audit_days",
+                         "retention_images_days", "retention_price_history_days")
+"""The retention settings in days (`eslserver.retention`); 0 keeps those rows forever."""
+
+MIN_PRICE_HISTORY_DAYS: Final = 31
+"""The least `Settings.retention_price_history_days`: the 30 days the lowest-price rule reads
+before a reduction, and a day for clocks and time zones. A reduction that has lasted longer
+reaches further back; `eslserver.retention` keeps what it reads whatever its age."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -62,6 +85,11 @@ class Settings:
     data_dir: Path = Path("esl-data")
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http_tls_cert: Path | None = None
+    """A PEM certificate (chain) file: with ``http_tls_key``, the API and web UI are served over
+    HTTPS only. Without them, bearer tokens cross the network in clear beyond loopback."""
+    http_tls_key: Path | None = None
+    """The PEM private key of ``http_tls_cert``."""
     broker_url: str | None = None
     """``mqtt://[user:pass@]host:port`` or ``mqtts://…``; None runs the embedded broker."""
     mqtt_port: int = 0
@@ -69,11 +97,24 @@ class Settings:
     embedded_broker: str = "auto"
     """``auto`` (Mosquitto if installed, else amqtt), ``mosquitto`` or ``amqtt``."""
     mqtt_username: str | None = None
-    mqtt_password: str | None = None
+    mqtt_password: str | None = field(default=None, repr=False)
     mqtt_ca_file: str | None = None
     mqtt_cert_file: str | None = None
     mqtt_key_file: str | None = None
     mqtt_insecure: bool = False
+    gateway_registration: str = "required"
+    """``required``: the server acts only on the events and status of gateways registered with
+    ``esl gateways add STORE/ID`` (an active MQTT identity, `eslserver.identities`); any other
+    gateway id is ignored (logged once), and a retained ``online`` of it is cleared. ``open``:
+    every gateway id is believed, as before identities; only for a broker that checks who
+    publishes what by other means, and for tests."""
+    discovery_rate_per_min: float = 20.0
+    """New labels one gateway may discover (a check-in from a label the server does not know)
+    per minute, after a burst of ``discovery_burst``; more are dropped and counted
+    (``esl_discoveries_dropped_total``). A real label dropped so checks in again later. 0: no
+    limit."""
+    discovery_burst: int = 50
+    """How many discoveries one gateway may make at once before ``discovery_rate_per_min`` applies."""
     topic_prefix: str = "esl"
     instance: str = "server"
     """This server instance's name (MQTT client id ``eslserver-{instance}``)."""
@@ -93,6 +134,9 @@ class Settings:
     unknown_sku: str = "create"
     """A POS update for a SKU not in the catalogue: ``create`` the product (listed with
     ``"created_by_pos": true`` until edited) or ``refuse`` it naming the SKU."""
+    pos_update_ids_days: int = 7
+    """Days an accepted ``update_id`` is remembered, so that the same item sent again is
+    answered ``duplicate`` and not applied twice: longer than a POS keeps re-sending."""
     debounce_ms: int = 20
     """Price changes arriving within this window are rendered together."""
     render_workers: int = 0
@@ -122,9 +166,34 @@ class Settings:
     offline_after_missed: int = 3
     """A label not heard for this many check-in intervals is ``offline``, even with nothing
     pending; its next check-in brings it back."""
-    factory_secret: str = "eslserver-simulator-0"
-    """Derives each label's factory key (`firmware_proto.derive_factory_key`); the default is
-    the simulator's (seed 0). Real labels come with their vendor's secret."""
+    retention_jobs_days: int = 14
+    """Finished jobs (done, failed, superseded) are deleted this many days after they ended
+    (0: kept forever). An open job is never deleted."""
+    retention_events_days: int = 30
+    """Label events (nacks, render errors, discoveries) older than this are deleted (0: never)."""
+    retention_audit_days: int = 365
+    """Audit rows older than this are deleted (0: never). Audits are evidence: keep them as
+    long as your own rules on records ask."""
+    retention_images_days: int = 7
+    """Rendered images older than this that no label shows or expects and no open job sends
+    or uses as a delta base are deleted (0: never)."""
+    retention_price_history_days: int = 400
+    """Price periods that ended more than this many days ago are deleted (0: never), except
+    what the lowest-price rule still reads (`eslserver.retention`); at least
+    `MIN_PRICE_HISTORY_DAYS`."""
+    retention_interval_s: float = 600.0
+    """Seconds between retention rounds (the first one runs this long after the start)."""
+    factory_secret: str | None = field(default=None, repr=False)
+    """Derives each label's factory key (`firmware_proto.derive_factory_key`): real labels come
+    with their vendor's secret. Unset, the simulator's (`SIMULATOR_FACTORY_SECRET`) is used,
+    which only ``esl demo`` and tests accept; ``esl serve`` refuses to start without it."""
+    secret_key: str | None = field(default=None, repr=False)
+    """The key label keys are sealed with at rest (`eslserver.keyvault`): 64 hex digits (32
+    bytes, ``openssl rand -hex 32``), read only from ``ESL_SECRET_KEY``. Unset, the key is read
+    from `secret_key_file` (created on the first start)."""
+    secret_key_file: Path | None = None
+    """The file holding the secret key as 64 hex digits (default ``{data_dir}/secret.key``,
+    created 0600 on the first start); point it at a mounted secret to keep it elsewhere."""
     log_level: str = "info"
     log_format: str = "text"
     """``text`` for a terminal, ``json`` for one JSON object per line (log collectors)."""
@@ -140,6 +209,10 @@ class Settings:
     def __post_init__(self) -> None:
         _check_port("http_port", self.http_port, allow_zero=True)
         _check_port("mqtt_port", self.mqtt_port, allow_zero=True)
+        if (self.http_tls_cert is None) != (self.http_tls_key is None):
+            given, missing = (("http_tls_cert", "http_tls_key") if self.http_tls_cert is not None
+                              else ("http_tls_key", "http_tls_cert"))
+            raise ConfigError(f"{given} is set but {missing} is not: HTTPS needs both the certificate and its key")
         if self.embedded_broker not in EMBEDDED_BROKERS:
             raise ConfigError(f"embedded_broker: expected {', '.join(EMBEDDED_BROKERS)}, got {self.embedded_broker!r}")
         for name in ("store", "instance"):
@@ -156,7 +229,8 @@ class Settings:
                   "max_in_flight": (1, 10_000), "job_deadline_s": (1, 3600), "max_attempts": (1, 100),
                   "offline_after_missed": (1, 1000),
                   "gateway_concurrency": (1, 10_000), "template_memory_mb": (64, 1_048_576),
-                  "valid_from_tolerance_s": (0, 86_400), "max_seq_jump": (0, 2**62)}
+                  "valid_from_tolerance_s": (0, 86_400), "max_seq_jump": (0, 2**62),
+                  "pos_update_ids_days": (1, 3650), "discovery_burst": (1, 1_000_000)}
         for name, (lo, hi) in bounds.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
@@ -166,6 +240,14 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name}: expected a number > 0, got {value!r}")
+        _check_retention(self)
+        if self.gateway_registration not in GATEWAY_REGISTRATION:
+            raise ConfigError(f"gateway_registration: expected {' or '.join(GATEWAY_REGISTRATION)}, "
+                              f"got {self.gateway_registration!r}")
+        rate = self.discovery_rate_per_min
+        if (not isinstance(rate, (int, float)) or isinstance(rate, bool) or not math.isfinite(rate)
+                or not 0 <= rate <= 1_000_000):
+            raise ConfigError(f"discovery_rate_per_min: expected a number in 0..1000000 (0: no limit), got {rate!r}")
         if self.unknown_sku not in UNKNOWN_SKU:
             raise ConfigError(f"unknown_sku: expected {' or '.join(UNKNOWN_SKU)}, got {self.unknown_sku!r}")
         if (not isinstance(self.db_check_interval_s, (int, float)) or isinstance(self.db_check_interval_s, bool)
@@ -178,8 +260,11 @@ class Settings:
         for pos, target in self.field_map.items():
             if not isinstance(pos, str) or not isinstance(target, str) or not pos or not target:
                 raise ConfigError(f"field_map: expected text → text, got {pos!r} → {target!r}")
-        if not self.factory_secret:
+        if self.factory_secret is not None and not self.factory_secret:
             raise ConfigError("factory_secret: must not be empty")
+        if self.secret_key is not None and not re.fullmatch(r"[0-9A-Fa-f]{64}", self.secret_key.strip()):
+            raise ConfigError(f"secret_key ({SECRET_KEY_ENV}): expected 64 hex digits (32 bytes, as "
+                              f"'openssl rand -hex 32' prints), got {len(self.secret_key.strip())} characters")
         if self.gateway_id is not None:
             try:
                 check_level("gateway_id", self.gateway_id)
@@ -189,6 +274,16 @@ class Settings:
     @property
     def database_path(self) -> Path:
         return self.data_dir / "esl.db"
+
+    @property
+    def key_file(self) -> Path:
+        """Where the secret key is read from when ``ESL_SECRET_KEY`` is unset."""
+        return self.secret_key_file if self.secret_key_file is not None else self.data_dir / "secret.key"
+
+    @property
+    def label_factory_secret(self) -> bytes:
+        """What the labels' factory keys derive from: `factory_secret`, else the simulator's."""
+        return (self.factory_secret or SIMULATOR_FACTORY_SECRET).encode()
 
     @property
     def workers(self) -> int:
@@ -205,6 +300,23 @@ class Settings:
     def topics(self) -> Topics:
         """This store's MQTT topics (``topic_prefix``, ``store``)."""
         return Topics(self.topic_prefix, self.store)
+
+
+def _check_retention(s: Settings) -> None:
+    """The ``retention_*`` settings: whole days, 0 meaning "keep forever"."""
+    for name in RETENTION_DAYS:
+        value = getattr(s, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 36_500:
+            raise ConfigError(f"{name}: expected a number of days in 0..36500 (0: keep forever), got {value!r}")
+    days = s.retention_price_history_days
+    if 0 < days < MIN_PRICE_HISTORY_DAYS:
+        raise ConfigError(f"retention_price_history_days: expected 0 (keep forever) or at least "
+                          f"{MIN_PRICE_HISTORY_DAYS} days (the lowest-price rule reads the 30 days before a "
+                          f"reduction), got {days!r}")
+    value = s.retention_interval_s
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+            or not 0 < value <= 86_400):
+        raise ConfigError(f"retention_interval_s: expected a number of seconds in (0, 86400], got {value!r}")
 
 
 def _check_port(name: str, value: object, *, allow_zero: bool) -> None:
@@ -240,6 +352,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return float(value)
         if hint is Path:
             return Path(value)
+        if hint == Path | None:
+            return None if value is None or value == "" else Path(value)
         if name == "field_map":
             mapping = json.loads(value) if text else value
             if not isinstance(mapping, Mapping):
@@ -251,7 +365,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             raise ValueError("expected text")
         return value
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{name} (from {source}): {exc}, got {value!r}") from None
+        shown = "a value not shown (a secret)" if name in _SECRETS else repr(value)
+        raise ConfigError(f"{name} (from {source}): {exc}, got {shown}") from None
 
 
 def _fail(reason: str) -> Any:
@@ -274,6 +389,9 @@ def load_settings(config_file: str | Path | None = None, *, environ: Mapping[str
         for key, value in data.items():
             if key not in _FIELDS:
                 raise ConfigError(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(_FIELDS))})")
+            if key == "secret_key":  # a configuration file is shared, copied, committed
+                raise ConfigError(f"{path}: secret_key is read only from {SECRET_KEY_ENV}; in a file, name "
+                                  "it with secret_key_file (a file of its own, readable by the server only)")
             values[key] = _coerce(key, value, str(path))
     elif config_file is not None:
         raise ConfigError(f"config file {str(path)!r} does not exist")

@@ -5,7 +5,10 @@ with a few hundred labels (`simulator`), a gateway bridging MQTT and that radio 
 ``esl gateway --radio sim://…`` does, a catalogue made from the sample products, every label
 bound to a product, and a small POS that publishes price changes on MQTT every few seconds
 (logged one line each; ``feed_interval_s=0`` turns it off, so an integrator's own prices stay).
-Each label's screen is written as a PNG under ``{data}/snapshots`` when it changes.
+Each label's screen is written as a PNG under ``{data}/snapshots`` when it changes. The gateway
+and the POS are registered as MQTT identities of the store, like a real store's (new passwords
+each run: only their hashes are kept), and the POS's credentials are printed for your own POS;
+the embedded broker refuses anonymous clients.
 
 The catalogue starts with five weeks of price history, recorded by the admin's historic
 import (`eslserver.history_import`: POS-shaped updates with a past ``valid_from``, which
@@ -45,7 +48,7 @@ from simulator.radio_server import RadioServer
 from simulator.snapshots import SnapshotWriter
 from simulator.store import SimStore, StoreConfig
 
-__all__ = ["DEMO_MODELS", "HISTORY_DAYS", "DemoConfig", "demo_catalogue", "demo_price_history", "run_demo"]
+__all__ = ["DEMO_MODELS", "DEMO_POS", "HISTORY_DAYS", "DemoConfig", "demo_catalogue", "demo_price_history", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,8 @@ DEMO_MODELS = ("2.9-bwry",) * 12 + ("4.2-bwry", "4.2-bwry", "1.54-bw", "7.5-bwry
 """The mix of label models in the demo store (cycled): mostly 2.9" shelf labels."""
 HISTORY_DAYS = 35
 """How far back the demo catalogue's price history starts (more than the 30 days of the rule)."""
+DEMO_POS = "demo-pos"
+"""The name of the demo's POS identity (``pos/{store}/demo-pos``): its built-in feed, and yours."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,10 @@ async def run_demo(settings: Settings, config: DemoConfig, *, print_line: Callab
     """Run the demo store until SIGINT/SIGTERM, `stop`, or ``duration_s``."""
     async with Server(settings) as server:
         assert server.broker_url is not None
+        # registered and let into the broker like any store's: new passwords each run (only hashes are kept)
+        gateway_id = await server.add_identity("gateway", config.gateway, reset=True)
+        pos_id = await server.add_identity("pos", DEMO_POS, reset=True)
+        broker = MqttSettings.from_settings(settings, server.broker_url)
         now = utcnow()
         catalogue = demo_catalogue(config.labels, now)
         prices = await current_prices(server.db, settings.store)
@@ -150,20 +159,23 @@ async def run_demo(settings: Settings, config: DemoConfig, *, print_line: Callab
             gateway = Gateway(GatewayConfig(store=settings.store, gateway_id=config.gateway,
                                             data_dir=settings.data_dir / "gateway", prefix=settings.topic_prefix,
                                             concurrency=settings.max_in_flight),
-                              LoopbackRadio(host, port), MqttSettings.from_settings(settings, server.broker_url))
+                              LoopbackRadio(host, port), gateway_id.apply(broker))
             async with gateway:
                 token = await create_token(server.db, "admin", "demo")
                 print_line(f"eslserver demo store '{settings.store}': {config.labels} simulated labels")
-                print_line(f"  http    http://{settings.http_host}:{server.http_port}/  "
+                print_line(f"  http    {server.http_scheme}://{settings.http_host}:{server.http_port}/  "
                            f"(web UI /ui/, API /api/v1/, metrics /metrics)")
                 print_line(f"  broker  {server.broker_url}  (POS topic {server.topics.pos_prices})")
+                print_line(f"  pos     user {pos_id.username}  password {pos_id.password}  (MQTT; anonymous clients "
+                           "are refused)")
                 print_line(f"  token   {token}   (admin)")
                 print_line(f"  screens {(settings.data_dir / 'snapshots').resolve()}")
                 tasks = [asyncio.create_task(_summaries(server, print_line), name="demo-summary")]
                 if config.feed_interval_s > 0:
                     print_line(f"  POS     {config.feed_size} price changes every {config.feed_interval_s:g} s "
                                f"(--no-feed turns it off)")
-                    tasks.append(asyncio.create_task(_pos_feed(server, catalogue, prices, config),
+                    tasks.append(asyncio.create_task(_pos_feed(server, pos_id.apply(broker), catalogue, prices,
+                                                               config),
                                                      name="demo-pos-feed"))
                 else:
                     print_line("  POS     off: prices change only when you send them")
@@ -183,8 +195,8 @@ async def run_demo(settings: Settings, config: DemoConfig, *, print_line: Callab
         print_line(f"stopped: {await _summary_line(server)}")
 
 
-async def _pos_feed(server: Server, catalogue: list[dict[str, Any]], stored: dict[str, Decimal],
-                    config: DemoConfig) -> None:
+async def _pos_feed(server: Server, broker: MqttSettings, catalogue: list[dict[str, Any]],
+                    stored: dict[str, Decimal], config: DemoConfig) -> None:
     """A POS: every interval, a batch of price changes published on MQTT (QoS 1), each
     logged once the broker has it, from the price the server had when the demo started."""
     assert server.broker_url is not None
@@ -192,7 +204,7 @@ async def _pos_feed(server: Server, catalogue: list[dict[str, Any]], stored: dic
     names = {rec["sku"]: rec.get("name") or "" for rec in catalogue}
     prices = {rec["sku"]: stored.get(rec["sku"], Decimal(str(rec["price"]))) for rec in catalogue}
     seq = int(utcnow().timestamp())
-    async with MqttConnection(MqttSettings.from_settings(server.settings, server.broker_url),
+    async with MqttConnection(broker,
                               client_id=f"demo-pos-{server.settings.store}", clean_session=True) as pos:
         while True:
             await asyncio.sleep(config.feed_interval_s)

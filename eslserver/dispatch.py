@@ -13,6 +13,8 @@ An offline (or failed) label that checks in again is caught up at once: its labe
 marked dirty, the pipeline finds the image it should show differs from the one it reports,
 and a fresh job goes out. Check-ins are verified here with the label key (gateways forward
 them raw), so a forged or replayed check-in cannot claim a label shows the right price.
+New labels a gateway reports (discoveries) are limited per gateway (``discovery_burst``, then
+``discovery_rate_per_min``): more are dropped and counted, so made-up labels cannot pile up.
 """
 
 from __future__ import annotations
@@ -32,15 +34,17 @@ from eslserver.config import Settings
 from eslserver.db.database import Database
 from eslserver.gateway.events import Ack, Checkin, EventError, Nack, Status, parse_event
 from eslserver.jobs import JobKind, Outbox
+from eslserver.keyvault import KeyVault, SealError
 from eslserver.logs import FailureLog
 from eslserver.metrics import Metrics
+from eslserver.ratelimit import Buckets
 from eslserver.store import events as event_rows
 from eslserver.store import gateways as gateway_rows
 from eslserver.store import images as image_rows
 from eslserver.store import jobs as job_rows
 from eslserver.store import labels as label_rows
 from eslserver.timeutil import iso, parse_iso, utcnow
-from firmware_proto.auth import REPLAY_WINDOW, ReplayWindow, derive_factory_key, new_label_key
+from firmware_proto.auth import REPLAY_WINDOW, ReplayWindow, derive_factory_key
 from firmware_proto.envelope import (
     CommandJob,
     EnvelopeError,
@@ -83,7 +87,7 @@ def backoff_s(attempts: int, settings: Settings, rng: random.Random) -> float:
 class Dispatcher:
     """Sends jobs, reads gateway events. `poke` when jobs were queued; `run` is the task body."""
 
-    def __init__(self, db: Database, settings: Settings, metrics: Metrics, publish: Publish, *,
+    def __init__(self, db: Database, settings: Settings, metrics: Metrics, publish: Publish, *, vault: KeyVault,
                  on_states: Callable[[Iterable[str]], None] = lambda macs: None,
                  on_dirty: Callable[[], None] = lambda: None) -> None:
         self.db = db
@@ -100,7 +104,10 @@ class Dispatcher:
         self._inbox: list[tuple[str, Ack | Nack | Checkin | Status, asyncio.Future[None]]] = []
         self._inbox_wake = asyncio.Event()
         self._dirtied = False
-        self.factory_secret = settings.factory_secret.encode()
+        self.vault = vault
+        self.factory_secret = settings.label_factory_secret
+        self._discoveries = Buckets(settings.discovery_rate_per_min / 60.0, settings.discovery_burst)
+        """New labels per gateway (`Settings.discovery_rate_per_min`, ``discovery_burst``)."""
 
     def poke(self) -> None:
         self._wake.set()
@@ -173,13 +180,15 @@ class Dispatcher:
         common = {"job_id": job_id, "mac": mac, "deadline_s": self.settings.job_deadline_s,
                   "attempt": min(255, row["attempts"] + 1)}
         if kind == JobKind.PAIR:
+            new_key = self._clear_key(mac, row["command"])
             await label_rows.use_factory_counter(conn, mac)
-            return PairJob(factory_key=derive_factory_key(self.factory_secret, mac), new_key=row["command"],
+            return PairJob(factory_key=derive_factory_key(self.factory_secret, mac), new_key=new_key,
                            factory_counter=row["factory_counter"], **common), 0
-        key = row["label_key"]
-        if key is None:  # the pairing failed for good: start it again, the image waits behind it
-            await self.outbox.ensure_pair(conn, store=self.settings.store, mac=mac, now=now, new_key=new_label_key())
+        if row["label_key"] is None:  # the pairing failed for good: start it again, the image waits behind it
+            await self.outbox.ensure_pair(conn, store=self.settings.store, mac=mac, now=now,
+                                          sealed_key=self.vault.new_label_key(self.settings.store, mac))
             return None
+        key = self._clear_key(mac, row["label_key"])
         counters = {"label_key": key, "tx_counter": row["tx_counter"], "rx_highest": row["rx_highest"]}
         if kind == JobKind.COMMAND:
             spec = json.loads(row["command"])
@@ -202,6 +211,12 @@ class Dispatcher:
         return ImageJob(image_format=ImageFormat(fmt), image_hash=bytes.fromhex(row["image_hash"]), payload=payload,
                         region=region, base_hash=base, delta=delta, budget=budget, **counters,
                         **common), budget
+
+    def _clear_key(self, mac: str, sealed: bytes) -> bytes:
+        """The clear key of label `mac` from its sealed form (`eslserver.keyvault`): the one
+        place the server opens a label key, to build an envelope or verify a frame. A key
+        sealed for another label or under another secret key raises `SealError`."""
+        return self.vault.open_label_key(self.settings.store, mac, sealed)
 
     async def _fail(self, conn: aiosqlite.Connection, job_id: int, mac: str, reason: str, now: datetime) -> None:
         log.error("job %d for %s failed: %s", job_id, mac, reason,
@@ -334,6 +349,8 @@ class Dispatcher:
         if job is None or label is None:
             self._warn_once(gateway, "unknown_job", "gateway %s acked unknown job %d (%s)", gateway, ev.job, ev.mac)
             return set()
+        if not self._from_its_gateway(job, gateway, ev):
+            return set()
         await self.outbox.finish(conn, ev.job, "done", now)
         displayed = ev.displayed_hash.hex() if ev.displayed_hash is not None else None
         if job["kind"] == JobKind.PAIR:
@@ -377,6 +394,8 @@ class Dispatcher:
         job = await job_rows.get(conn, ev.job, ev.mac)
         if job is None or job["state"] != "sent":
             return set()  # a duplicate, or already handed back
+        if gateway is not None and not self._from_its_gateway(job, gateway, ev):
+            return set()
         if ev.tx_counter is not None and job["kind"] != JobKind.PAIR:
             await label_rows.advance_counters(conn, ev.mac, tx_counter=ev.tx_counter, rx_highest=ev.rx_highest)
         await event_rows.add(conn, event_rows.Event(iso(now), self.settings.store, ev.mac, gateway, "nack",
@@ -413,6 +432,13 @@ class Dispatcher:
             if model is None:
                 self._warn_once(ev.mac, "model", "label %s has unknown model id %d", ev.mac, frame.model_id)
                 return set()
+            if not self._discoveries.take(gateway):  # a flood of made-up labels (issue 13): rows cost
+                self.metrics.discoveries_dropped.labels(gateway).inc()
+                self._warn_once(gateway, "discoveries", "gateway %s reports new labels faster than "
+                                "discovery_rate_per_min allows (%g a minute after %d); dropping the rest, e.g. %s",
+                                gateway, self.settings.discovery_rate_per_min, self.settings.discovery_burst, ev.mac)
+                return set()
+            self.metrics.discoveries.labels(gateway).inc()
             await label_rows.discover(conn, mac=ev.mac, store=self.settings.store, model=model.name, gateway=gateway,
                                       rssi=ev.rssi, battery_mv=frame.battery_mv, now=iso(now),
                                       factory_counter=frame.rx_counter if frame.auth is None else 0)
@@ -430,7 +456,7 @@ class Dispatcher:
                                 extra=_fields(self.settings.store, gateway, ev))
                     await label_rows.forget_key(conn, ev.mac)
                 if await self.outbox.ensure_pair(conn, store=self.settings.store, mac=ev.mac, now=now,
-                                                 new_key=new_label_key()):
+                                                 sealed_key=self.vault.new_label_key(self.settings.store, ev.mac)):
                     await label_rows.mark_dirty(conn, iso(now), mac=ev.mac, pending=True)
                     self._dirtied = True  # the pipeline is told after the commit
                     changed = True
@@ -453,7 +479,12 @@ class Dispatcher:
             candidates.append((row["label_key"], None))
         for pair in await job_rows.open_pairings(conn, ev.mac):
             candidates.append((pair["command"], pair["id"]))
-        for key, pair_job in candidates:
+        for sealed, pair_job in candidates:
+            try:
+                key = self._clear_key(ev.mac, sealed)
+            except SealError as exc:
+                self._warn_once(ev.mac, "sealed_key", "check-in from %s: %s", ev.mac, exc)
+                continue
             # nothing at or below the highest counter we know is believed: the window's mask is
             # not kept, and a check-in older than frames already seen is stale news at best
             window = (ReplayWindow(highest=row["rx_highest"], mask=(1 << REPLAY_WINDOW) - 1)
@@ -463,12 +494,23 @@ class Dispatcher:
             except ProtocolError:
                 continue
             if pair_job is not None:
-                await label_rows.set_key(conn, ev.mac, key, tx_counter=frame.rx_counter, rx_highest=0)
+                await label_rows.set_key(conn, ev.mac, sealed, tx_counter=frame.rx_counter, rx_highest=0)
                 await self.outbox.finish(conn, pair_job, "done", utcnow())
             return key
         self._warn_once(ev.mac, "checkin_auth", "check-in from %s failed authentication (forged, replayed or "
                                                  "another key)", ev.mac)
         return None
+
+    def _from_its_gateway(self, job: Any, gateway: str, ev: Ack | Nack) -> bool:
+        """Whether `gateway` is the one job `ev` is about was sent to. Only that gateway speaks
+        for the job: an ack or nack from any other (a forged ``gateway/evil/events``, or a
+        gateway the job was taken from) would move the label, its counters or its state."""
+        if job["gateway"] == gateway:
+            return True
+        self.metrics.events_refused.labels("wrong_gateway").inc()
+        self._warn_once(gateway, "wrong_gateway", "gateway %s spoke for job %d (%s) sent to %s; ignored",
+                        gateway, ev.job, ev.mac, job["gateway"])
+        return False
 
     def _warn_once(self, who: str, kind: str, msg: str, *args: object) -> None:
         if (who, kind) not in self._warned:

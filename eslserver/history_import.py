@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from eslserver.audit import Who, record_audit
-from eslserver.ingest import Ingest, IngestResult, apply_update
+from eslserver.ingest import Ingest, IngestResult, Unavailable, accepted_item, apply_update
 from eslserver.pos_fields import read_update
 from eslserver.pricing import PriceError, PriceUpdate
 from eslserver.store import products
@@ -29,7 +29,8 @@ async def import_history(ingest: Ingest, items: Sequence[object], *, actor: Who,
     Each item is validated as a POS item is (field map, minor units, promotion below price)
     and must carry a ``valid_from`` in the past and after the SKU's latest recorded change;
     a refused item is reported (index, field, value) and the rest are applied, in one
-    transaction, audited as ``price.import_history`` under `actor`.
+    transaction, audited as ``price.import_history`` under `actor`. Raises `Unavailable` when
+    the database cannot commit (nothing was recorded).
     """
     settings = ingest.settings
     result = IngestResult()
@@ -45,19 +46,36 @@ async def import_history(ingest: Ingest, items: Sequence[object], *, actor: Who,
         except PriceError as exc:
             result.errors.append(exc.to_json())
     updates.sort(key=lambda entry: entry[:2])
+    try:
+        await _record(ingest, updates, result, now, actor, source)
+    except Exception as exc:
+        failure = Unavailable.of(exc)
+        if failure is None:
+            raise
+        raise failure from exc
+    if result.accepted:
+        ingest.on_dirty()
+    return result
+
+
+async def _record(ingest: Ingest, updates: list[tuple[datetime, int, PriceUpdate]], result: IngestResult,
+                  now: datetime, actor: Who, source: str) -> None:
+    """Apply `updates` (oldest first) in one transaction; accepted and refused ones go to `result`."""
+    store = ingest.settings.store
+    accepted: list[dict[str, object]] = []
+    errors: list[dict[str, object]] = []
     async with ingest.db.transaction() as conn:
         for valid_from, index, update in updates:
-            last = await products.last_change(conn, settings.store, update.sku)
+            last = await products.last_change(conn, store, update.sku)
             if last is not None and parse_iso(last) >= valid_from:
-                result.errors.append(PriceError(
+                errors.append(PriceError(
                     "valid_from", valid_from.isoformat(),
                     f"not after the latest recorded change ({last}); recorded history is never rewritten",
                     index=index, sku=update.sku).to_json())
                 continue
             await record_audit(conn, actor, "price.import_history", update.sku, None,
                                {"fields": dict(update.fields), "valid_from": valid_from})
-            await apply_update(conn, settings.store, update, valid_from, now, source, actor)
-            result.accepted.append({"index": index, "sku": update.sku, "status": "applied"})
-    if result.accepted:
-        ingest.on_dirty()
-    return result
+            await apply_update(conn, store, update, valid_from, now, source, actor)
+            accepted.append(accepted_item(index, update, "applied"))
+    result.errors.extend(errors)  # only once committed: a failed transaction answers nothing
+    result.accepted.extend(accepted)

@@ -14,7 +14,8 @@ product's ``next_change_at`` says when its label must be redrawn. A ``valid_from
 past applies as of receipt when within ``valid_from_tolerance_s``, and is refused when older
 (`eslserver.price_rules`; past prices are an admin's import, `eslserver.history_import`).
 Refused against what is stored, per item: a ``seq`` more than ``max_seq_jump`` above the
-stored one (``seq_jump``), and a SKU not in the catalogue when ``unknown_sku`` is ``refuse``.
+stored one (``seq_jump``), a SKU not in the catalogue when ``unknown_sku`` is ``refuse``, and
+an ``image`` naming an upload that is not there (`eslserver.uploads.unknown_image`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,26 +32,64 @@ from typing import Any
 
 import aiosqlite
 
-from eslserver import pricing
-from eslserver.audit import Who, record_audit
+from eslserver import faults, pos_limits, pricing
+from eslserver.audit import Who, changed, record_audit
 from eslserver.config import Settings
-from eslserver.db.database import Database
+from eslserver.db.database import Database, DatabaseError
+from eslserver.health import database_fault
 from eslserver.metrics import Metrics
 from eslserver.pos_fields import in_pos_terms, read_update
 from eslserver.price_rules import check_valid_from
 from eslserver.pricing import PriceError, PriceUpdate
 from eslserver.store import labels as label_rows
-from eslserver.store import products
+from eslserver.store import pos_updates, products
 from eslserver.timeutil import iso, parse_iso, utcnow
+from eslserver.uploads import unknown_image
 
-__all__ = ["Ingest", "IngestResult", "current_prices"]
+__all__ = ["Ingest", "IngestResult", "STATUSES", "Unavailable", "accepted_item", "ack_message", "current_prices",
+           "error_message"]
 
 log = logging.getLogger(__name__)
 
 
+STATUSES = ("applied", "scheduled", "stale", "duplicate")
+"""What an accepted item's ``status`` says: applied now; kept for its ``valid_from``; ignored
+as older than the stored ``seq``; ignored as an ``update_id`` accepted before."""
+
+
+class Unavailable(Exception):
+    """The database cannot commit now (disk full, locked, read-only, an I/O error, or the
+    transaction failed as a whole): nothing of the message was stored.
+
+    It is the machine's fault, not the message's, so the message must not be acknowledged:
+    MQTT retries it unacknowledged (`eslserver.mqtt.Retry`), HTTP answers 503 with
+    ``Retry-After`` `retry_after_s`; sent again later, it is applied then. `reason` names
+    the fault (``database: disk full (…)``)."""
+
+    def __init__(self, reason: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Unavailable | None:
+        """The `Unavailable` that database error `exc` means, or None when `exc` is no fault
+        of the database (a bug, a constraint: retrying would fail the same way)."""
+        if isinstance(exc, Unavailable):
+            return exc
+        if isinstance(exc, DatabaseError):  # ours: the database is not open (the server stops)
+            return cls(f"database: {exc}")
+        if not (isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError):
+            return None
+        fault = database_fault(exc)
+        code = getattr(exc, "sqlite_errorcode", None)
+        busy = isinstance(code, int) and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        return cls(fault[1] if fault is not None else f"database: {exc}", retry_after_s=1 if busy else 5)
+
+
 @dataclass(slots=True)
 class IngestResult:
-    """What happened to each item: accepted (applied, scheduled or stale) or an error."""
+    """What happened to each item: accepted (`STATUSES`, see `accepted_item`) or an error."""
 
     accepted: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
@@ -88,20 +128,29 @@ class Ingest:
         self._leading = False
 
     async def submit(self, payload: bytes | str | Sequence[object] | Mapping[str, Any], *, source: str,
-                     actor: Who) -> IngestResult:
-        """Validate and store one POS message; committed before this returns."""
+                     actor: Who, max_bytes: int | None = None) -> IngestResult:
+        """Validate and store one POS message; committed before this returns.
+
+        A message of more than `max_bytes` (MQTT: `pos_limits.MAX_MESSAGE_BYTES`) or more than
+        `pos_limits.MAX_ITEMS` items is refused whole, unread. Raises `Unavailable` when the
+        database cannot commit: then nothing of the message was stored, and the caller must not
+        acknowledge it.
+        """
         result = IngestResult()
         received = utcnow()
-        if isinstance(payload, (bytes, str)):
-            try:
+        try:
+            if max_bytes is not None and isinstance(payload, bytes):
+                pos_limits.check_message_size(len(payload), max_bytes)
+            if isinstance(payload, (bytes, str)):
                 items: list[object] = pricing.parse_payload(payload)
-            except PriceError as exc:
-                self._reject(result, exc, source)
-                return result
-        elif isinstance(payload, Mapping):
-            items = [payload]
-        else:
-            items = list(payload)
+            elif isinstance(payload, Mapping):
+                items = [payload]
+            else:
+                items = list(payload)
+            pos_limits.check_items(len(items))
+        except PriceError as exc:
+            self._reject(result, exc, source)
+            return result
         updates: list[tuple[int, PriceUpdate]] = []
         for index, item in enumerate(items):
             try:
@@ -110,25 +159,30 @@ class Ingest:
                 updates.append((index, check_valid_from(update, received, self.settings.valid_from_tolerance_s,
                                                         index=index)))
             except PriceError as exc:  # named in the POS's own field names
-                self._reject(result, in_pos_terms(exc, item, self.settings.field_map), source)
+                self._reject(result, in_pos_terms(exc, item, self.settings.field_map), source, count=False)
+        if updates:  # counted once stored: a message retried while the database is down counts once
+            statuses = await self._group_commit(_Pending(updates, received, source, actor))
         self.metrics.updates_received.labels(source).inc(len(items))
+        for body in result.errors:
+            self.metrics.updates_rejected.labels(source, str(body.get("error", "invalid"))).inc()
         if not updates:
             self.on_result(0, len(result.errors))
             return result
-        statuses = await self._group_commit(_Pending(updates, received, source, actor))
         dirty = False
         for (index, update), status in zip(updates, statuses, strict=True):
             if isinstance(status, PriceError):  # refused against what is stored (seq jump, unknown SKU)
                 status.index = index
                 self._reject(result, in_pos_terms(status, items[index], self.settings.field_map), source)
                 continue
-            result.accepted.append({"index": index, "sku": update.sku, "status": status})
-            dirty |= status != "stale"  # applied, or scheduled: the scheduler must look again
+            result.accepted.append(accepted_item(index, update, status))
+            dirty |= status in ("applied", "scheduled")  # the scheduler must look again
         for item in result.accepted:
             if item["status"] == "stale":
                 self.metrics.updates_stale.labels(source).inc()
             elif item["status"] == "scheduled":
                 self.metrics.updates_scheduled.labels(source).inc()
+            elif item["status"] == "duplicate":
+                self.metrics.updates_duplicate.labels(source).inc()
         if dirty:
             self.on_dirty()
         self.on_result(len(result.accepted), len(result.errors))
@@ -141,6 +195,10 @@ class Ingest:
         their messages), then applies everything queued, in arrival order, in one transaction
         with a savepoint per message, and hands each caller its statuses after the commit. One
         commit per burst instead of per message is what sustains hundreds of messages a second.
+
+        A message that fails on its own (a bug met by its data) fails alone. A database that
+        fails (disk full, locked, I/O; or SQLite rolled the transaction back by itself) fails
+        the whole transaction: every caller of it gets `Unavailable`, nothing of it is stored.
         """
         self._queue.append(pending)
         if self._leading:
@@ -158,14 +216,21 @@ class Ingest:
                                 async with self.db.savepoint(conn):
                                     statuses = [await self._accept(conn, update, item.received, item.source,
                                                                    item.actor) for _, update in item.updates]
+                                    await faults.reached("ingest.in_transaction")  # test hook: kill -9 here
                             except Exception as exc:  # this message only; the others still commit
+                                if Unavailable.of(exc) is not None:
+                                    raise  # the database's fault, not the message's: the batch goes
+                                if not conn.in_transaction:  # SQLite rolled everything back by itself
+                                    raise Unavailable(f"database: the transaction was rolled back ({exc})") from exc
                                 results.append(exc)
                             else:
                                 results.append(statuses)
                 except BaseException as exc:
+                    failure = Unavailable.of(exc) if isinstance(exc, Exception) else None
                     for item in batch:
                         if not item.done.done():
-                            item.done.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+                            item.done.set_exception(failure or (exc if isinstance(exc, Exception)
+                                                                else Unavailable(f"ingest interrupted: {exc!r}")))
                     if not isinstance(exc, Exception):
                         raise
                     continue
@@ -178,18 +243,32 @@ class Ingest:
             self._leading = False
             for item in self._queue:  # the leader was cancelled: followers must not wait forever
                 if not item.done.done():
-                    item.done.set_exception(RuntimeError("ingest interrupted; message not stored"))
+                    item.done.set_exception(Unavailable("ingest interrupted (the server is stopping); not stored"))
             self._queue = []
         return await pending.done
 
-    def _reject(self, result: IngestResult, exc: PriceError, source: str) -> None:
+    def _reject(self, result: IngestResult, exc: PriceError, source: str, *, count: bool = True) -> None:
         body = exc.to_json()
         result.errors.append(body)
-        self.metrics.updates_rejected.labels(source, str(body.get("error", "invalid"))).inc()
+        if count:
+            self.metrics.updates_rejected.labels(source, str(body.get("error", "invalid"))).inc()
 
     async def _accept(self, conn: aiosqlite.Connection, update: PriceUpdate, received: datetime,
                       source: str, actor: Who) -> str | PriceError:
-        """The item's status, or the `PriceError` refusing it against what is stored."""
+        """The item's status, or the `PriceError` refusing it against what is stored. An
+        ``update_id`` accepted before is a ``duplicate`` (the POS re-sent what it saw no
+        confirmation for): not applied again; an accepted one is kept with its change."""
+        store = self.settings.store
+        if update.update_id is not None and await pos_updates.seen(conn, store, update.update_id) is not None:
+            return "duplicate"
+        status = await self._decide(conn, update, received, source, actor)
+        if update.update_id is not None and not isinstance(status, PriceError):
+            await pos_updates.remember(conn, store, update.update_id, update.sku, status, iso(received))
+        return status
+
+    async def _decide(self, conn: aiosqlite.Connection, update: PriceUpdate, received: datetime,
+                      source: str, actor: Who) -> str | PriceError:
+        """`_accept` for an item not seen before: stale, refused, scheduled or applied."""
         store = self.settings.store
         row = await products.get(conn, store, update.sku)
         if row is None and self.settings.unknown_sku == "refuse":
@@ -209,6 +288,15 @@ class Ingest:
                 return PriceError("seq", update.seq, f"more than {jump} above the stored seq {highest} "
                                   "(max_seq_jump); an admin clears it with esl reset-seq",
                                   code="seq_jump", sku=update.sku)
+        if row is not None and update.fields.get("attributes"):  # updates must not grow a product without bound
+            merged = pricing.merge_record(pricing.record_from_json(row["record"]), update).get("attributes")
+            try:
+                pos_limits.check_attributes(merged, sku=update.sku, merged=True)
+            except PriceError as exc:
+                return exc
+        missing = await unknown_image(conn, store, update)  # a name or digest no upload has
+        if missing is not None:
+            return missing
         if update.valid_from is not None and update.valid_from > received:
             await products.schedule(conn, store, update.sku, pricing.record_to_json(dict(update.fields)), update.seq,
                                     iso(update.valid_from), iso(received), source)
@@ -272,7 +360,8 @@ async def apply_update(conn: aiosqlite.Connection, store: str, update: PriceUpda
     # time-to-shelf counts from when the change took effect: its arrival, or a scheduled
     # change's valid_from (it could not be on the shelf before then)
     await label_rows.mark_dirty(conn, iso(max(effective, received)), store=store, sku=update.sku)
-    await record_audit(conn, actor, "price.update", update.sku, before, after)
+    # what changed, not the whole record: an unchanged 8 KiB of attributes adds nothing per price
+    await record_audit(conn, actor, "price.update", update.sku, *changed(before, after))
 
 
 async def price_periods(db: Database, store: str, skus: Sequence[str]) -> dict[str, list[pricing.PricePeriod]]:
@@ -288,6 +377,17 @@ async def current_prices(db: Database, store: str) -> dict[str, Decimal]:
     for row in await products.records(db, store):
         out[row["sku"]] = Decimal(str(pricing.record_from_json(row["record"])["price"]))
     return out
+
+
+def accepted_item(index: int, update: PriceUpdate, status: str) -> dict[str, Any]:
+    """One accepted item as confirmed (``pos/acks``, the HTTP reply): ``index`` in the message,
+    ``sku``, the POS's ``seq`` and ``update_id`` (null when it sent none), ``status``."""
+    return {"index": index, "sku": update.sku, "seq": update.seq, "update_id": update.update_id, "status": status}
+
+
+def ack_message(result: IngestResult) -> bytes:
+    """The JSON published on ``pos/acks``, after the commit, for a message with accepted items."""
+    return json.dumps({"accepted": result.accepted, "rejected": len(result.errors)}, ensure_ascii=False).encode()
 
 
 def error_message(result: IngestResult) -> bytes:

@@ -64,14 +64,16 @@ class Outbox:
         self._created(kind, len(rows))
 
     async def ensure_pair(self, conn: aiosqlite.Connection, *, store: str, mac: str, now: datetime,
-                          new_key: bytes) -> bool:
+                          sealed_key: bytes) -> bool:
         """Queue a pairing for `mac` unless it has a key or a pairing is open; True if one was
         queued. Checked here, in the caller's transaction: what the caller read before may be
-        stale (a pairing acked meanwhile), and a needless pairing replaces a good key."""
+        stale (a pairing acked meanwhile), and a needless pairing replaces a good key.
+        `sealed_key` is the new key as `eslserver.keyvault.KeyVault.new_label_key` seals it:
+        the job row never holds it in clear."""
         label = await label_rows.pairing(conn, mac)
         if label is None or label.paired or label.pairing:
             return False
-        await self.insert(conn, store=store, mac=mac, kind=JobKind.PAIR, now=now, command=new_key)
+        await self.insert(conn, store=store, mac=mac, kind=JobKind.PAIR, now=now, command=sealed_key)
         return True
 
     async def finish(self, conn: aiosqlite.Connection, job_id: int, outcome: str, now: datetime, *,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,9 +27,11 @@ from eslserver.store import labels as label_rows
 from eslserver.store import products
 from eslserver.store import templates as store_templates
 from eslserver.timeutil import iso, utcnow
+from eslserver.uploads import Uploads
 from firmware_proto.image import decompress
 from firmware_proto.models import get_model
 from firmware_proto.transfer import framebuffer_size
+from render.image_refs import EMPTY_IMAGES, ImageSet
 from render.isolate import LimitedPool, LimitExceeded
 from render.pack import from_framebuffer
 from render.palette import to_rgb_image
@@ -72,10 +74,15 @@ class TemplateInUse(ValueError):
 class Templates:
     """Template storage, validation and previews."""
 
-    def __init__(self, db: Database, settings: Settings, *, on_dirty: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, db: Database, settings: Settings, *, on_dirty: Callable[[], None] = lambda: None,
+                 on_states: Callable[[Iterable[str]], None] = lambda macs: None,
+                 uploads: Uploads | None = None) -> None:
         self.db = db
         self.settings = settings
         self.on_dirty = on_dirty
+        self.on_states = on_states
+        self.uploads = uploads or Uploads(db, settings)
+        """Uploaded images: a template's ``<image src>`` must name one (or a ``sample:``)."""
         self.pool: LimitedPool | None = None
         """Render processes with the template limits, for checks and previews (set by the
         server; None renders in a thread of this process, for tests that run no processes)."""
@@ -107,35 +114,39 @@ class Templates:
         return None
 
     @staticmethod
-    def check(source: str, name: str) -> Template:
+    def check(source: str, name: str, images: ImageSet = EMPTY_IMAGES) -> Template:
         """Compile and render the sample products on each declared model; TemplateError if not."""
-        check_template((source, name))
+        check_template((source, name, images))
         return template_from_string(source, name)
 
     async def save(self, name: str, source: str, *, actor: Who) -> int:
         """Store a new version after `check`; the new version number. Refused (`TemplateInUse`)
         when a bound label drawn with it has a model the new version no longer declares: that
-        label could not be drawn any more."""
+        label could not be drawn any more. An ``<image src>`` written out in it must name an
+        upload or a ``sample:`` image (a path or URL: `TemplateError` with its line)."""
+        await self.uploads.check_source(source, name)
+        images = await self.uploads.image_set([source])
         if self.pool is None:
-            tpl = await asyncio.to_thread(self.check, source, name)
+            tpl = await asyncio.to_thread(self.check, source, name, images)
         else:
-            await self._limited(check_template, (source, name), name)
+            await self._limited(check_template, (source, name, images), name)
             tpl = template_from_string(source, name)
         now = iso(utcnow())
         models = [m for m, t in DEFAULT_TEMPLATES.items() if t == name]
         async with self.db.transaction() as conn:
-            broken = [(row["mac"], row["model"]) for row in await label_rows.drawn_with(conn, name, models)
-                      if row["model"] not in tpl.info.models]
+            drawn = await label_rows.drawn_with(conn, name, models)
+            broken = [(row["mac"], row["model"]) for row in drawn if row["model"] not in tpl.info.models]
             if broken:
                 raise TemplateInUse(name, broken)
             before = await store_templates.get(conn, name)
             version = (before["version"] if before else 0) + 1
             await store_templates.save(conn, name, source, version, now, actor.name)
-            await label_rows.mark_dirty(conn, now, template=name, models=models)
+            await label_rows.mark_dirty(conn, now, template=name, models=models, reopen=True)
             await record_audit(conn, actor, "template.save", name,
                                {"version": before["version"], "source": before["source"]} if before else None,
                                {"version": version, "source": source, "models": list(tpl.info.models)})
         self.on_dirty()
+        self.on_states(row["mac"] for row in drawn)  # after the commit: no longer verified as up to date
         return version
 
     async def preview(self, *, source: str | None = None, name: str | None = None, sku: str | None = None,
@@ -159,8 +170,9 @@ class Templates:
             record = pricing.product_for_render(pricing.record_from_json(row["record"]), periods, when)
         else:
             record = sample_catalogue(when)[0]
+        await self.uploads.check_source(source, name or "<preview>")
         job = PreviewJob(source, name or "<preview>", record, model, self.settings.store_name,
-                         self.settings.currency, when)
+                         self.settings.currency, when, await self.uploads.image_set([source], [record]))
         if self.pool is None:
             indices = await asyncio.to_thread(preview, job)
         else:

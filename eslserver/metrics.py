@@ -69,6 +69,11 @@ class Metrics:
                                      ["source"], registry=r)
         self.updates_scheduled = Counter("esl_price_updates_scheduled", "Price updates stored for a later valid_from",
                                          ["source"], registry=r)
+        self.updates_duplicate = Counter("esl_price_updates_duplicate", "Price updates ignored: their update_id "
+                                         "was accepted before (a POS re-sending)", ["source"], registry=r)
+        self.pos_retries = Counter("esl_pos_retries", "POS messages not stored because the database could not "
+                                   "commit (disk full, locked, I/O): MQTT retries of a message left unacknowledged, "
+                                   "HTTP requests answered 503", ["source"], registry=r)
         self.render_seconds = Histogram("esl_render_seconds", "Time to render one batch of labels",
                                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
         self.labels_rendered = Counter("esl_labels_rendered", "Labels rendered", registry=r)
@@ -79,6 +84,13 @@ class Metrics:
         self.jobs_finished = Counter("esl_jobs_finished", "Jobs that ended, by kind and outcome (done, failed, "
                                      "superseded by a newer image)", ["kind", "outcome"], registry=r)
         self.jobs_retried = Counter("esl_jobs_retried", "Job attempts that will be retried, by reason", ["code"], registry=r)
+        self.events_refused = Counter("esl_gateway_events_refused", "Gateway events refused because their sender "
+                                      "may not speak for them, by reason", ["reason"], registry=r)
+        self.discoveries = Counter("esl_discoveries", "New labels discovered (a check-in from a label the server "
+                                   "did not know), by gateway", ["gateway"], registry=r)
+        self.discoveries_dropped = Counter("esl_discoveries_dropped", "Discoveries dropped because their gateway "
+                                           "went over discovery_rate_per_min (after discovery_burst)", ["gateway"],
+                                           registry=r)
         self.time_to_shelf = Histogram("esl_time_to_shelf_seconds",
                                        "From a change taking effect (a price arriving, or a scheduled price's "
                                        "valid_from) to the label confirming the new image",
@@ -89,6 +101,12 @@ class Metrics:
         self.mqtt_connected = Gauge("esl_mqtt_connected", "1 while the server is connected to the broker", registry=r)
         self.health = Gauge("esl_health", "1 while a component is healthy, 0 while degraded (the reason is in "
                             "/healthz): database, database_integrity, broker", ["component"], registry=r)
+        self.retention_deleted = Counter("esl_retention_deleted", "Rows deleted by retention (eslserver.retention), "
+                                         "by table", ["table"], registry=r)
+        self.table_rows = Gauge("esl_table_rows", "Rows in each database table (counted every minute)", ["table"],
+                                registry=r)
+        self.database_bytes = Gauge("esl_database_bytes", "Size of the database file and its write-ahead log",
+                                    registry=r)
         for state in LABEL_STATES:
             self.labels.labels(state).set(0)
         for state in JOB_STATES:

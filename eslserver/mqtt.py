@@ -9,6 +9,11 @@ with exponential backoff and jitter, re-subscribing every time. What it promises
   Delivery is therefore *at least once*: handlers must be idempotent. A handler that raises is
   logged (once per subscription and error kind) and the message acknowledged anyway, so a
   poison message cannot block a subscription forever.
+* **"Not now" is not acknowledged.** A handler that raises `Retry` (a transient fault: the
+  database cannot commit) gets the same message again after a pause, ``RETRY_MIN_S`` doubling
+  to ``RETRY_MAX_S``, for as long as the connection lives, and the message stays
+  unacknowledged meanwhile; when the connection is lost it is left unacknowledged, and the
+  broker delivers it again on the next connection. The failure is logged once, and its end once.
 * **Publish survives outages.** `MqttConnection.publish` waits for a connection (up to
   ``timeout``) and returns once the broker acknowledged a QoS 1 message; if the connection
   drops before the acknowledgement it publishes again on the next connection (at least once).
@@ -41,10 +46,13 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
+from eslserver.logs import FailureLog
+
 if TYPE_CHECKING:
     from eslserver.config import Settings
 
 __all__ = [
+    "redact_url",
     "Handler",
     "Message",
     "MqttConnection",
@@ -52,6 +60,9 @@ __all__ = [
     "MqttSettings",
     "MqttSettingsError",
     "MqttUnavailable",
+    "RETRY_MAX_S",
+    "RETRY_MIN_S",
+    "Retry",
     "Will",
 ]
 
@@ -61,6 +72,10 @@ _paho_log = logging.getLogger(__name__ + ".paho")  # paho's packet log, at debug
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _CONNECT_TIMEOUT_S = 5.0  # CONNACK / SUBACK / graceful DISCONNECT waits of one attempt
 _NO_HANDLER_LOG_LIMIT = 1000  # topics remembered for "no handler" warnings
+RETRY_MIN_S = 0.2
+"""The first pause before a handler that raised `Retry` gets its message again (then doubled)."""
+RETRY_MAX_S = 10.0
+"""The longest pause between two attempts at a message whose handler raises `Retry`."""
 
 
 class MqttError(Exception):
@@ -73,6 +88,14 @@ class MqttSettingsError(MqttError, ValueError):
 
 class MqttUnavailable(MqttError):
     """No connection to the broker within the time allowed, or the connection is closed."""
+
+
+class Retry(Exception):
+    """Raised by a subscription handler: not now. The message is not acknowledged; it is
+    handled again after a pause (`RETRY_MIN_S` doubling to `RETRY_MAX_S`) while its connection
+    lives, and redelivered by the broker after a reconnection. For transient faults only (the
+    database cannot commit): a message that always fails must raise something else, which is
+    logged and acknowledged, or it would hold a handler forever."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +145,7 @@ class MqttSettings:
         (e.g. ``ca_file=...``, ``keepalive=...``). Raises `MqttSettingsError` naming the value
         (with any password masked).
         """
-        shown = _redact(url)
+        shown = redact_url(url)
         try:
             parts = urlsplit(url)
         except ValueError as exc:
@@ -226,7 +249,7 @@ class _ClosingSSLSocket(ssl.SSLSocket):
             raise
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """`url` with the password part of its authority replaced by ``***``."""
     scheme_end = url.find("://")
     if scheme_end < 0:
@@ -358,6 +381,12 @@ class _Subscription:
     queue: asyncio.Queue[_Delivery] = field(default_factory=asyncio.Queue)
     workers: list[asyncio.Task[None]] = field(default_factory=list)
     errors_seen: set[str] = field(default_factory=set)
+    retrying: FailureLog = field(init=False)
+    """Messages of this subscription whose handler asks to retry: logged once, and its end once."""
+
+    def __post_init__(self) -> None:
+        self.retrying = FailureLog(_log, f"handling messages on {self.topic_filter} (left unacknowledged and "
+                                         f"retried, every {RETRY_MIN_S:g} s up to {RETRY_MAX_S:g} s)")
 
 
 class MqttConnection:
@@ -460,10 +489,28 @@ class MqttConnection:
             delivery = await sub.queue.get()
             if delivery.link.lost.done() and delivery.message.qos > 0 and not self.clean_session:
                 continue  # its connection is gone: the broker redelivers it on the next one
+            if await self._handle(sub, delivery):
+                delivery.finish_one()
+
+    async def _handle(self, sub: _Subscription, delivery: _Delivery) -> bool:
+        """Run the handler on `delivery` until it does not raise `Retry`: True when done (to be
+        acknowledged), False when its connection was lost while retrying (left unacknowledged)."""
+        delay = RETRY_MIN_S
+        while True:
             try:
                 await sub.handler(delivery.message)
             except asyncio.CancelledError:
                 raise
+            except Retry as exc:
+                sub.retrying.failed(exc)
+                lost = delivery.link.lost
+                await asyncio.wait({lost}, timeout=delay)
+                if lost.done():
+                    _log.info("message %d on %s left unacknowledged (its connection was lost while it was retried); "
+                              "the broker delivers it again", delivery.mid, delivery.message.topic)
+                    return False
+                delay = min(RETRY_MAX_S, delay * 2)
+                continue
             except Exception as exc:  # noqa: BLE001 - the poison guard: log, then acknowledge anyway
                 kind = type(exc).__qualname__
                 if kind not in sub.errors_seen:
@@ -474,7 +521,9 @@ class MqttConnection:
                 else:
                     _log.debug("handler for %s failed on topic %s: %r", sub.topic_filter,
                                delivery.message.topic, exc)
-            delivery.finish_one()
+                return True
+            sub.retrying.ok()
+            return True
 
     # --- publishing ------------------------------------------------------------------------
 

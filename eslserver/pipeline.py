@@ -32,6 +32,7 @@ from eslserver.config import DEFAULT_TEMPLATES, Settings
 from eslserver.db.database import Database
 from eslserver.ingest import price_periods
 from eslserver.jobs import JobKind, Outbox
+from eslserver.keyvault import KeyVault
 from eslserver.logs import FailureLog
 from eslserver.metrics import Metrics
 from eslserver.render_worker import RenderItem, RenderJob, RenderOutcome, render_job, render_limited
@@ -41,7 +42,7 @@ from eslserver.store import jobs as job_rows
 from eslserver.store import labels as label_rows
 from eslserver.store import templates as store_templates
 from eslserver.timeutil import iso, utcnow
-from firmware_proto.auth import new_label_key
+from eslserver.uploads import Uploads
 from render.isolate import LimitedPool
 
 __all__ = ["Pipeline", "template_for"]
@@ -61,9 +62,13 @@ class Pipeline:
     """The render loop. `poke` after marking labels dirty; `run` is the task body."""
 
     def __init__(self, db: Database, settings: Settings, metrics: Metrics, executor: LimitedPool | None,
-                 *, on_jobs: Callable[[], None] = lambda: None,
-                 on_states: Callable[[Iterable[str]], None] = lambda macs: None) -> None:
+                 *, vault: KeyVault, on_jobs: Callable[[], None] = lambda: None,
+                 on_states: Callable[[Iterable[str]], None] = lambda macs: None,
+                 uploads: Uploads | None = None) -> None:
         self.db = db
+        self.uploads = uploads or Uploads(db, settings)
+        """The uploaded images render jobs carry (render processes have no database)."""
+        self.vault = vault
         self.settings = settings
         self.metrics = metrics
         self.executor = executor
@@ -126,8 +131,10 @@ class Pipeline:
         for (tname, model), items in groups.items():
             version, source = templates.get(tname, (0, None))
             for i in range(0, len(items), _CHUNK):
+                chunk = tuple(items[i:i + _CHUNK])
+                images = await self.uploads.image_set([source], [item.record for item in chunk])
                 jobs.append(RenderJob(tname, version, source, model, self.settings.store_name,
-                                      self.settings.currency, now, tuple(items[i:i + _CHUNK])))
+                                      self.settings.currency, now, chunk, images))
         started = time.perf_counter()
         outcomes: list[RenderOutcome] = []
         if jobs:
@@ -206,7 +213,8 @@ class Pipeline:
             await image_rows.add_many(conn, images)
             await self.outbox.supersede_images(conn, supersede, now)
             for mac in unpaired:  # the image waits behind the pairing (one job per label at a time)
-                await self.outbox.ensure_pair(conn, store=store, mac=mac, now=now, new_key=new_label_key())
+                await self.outbox.ensure_pair(conn, store=store, mac=mac, now=now,
+                                              sealed_key=self.vault.new_label_key(store, mac))
             await self.outbox.insert_many(conn, store=store, kind=JobKind.IMAGE, now=now, columns=_IMAGE_JOB_COLUMNS,
                                           rows=jobs)
             await label_rows.set_shown(conn, shown)

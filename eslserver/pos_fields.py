@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timezone, tzinfo
 from typing import Final
 
+from eslserver import pos_limits
 from eslserver.price_rules import check_update
 from eslserver.pricing import (
     CANONICAL_FIELDS,
@@ -36,15 +37,20 @@ known name: ``prcie``/``price`` 0.8, ``nmae``/``name`` 0.75, but ``unit``/``url`
 
 def read_update(item: object, field_map: Mapping[str, str], *, index: int | None = None,
                 default_currency: str | None = None, tz: tzinfo = timezone.utc) -> PriceUpdate:
-    """One POS item through the store's field map, `validate_update` and the rules of what a
-    shelf may show (`eslserver.price_rules.check_update`: minor units, promotion below price).
+    """One POS item through the store's field map, the limits of text and size
+    (`eslserver.pos_limits`: a NUL, a lone surrogate or an oversized field refuses this item
+    only), `validate_update` and the rules of what a shelf may show
+    (`eslserver.price_rules.check_update`: minor units, promotion below price).
 
     Raises `PriceError` in the POS's terms (`in_pos_terms`).
     """
     mapped = apply_field_map(item, field_map, index=index) if field_map and isinstance(item, Mapping) else item
     try:
-        return check_update(validate_update(mapped, index=index, default_currency=default_currency, tz=tz),
-                            index=index, sent=mapped if isinstance(mapped, Mapping) else None)
+        if isinstance(mapped, Mapping):
+            pos_limits.check_item(mapped, index=index)
+        update = pos_limits.check_update(validate_update(mapped, index=index, default_currency=default_currency,
+                                                         tz=tz), index=index)
+        return check_update(update, index=index, sent=mapped if isinstance(mapped, Mapping) else None)
     except PriceError as exc:
         in_pos_terms(exc, item, field_map)
         raise

@@ -1,5 +1,6 @@
 """Rules a price update must meet beyond its shape: money in the currency's minor unit, a
-promotion below the regular price, a ``valid_from`` that does not rewrite history.
+promotion below the regular price, a ``valid_from`` that does not rewrite history, an
+``image`` that names an upload, a ``sha256:`` digest or a ``sample:`` image (never a file).
 
 They live apart from `eslserver.pricing` (the shape of an update and its history) because
 they are about what a shelf may legally show: a label that says 0,00 zł for ``0.004``, a
@@ -17,8 +18,9 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from eslserver.pricing import PriceError, PriceUpdate
+from render.image_refs import ImageRefError, parse_ref
 
-__all__ = ["MINOR_UNITS", "minor_unit", "quantise", "check_update", "check_valid_from"]
+__all__ = ["MINOR_UNITS", "minor_unit", "quantise", "check_update", "check_valid_from", "image_values"]
 
 MINOR_UNITS: Final = MappingProxyType({
     # ISO 4217 currencies whose minor unit is not 2 decimal places (all others: 2)
@@ -84,7 +86,25 @@ def check_update(update: PriceUpdate, *, index: int | None = None,
             raise PriceError("promo.price", raw_promo.get("price", str(promo_price)),
                              f"a promotion must be below the regular price ({name} {regular})",
                              index=index, sku=sku)
+    for field, value in image_values(update):
+        try:
+            parse_ref(value)
+        except ImageRefError as exc:  # a path, a URL: the server never reads what a POS names
+            raise PriceError(field, value, exc.reason, index=index, sku=sku) from None
     return update
+
+
+def image_values(update: PriceUpdate) -> list[tuple[str, str]]:
+    """``(field, value)`` of the images `update` names: ``image``, and ``attributes.image``
+    (a template's ``product.image`` falls back to it)."""
+    out: list[tuple[str, str]] = []
+    image = update.fields.get("image")
+    if image is not None:
+        out.append(("image", str(image)))
+    attributes = update.fields.get("attributes")
+    if isinstance(attributes, Mapping) and attributes.get("image") not in (None, ""):
+        out.append(("attributes.image", str(attributes["image"]).strip()))
+    return out
 
 
 def check_valid_from(update: PriceUpdate, received: datetime, tolerance_s: int, *,

@@ -57,6 +57,7 @@ from __future__ import annotations
 import functools
 import heapq
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
@@ -67,10 +68,10 @@ from typing import Any, Final
 from render.context import Product, ProductError, Promo, parse_decimal, parse_when
 
 __all__ = [
-    "PriceError", "PriceUpdate", "PricePeriod", "ERROR_CODES", "CANONICAL_FIELDS", "FIELD_GROUPS",
+    "PriceError", "PriceUpdate", "PricePeriod", "ERROR_CODES", "CANONICAL_FIELDS", "FIELD_GROUPS", "MAX_UPDATE_ID",
     "parse_payload", "field_path", "apply_field_map", "check_field_map", "validate_update", "merge_record",
     "record_to_json", "record_from_json", "periods_for_update", "selling_price_at",
-    "prior_price", "product_for_render", "next_change_after",
+    "prior_price", "lookback_start", "product_for_render", "next_change_after",
 ]
 
 #: Stable error codes of `PriceError.to_json` (the ``"error"`` member).
@@ -84,12 +85,14 @@ ERROR_CODES: Final = frozenset({
     "invalid_field_map", # a store field map with a target that is not a canonical field
     "unknown_sku",       # a SKU not in the catalogue, in a store that lets no POS create products
     "seq_jump",          # a seq further above the stored one than the store's max_seq_jump
+    "too_large",         # a message, a batch or a field above its limit (eslserver.pos_limits)
+    "invalid_text",      # text with a NUL, a lone surrogate or bytes that are not UTF-8
 })
 
 #: The canonical top-level fields of a price update (docs/mqtt.asyncapi.yaml, "PriceUpdate").
 CANONICAL_FIELDS: Final = frozenset({
     "sku", "price", "currency", "name", "regular_price", "promo", "unit", "vat_rate",
-    "valid_from", "seq", "attributes", "ean", "url", "image", "lowest_30d",
+    "valid_from", "seq", "attributes", "ean", "url", "image", "lowest_30d", "update_id",
 })
 
 # Groups a dotted target may address, with the sub-fields allowed (None: any name).
@@ -116,6 +119,9 @@ _END_OF_DAY: Final = time(23, 59, 59)  # as render.context.parse_when
 # nor count as a price of the 30 days.
 _SEAM: Final = timedelta(seconds=1)
 _VALUE_TEXT: Final = 200
+MAX_UPDATE_ID: Final = 64
+"""Characters of an ``update_id`` (printable ASCII); `eslserver.pos_limits` lists it with the other limits."""
+_UPDATE_ID: Final = re.compile(f"[\x20-\x7e]{{1,{MAX_UPDATE_ID}}}")
 
 _Bad = Callable[[str, object, str], "PriceError"]  # builds an error for this item's sku
 
@@ -129,7 +135,7 @@ def _json_safe(value: object, depth: int = 0) -> object:
     if isinstance(value, int):
         return value if abs(value) <= _MAX_SEQ else _short(str(value))
     if isinstance(value, str):
-        return _short(value)
+        return _printable(_short(value))
     if isinstance(value, Decimal):
         return _short(str(value))
     if isinstance(value, float):
@@ -137,7 +143,7 @@ def _json_safe(value: object, depth: int = 0) -> object:
     if isinstance(value, datetime | date):
         return value.isoformat()
     if depth < 2 and isinstance(value, Mapping) and len(value) <= 16:
-        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
+        return {_printable(str(k)): _json_safe(v, depth + 1) for k, v in value.items()}
     if depth < 2 and isinstance(value, list | tuple) and len(value) <= 16:
         return [_json_safe(v, depth + 1) for v in value]
     return _short(repr(value))
@@ -145,6 +151,19 @@ def _json_safe(value: object, depth: int = 0) -> object:
 
 def _short(text: str) -> str:
     return text if len(text) <= _VALUE_TEXT else text[: _VALUE_TEXT - 1] + "…"
+
+
+def _printable(text: str) -> str:
+    """`text` as valid Unicode without NUL: a lone surrogate (or a byte that was not UTF-8,
+    decoded with surrogateescape) becomes ``\\udcff`` and a NUL ``\\x00``, so that an answer
+    naming it can be sent as UTF-8 and shown as it is."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class PriceError(ValueError):
@@ -191,8 +210,9 @@ class PriceError(ValueError):
     def to_json(self) -> dict[str, Any]:
         """The error as answered to the POS (HTTP body item, or MQTT ``pos/errors``)."""
         return {
-            "index": self.index, "sku": self.sku, "field": self.field, "canonical": self.canonical,
-            "value": _json_safe(self.value), "error": self.code, "detail": str(self), "hint": self.hint,
+            "index": self.index, "sku": _json_safe(self.sku), "field": _printable(self.field),
+            "canonical": _printable(self.canonical), "value": _json_safe(self.value), "error": self.code,
+            "detail": _printable(str(self)), "hint": None if self.hint is None else _printable(self.hint),
         }
 
 
@@ -266,14 +286,12 @@ def parse_payload(data: bytes | str) -> list[object]:
     batch still applies. An object that repeats a key (JSON would keep the last value
     silently) makes its item one that `apply_field_map` and `validate_update` refuse.
     Raises `PriceError` (field ``json``) when the payload as a whole cannot be read, with
-    the position (``line L column C``) as its value.
+    the position (``line L column C``) as its value. Bytes that are not UTF-8 are decoded
+    with ``errors="surrogateescape"`` (U+DC80..U+DCFF): inside a string they make only that
+    item one `eslserver.pos_limits.check_item` refuses; anywhere else the JSON is unreadable.
     """
     if isinstance(data, bytes | bytearray | memoryview):
-        try:
-            text = bytes(data).decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise PriceError("json", f"byte {exc.start}", "not UTF-8 text",
-                             code="invalid_json") from None
+        text = bytes(data).decode("utf-8-sig", "surrogateescape")
     else:
         text = data
     repeated = False
@@ -455,13 +473,15 @@ class PriceUpdate:
     ``{price, from, to}`` (from/to may be None), ``unit`` as ``{size, measure}``,
     ``attributes`` as a mapping whose None values delete that attribute. A field whose
     value is None is cleared by `merge_record` (``"promo": null`` ends a promotion).
-    ``price`` is always there.
+    ``price`` is always there. `update_id` is the POS's own name for this change (duplicates
+    of it are recognised); like `seq` it lives beside the record, not in it.
     """
 
     sku: str
     fields: Mapping[str, Any]
     seq: int | None = None
     valid_from: datetime | None = None
+    update_id: str | None = None
 
 
 def validate_update(
@@ -509,6 +529,7 @@ def validate_update(
                     raise bad(f"{group}.{key}", raw[key],
                               f"unknown; {group} has {', '.join(sorted(allowed))}")
     seq = _parse_seq(record.get("seq"), bad)
+    update_id = _parse_update_id(record.get("update_id"), bad)
     valid_from = _parse_instant("valid_from", record.get("valid_from"), bad, tz)
 
     fields: dict[str, Any] = {"price": product.price}
@@ -534,7 +555,8 @@ def validate_update(
     attributes = _attribute_fields(record, bad)
     if attributes is not _ABSENT:
         fields["attributes"] = attributes
-    return PriceUpdate(sku=sku, fields=MappingProxyType(fields), seq=seq, valid_from=valid_from)
+    return PriceUpdate(sku=sku, fields=MappingProxyType(fields), seq=seq, valid_from=valid_from,
+                       update_id=update_id)
 
 
 _ABSENT: Final[Any] = object()
@@ -608,6 +630,14 @@ def _parse_seq(value: object, bad: _Bad) -> int | None:
     if n is None or not 0 <= n <= _MAX_SEQ:
         raise bad("seq", value, "expected a non-negative integer below 2**63")
     return n
+
+
+def _parse_update_id(value: object, bad: _Bad) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or _UPDATE_ID.fullmatch(value) is None:
+        raise bad("update_id", value, f"expected 1 to {MAX_UPDATE_ID} printable ASCII characters")
+    return value
 
 
 def _parse_instant(field: str, value: object, bad: _Bad, tz: tzinfo) -> datetime | None:
@@ -892,6 +922,23 @@ def prior_price(
     reductions that follow each other without a break). Only prices before that start are
     read. None when the product had no price before it.
     """
+    pieces, window = _lookback(periods, reduction_start, days)
+    prices = [p.period.price for p in pieces if p.period is not None and p.end > window]
+    return min(prices) if prices else None
+
+
+def lookback_start(periods: Sequence[PricePeriod], t: datetime, *, days: int = 30) -> datetime:
+    """The earliest instant whose price `prior_price` reads for a reduction in force at `t`:
+    `days` before the start of its first step. A reduction that has lasted for months, or
+    a progressive one, reaches back further than `days` before `t`: what history must be
+    kept for the rule (`eslserver.retention`) is known only from the history itself."""
+    return _lookback(periods, t, days)[1]
+
+
+def _lookback(periods: Sequence[PricePeriod], reduction_start: datetime,
+              days: int) -> tuple[list[_Piece], datetime]:
+    """The timeline pieces before the first step of the reduction at `reduction_start`, and
+    the start of its `days`-day window."""
     if days <= 0:
         raise ValueError(f"days must be positive, got {days}")
     start = _utc("reduction_start", reduction_start)
@@ -903,9 +950,7 @@ def prior_price(
             break
         start = last.start
         k -= 1
-    window = start - timedelta(days=days)
-    prices = [p.period.price for p in pieces[:k] if p.period is not None and p.end > window]
-    return min(prices) if prices else None
+    return pieces[:k], start - timedelta(days=days)
 
 
 def product_for_render(

@@ -18,9 +18,11 @@ from firmware_proto.image import ImageError, decompress
 from firmware_proto.models import get_model
 from firmware_proto.transfer import framebuffer_size, plan_update
 from render.batch import render_batch
+from render.canvas import clear_image_cache
 from render.context import Store
+from render.image_refs import EMPTY_IMAGES, ImageSet, check_literal_srcs, image_loader
 from render.isolate import LimitedPool
-from render.samples import image_resolver, sample_catalogue
+from render.samples import ImageResolver, sample_catalogue
 from render.templates import (
     Template,
     TemplateError,
@@ -60,6 +62,7 @@ class RenderJob:
     currency: str
     now: datetime
     items: tuple[RenderItem, ...]
+    images: ImageSet = EMPTY_IMAGES  # the uploads its template and products name (eslserver.uploads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +88,30 @@ class RenderOutcome:
     error: str | None = None
 
 
-_RESOLVER: list[Any] = []
+_LOADER: list[tuple[ImageSet, ImageResolver]] = []
+_LOADER_PNG_BYTES = 64 * 1024 * 1024
 
 
-def _images() -> Any:
-    if not _RESOLVER:
-        _RESOLVER.append(image_resolver(files=False))  # the server reads no file a template or POS names
-    return _RESOLVER[0]
+def _images(images: ImageSet = EMPTY_IMAGES) -> ImageResolver:
+    """The loader a job draws with: ``sample:`` photos and the uploads the job carries, never
+    a file (the server reads no file a template or a POS names).
+
+    One loader per state of the uploads (`ImageSet.version`), gathering what the jobs of
+    that state carry: the same object from job to job, so the static parts of a template
+    drawn once (`render.batch.base_canvas`, cached by loader) are reused. Pictures reduced
+    for a label are cached by src; when the uploads change (a name deleted, or given to
+    another image) that cache is dropped, or a name would keep its old picture."""
+    current = _LOADER[0][0] if _LOADER else None
+    if (current is None or current.version != images.version
+            or sum(map(len, current.pngs.values())) > _LOADER_PNG_BYTES):
+        if current is not None and current.version != images.version:
+            clear_image_cache()
+        held = ImageSet({}, {}, images.version)
+        _LOADER[:] = [(held, image_loader(held))]
+    held, loader = _LOADER[0]
+    held.pngs.update(images.pngs)
+    held.refs.update(images.refs)
+    return loader
 
 
 def _template(job: RenderJob) -> Template:
@@ -124,7 +144,7 @@ def render_job(job: RenderJob) -> list[RenderOutcome]:
     try:
         results = render_batch(template, records, model=job.model,
                                store=Store(name=job.store_name, currency=job.currency), now=job.now,
-                               images=_images())
+                               images=_images(job.images))
     except TemplateError as exc:  # the template does not support this model
         return [RenderOutcome(item.mac, error=str(exc)) for item in job.items]
     size = framebuffer_size(model)
@@ -167,26 +187,30 @@ class PreviewJob:
     store_name: str
     currency: str
     now: datetime
+    images: ImageSet = EMPTY_IMAGES
 
 
 def preview(job: PreviewJob) -> Any:
     """The palette indices of `job`'s label; `TemplateError` when it cannot be drawn."""
     tpl = template_from_string(job.source, job.name)
     result = render_batch(tpl, [job.record], model=job.model, store=Store(job.store_name, job.currency),
-                          now=job.now, images=_images(), keep_indices=True)[0]
+                          now=job.now, images=_images(job.images), keep_indices=True)[0]
     if result.error is not None or result.indices is None:
         raise TemplateError(job.name, None, "runtime", result.error or "no image")
     return result.indices
 
 
-def check_template(job: tuple[str, str]) -> None:
-    """Compile template source and render the sample products on each model it declares;
-    `TemplateError` (naming model and sample) if any fails."""
-    source, name = job
+def check_template(job: tuple[str, str] | tuple[str, str, ImageSet]) -> None:
+    """Compile template source and render the sample products on each model it declares
+    (with the uploads its srcs name, when given); `TemplateError` (naming model and sample)
+    if any fails, or (``markup``, with its line) for an ``<image src>`` of no accepted form."""
+    source, name, *rest = job
+    images = rest[0] if rest else EMPTY_IMAGES
     tpl = template_from_string(source, name)
+    check_literal_srcs(source, name)
     records = sample_catalogue()[:3]
     for model in tpl.info.models:
-        for result in render_batch(tpl, records, model=model, images=_images()):
+        for result in render_batch(tpl, records, model=model, images=_images(images)):
             if result.error is not None:
                 raise TemplateError(name, None, "runtime", f"{model}, sample {result.sku}: {result.error}")
 
@@ -206,6 +230,7 @@ def check_samples(job: tuple[str, datetime]) -> list[SampleCheck]:
     catalogue drawn on every model it declares. `TemplateError` if it does not compile."""
     ref, now = job
     tmpl = load_template(ref)
+    check_literal_srcs(tmpl.source, tmpl.name)  # a path or URL: refused with its line (uploads need a server)
     records = sample_catalogue(now)
     out: list[SampleCheck] = []
     for model in tmpl.info.models:

@@ -1,5 +1,8 @@
 """The server process: storage, POS ingest, pipeline, dispatch, MQTT and HTTP, wired once.
 
+MQTT identities (`eslserver.identities`): the server connects as its own, its embedded broker
+enforces everyone's access rules, and it acts only on gateways that are registered.
+
 `Server` owns every resource it starts (database, render processes, the embedded broker
 when no broker URL is configured, the MQTT connection, the HTTP site and its background
 tasks) and releases them in reverse order on `aclose`. Parts can be left out (``mqtt=False``,
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -21,28 +25,34 @@ from typing import Any
 
 from aiohttp import web
 
+from eslserver import pos_limits
 from eslserver.auth import Actor
 from eslserver.broker import EmbeddedBroker
 from eslserver.config import Settings
 from eslserver.db.database import Database, DatabaseError
 from eslserver.dispatch import Dispatcher
 from eslserver.health import Health, database_fault
-from eslserver.ingest import Ingest, error_message
+from eslserver.identities import Credentials, IdentityRegistry, ensure_server_identity, server_password
+from eslserver.ingest import Ingest, Unavailable, ack_message, error_message
 from eslserver.jobs import Outbox
+from eslserver.keyvault import KeyVault
 from eslserver.label_templates import Templates
 from eslserver.labels import Labels
 from eslserver.logs import FailureLog
 from eslserver.metrics import Metrics
-from eslserver.mqtt import Message, MqttConnection, MqttSettings
+from eslserver.mqtt import Message, MqttConnection, MqttError, MqttSettings, Retry, redact_url
+from eslserver.mqtt_access import AccessSnapshot, Identity, Role
 from eslserver.pipeline import Pipeline
 from eslserver.render_worker import warm_up
-from eslserver.startup import StartupError, listen_error, os_reason
+from eslserver.retention import Retention
+from eslserver.startup import StartupError, http_tls_context, is_loopback, listen_error, os_reason
 from eslserver.store import gateways as gateway_rows
 from eslserver.store import jobs as job_rows
 from eslserver.store import labels as label_rows
 from eslserver.store import stores
 from eslserver.timeutil import iso, utcnow
 from eslserver.topics import Kind, TopicError, Topics
+from eslserver.uploads import Uploads
 from render.isolate import LimitedPool
 
 __all__ = ["SYSTEM", "Server"]
@@ -55,6 +65,10 @@ POS_MQTT = Actor("mqtt", "pos")
 _ROOM_BYTES = 1 << 20
 """Free space on the database's file system that ends a "disk full" fault."""
 _FIRST_CONNECT_GRACE = timedelta(seconds=10)
+_IDENTITIES_EVERY_S = 1.0
+"""Seconds between reads of the MQTT identities (``esl identities`` changes them from another process)."""
+_SIZES_EVERY_S = 60.0
+"""Seconds between counts of every table's rows (``esl_table_rows``): never per scrape."""
 """How long a server that has never reached its broker waits before calling it a fault."""
 
 
@@ -90,12 +104,24 @@ class Server:
         self._state_wake = asyncio.Event()
         self._schedule_wake = asyncio.Event()
         self.ingest = Ingest(self.db, settings, self.metrics, on_dirty=self._dirty, on_result=self._ingested)
-        self.pipeline = Pipeline(self.db, settings, self.metrics, None, on_jobs=self._jobs, on_states=self.publish_states)
-        self.dispatcher = Dispatcher(self.db, settings, self.metrics, self._publish, on_states=self.publish_states,
-                                     on_dirty=self._dirty)
+        self.vault = KeyVault(settings)
+        """Seals and opens label keys (loaded at `start`: its key must be the database's)."""
+        self.uploads = Uploads(self.db, settings)
+        """Images uploaded through the API (one index and PNG cache for previews and the pipeline)."""
+        self.pipeline = Pipeline(self.db, settings, self.metrics, None, vault=self.vault, on_jobs=self._jobs,
+                                 on_states=self.publish_states, uploads=self.uploads)
+        self.dispatcher = Dispatcher(self.db, settings, self.metrics, self._publish, vault=self.vault,
+                                     on_states=self.publish_states, on_dirty=self._dirty)
         self.labels = Labels(self.db, settings, self.metrics, on_dirty=self._dirty, on_jobs=self._jobs,
                              on_states=self.publish_states)
-        self.templates = Templates(self.db, settings, on_dirty=self._dirty)
+        self.templates = Templates(self.db, settings, on_dirty=self._dirty, on_states=self.publish_states,
+                                   uploads=self.uploads)
+        self.retention = Retention(self.db, settings, self.metrics)
+        self.identities = IdentityRegistry(self.db, settings, self.metrics, on_change=self._identities_changed)
+        """The MQTT identities: the access rules of the embedded broker, the registered gateways."""
+        self.credentials: Credentials | None = None
+        """The server's own MQTT identity and password (known once started)."""
+        """Deletes what the ``retention_*`` settings let go (its own loop, `_retention_loop`)."""
 
     # -- wiring callbacks ---------------------------------------------------------------------
     def _dirty(self) -> None:
@@ -208,7 +234,12 @@ class Server:
             reason = os_reason(exc) if isinstance(exc, OSError) else str(exc)
             raise StartupError("data_dir", f"cannot use the data directory {s.data_dir}: {reason}") from exc
         try:
+            await self.vault.load(self.db)  # the wrong secret key stops the start here, before any job
             await self._ensure_store()
+            password = server_password(self.vault, s.instance)
+            self.credentials = await ensure_server_identity(self.db, s.instance, password)
+            await self.identities.refresh()
+            await self._stop_unregistered_gateways()
         except sqlite3.Error as exc:  # locked by another process past busy_timeout, read-only, full
             raise StartupError("data_dir", f"cannot write the database {self.db.path}: {exc}") from exc
         await Outbox(self.db, self.metrics).adopt_open()
@@ -219,14 +250,15 @@ class Server:
             self.pipeline.executor = self.executor
             self.preview_pool = LimitedPool(min(2, s.workers), s.template_limits, initializer=warm_up,
                                             name="preview")
-            self.templates.pool = self.preview_pool
+            self.templates.pool = self.uploads.pool = self.preview_pool  # uploads are decoded there too
         if self.use_mqtt:
             if self.broker_url is None:
                 self.broker = EmbeddedBroker(port=s.mqtt_port, implementation=s.embedded_broker,
+                                             access=self.identities.snapshot,
                                              directory=s.data_dir / "broker")
                 await self.broker.__aenter__()
                 self.broker_url = self.broker.url
-            self.mqtt = MqttConnection(MqttSettings.from_settings(s, self.broker_url),
+            self.mqtt = MqttConnection(self._mqtt_settings(),
                                        client_id=f"eslserver-{s.store}-{s.instance}", clean_session=False,
                                        on_connect=self._on_connect)
             self.mqtt.subscribe(self.topics.pos_prices, self._on_prices, qos=1, concurrency=64)
@@ -238,15 +270,24 @@ class Server:
         self._spawn(self.pipeline.run(), "pipeline")
         self._spawn(self._schedule_loop(), "scheduler")
         self._spawn(self._housekeeping(), "housekeeping")
+        self._spawn(self._retention_loop(), "retention")
         if self.mqtt is not None:
             self._spawn(self.dispatcher.run(), "dispatcher")
             self._spawn(self.dispatcher.run_events(), "gateway-events")
             self._spawn(self._state_loop(), "label-states")
+            self._spawn(self._identities_loop(), "identities")
         if self.use_http:
             from eslserver.api.app import create_app
             self._runner = web.AppRunner(create_app(self), access_log=None)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, s.http_host, s.http_port)
+            tls = None
+            if s.http_tls_cert is not None and s.http_tls_key is not None:
+                tls = http_tls_context(s.http_tls_cert, s.http_tls_key)
+            elif not is_loopback(s.http_host):
+                log.warning("HTTP listens on %s without TLS: bearer tokens and prices cross the network in clear; "
+                            "set http_tls_cert and http_tls_key, or put a TLS reverse proxy in front and listen "
+                            "on 127.0.0.1", s.http_host)
+            site = web.TCPSite(self._runner, s.http_host, s.http_port, ssl_context=tls)
             try:
                 await site.start()
             except OSError as exc:
@@ -255,7 +296,13 @@ class Server:
             sockets = self._runner.addresses
             self.http_port = sockets[0][1] if sockets else s.http_port
         log.info("eslserver %s/%s started (database %s, broker %s, http %s)", s.store, s.instance, self.db.path,
-                 self.broker_url or "none", f"{s.http_host}:{self.http_port}" if self.use_http else "off")
+                 redact_url(self.broker_url or "none"), f"{self.http_scheme}://{s.http_host}:{self.http_port}"
+                 if self.use_http else "off")
+
+    @property
+    def http_scheme(self) -> str:
+        """``https`` when the API is served over TLS (`http_tls_cert`), else ``http``."""
+        return "https" if self.settings.http_tls_cert is not None else "http"
 
     async def aclose(self) -> None:
         """Stop everything this server started; safe to call twice."""
@@ -275,7 +322,7 @@ class Server:
         for pool in (self.executor, self.preview_pool):
             if pool is not None:
                 await asyncio.to_thread(pool.close)
-        self.executor = self.preview_pool = self.pipeline.executor = self.templates.pool = None
+        self.executor = self.preview_pool = self.pipeline.executor = self.templates.pool = self.uploads.pool = None
         await self.db.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -304,7 +351,18 @@ class Server:
         self._state_wake.set()
 
     async def _on_prices(self, message: Message) -> None:
-        result = await self.ingest.submit(message.payload, source="mqtt", actor=POS_MQTT)
+        """One POS message: stored, then confirmed item by item on ``pos/acks`` (after the
+        commit: a broker's PUBACK only says the broker has it) and answered on ``pos/errors``
+        for its rejected items. A database that cannot commit is not the message's fault:
+        `Retry` leaves it unacknowledged and handles it again."""
+        try:
+            result = await self.ingest.submit(message.payload, source="mqtt", actor=POS_MQTT,
+                                              max_bytes=pos_limits.MAX_MESSAGE_BYTES)
+        except Unavailable as exc:
+            self.metrics.pos_retries.labels("mqtt").inc()
+            raise Retry(exc.reason) from exc
+        if result.accepted:
+            await self._publish(self.topics.pos_acks, ack_message(result), 1, False)
         if result.errors:
             await self._publish(self.topics.pos_errors, error_message(result), 1, False)
 
@@ -317,16 +375,90 @@ class Server:
         return gateway
 
     async def _on_gateway_event(self, message: Message) -> None:
-        await self.dispatcher.on_event(self._gateway_of(message.topic), message.payload)
+        gateway = self._gateway_of(message.topic)
+        if not self.identities.allows(gateway):  # not registered: nothing it says counts
+            return
+        await self.dispatcher.on_event(gateway, message.payload)
 
     async def _on_gateway_status(self, message: Message) -> None:
+        gateway = self._gateway_of(message.topic)
+        if not message.payload:
+            return  # a retained status cleared (by us, below)
+        if not self.identities.allows(gateway):
+            if message.retain:  # a forged "online" would otherwise greet every server start
+                await self._clear_status(gateway)
+            return
         status = message.payload.decode("utf-8", "replace").strip().lower()
         if status not in ("online", "offline"):
             log.warning("gateway status %r on %s is neither online nor offline", status, message.topic)
             return
-        gateway = self._gateway_of(message.topic)
         await self.dispatcher.set_gateway(gateway, status)
         self.notify({"type": "gateway", "gateway": gateway, "status": status})
+
+    async def _clear_status(self, gateway: str) -> None:
+        """Clear the retained status of `gateway` (an empty retained message), so that no
+        subscriber, and no later server start, reads an unregistered or revoked gateway as online."""
+        if self.mqtt is None:
+            return
+        try:
+            await self._publish(self.topics.gateway_status(gateway), b"", 1, True)
+        except (MqttError, TopicError) as exc:
+            log.warning("could not clear the retained status of gateway %s: %s", gateway, exc,
+                        extra={"store": self.settings.store, "gateway": gateway})
+            return
+        log.info("cleared the retained status of gateway %s (not registered)", gateway,
+                 extra={"store": self.settings.store, "gateway": gateway})
+
+    # -- MQTT identities --------------------------------------------------------------------------
+    def _mqtt_settings(self) -> MqttSettings:
+        """How the server reaches its broker: the embedded one always as its own identity, an
+        external one too unless ``mqtt_username`` names another."""
+        settings = MqttSettings.from_settings(self.settings, self.broker_url)
+        if self.credentials is not None and (self.broker is not None or settings.username is None):
+            settings = dataclasses.replace(settings, username=self.credentials.username,
+                                           password=self.credentials.password)
+        return settings
+
+    async def add_identity(self, role: Role | str, name: str, *, store: str | None = None,
+                           reset: bool = False) -> Credentials:
+        """Make an MQTT identity of this server's store (or `store`), as ``esl gateways add`` and
+        ``esl identities add`` do, and let the broker know at once; with `reset`, give an
+        existing one a new password. The demo makes its gateway's and POS's this way, tests theirs."""
+        role = Role(role)
+        identity = Identity(role, name, None if role is Role.SERVER else (store or self.settings.store))
+        return await self.identities.add(identity, SYSTEM, reset=reset)
+
+    async def _identities_changed(self, snapshot: AccessSnapshot, gone: set[str]) -> None:
+        """New access rules: the embedded broker applies them (dropping who they no longer let
+        in), and a gateway no longer registered loses its retained status; its jobs were handed
+        back in the transaction that revoked it."""
+        if self.broker is not None and self.broker.access is not None:
+            await self.broker.set_access(snapshot)
+        for gateway in sorted(gone):
+            await self._clear_status(gateway)
+        if gone:
+            self.dispatcher.poke()
+
+    async def _stop_unregistered_gateways(self) -> None:
+        """Gateways recorded online that are not registered (data from before identities, or a
+        revocation this server missed) get no more jobs: offline, their jobs in flight requeued."""
+        stray = self.identities.unregistered(await gateway_rows.online(self.db, self.settings.store))
+        if stray:
+            log.warning("gateways %s are not registered: no jobs go to them and their events are ignored until "
+                        "they are ('esl gateways add %s/ID')", ", ".join(stray), self.settings.store,
+                        extra={"store": self.settings.store})
+        for gateway in stray:
+            await self.dispatcher.set_gateway(gateway, "offline")
+
+    async def _identities_loop(self) -> None:
+        failure = FailureLog(log, "reading MQTT identities", store=self.settings.store)
+        while True:
+            await asyncio.sleep(_IDENTITIES_EVERY_S)
+            try:
+                await self.identities.refresh()
+                failure.ok()
+            except Exception as exc:  # the outermost boundary of the loop: log once, try again
+                failure.failed(exc, retry_s=_IDENTITIES_EVERY_S)
 
     # -- background loops -----------------------------------------------------------------------
     async def _state_loop(self) -> None:
@@ -392,3 +524,27 @@ class Server:
             except Exception as exc:
                 failure.failed(exc, retry_s=2.0)
             await asyncio.sleep(2.0)
+
+    async def _retention_loop(self) -> None:
+        """Housekeeping that takes longer than a gauge: table sizes every minute (at once at
+        the start) and a retention round every ``retention_interval_s`` (the first one that
+        long after the start, so a restart is quiet). A round deletes in small transactions
+        and yields between them, so ingest and gateway events wait for one batch at most."""
+        failure = FailureLog(log, "retention (pruning old rows, counting table sizes)", store=self.settings.store)
+        interval = self.settings.retention_interval_s
+        next_round = time.monotonic() + interval
+        next_sizes = 0.0
+        while True:
+            try:
+                if time.monotonic() >= next_round:
+                    next_round = time.monotonic() + interval
+                    await self.retention.run()
+                    next_sizes = 0.0  # show what the round freed
+                if time.monotonic() >= next_sizes:
+                    next_sizes = time.monotonic() + _SIZES_EVERY_S
+                    await self.retention.measure()
+                failure.ok()
+            except Exception as exc:  # the outermost boundary of the loop: log once, try again later
+                failure.failed(exc, retry_s=min(interval, _SIZES_EVERY_S))
+                next_sizes = time.monotonic() + min(interval, _SIZES_EVERY_S)
+            await asyncio.sleep(max(0.01, min(next_round, next_sizes) - time.monotonic()))

@@ -8,11 +8,17 @@ Every topic the server, the gateway, the demo and the tools publish or subscribe
 ========================  =============================================
 ``POS_PRICES``            ``{prefix}/{store}/pos/prices``
 ``POS_ERRORS``            ``{prefix}/{store}/pos/errors``
+``POS_ACKS``              ``{prefix}/{store}/pos/acks``
+``POS_STOCK``             ``{prefix}/{store}/pos/stock``
+``PICKS``                 ``{prefix}/{store}/picks``
 ``GATEWAY_JOBS``          ``{prefix}/{store}/gateway/{gateway}/jobs``
 ``GATEWAY_EVENTS``        ``{prefix}/{store}/gateway/{gateway}/events``
 ``GATEWAY_STATUS``        ``{prefix}/{store}/gateway/{gateway}/status``
 ``LABEL_STATE``           ``{prefix}/{store}/label/{mac}/state``
 ========================  =============================================
+
+``POS_STOCK`` and ``PICKS`` are in the contract and in the brokers' access rules
+(`eslserver.mqtt_access`) but nothing reads them yet.
 
 `Topics` (one store's prefix and id) builds them, and the subscription filters with ``+`` in
 the gateway or label level; `Topic` is one topic as a typed value, and `Topic.parse` turns an
@@ -56,6 +62,9 @@ class Kind(Enum):
 
     POS_PRICES = "pos/prices"
     POS_ERRORS = "pos/errors"
+    POS_ACKS = "pos/acks"
+    POS_STOCK = "pos/stock"
+    PICKS = "picks"
     GATEWAY_JOBS = "gateway/{gateway}/jobs"
     GATEWAY_EVENTS = "gateway/{gateway}/events"
     GATEWAY_STATUS = "gateway/{gateway}/status"
@@ -177,6 +186,18 @@ class Topics:
     @property
     def pos_errors(self) -> str:
         return str(self.topic(Kind.POS_ERRORS))
+
+    @property
+    def pos_acks(self) -> str:
+        return str(self.topic(Kind.POS_ACKS))
+
+    @property
+    def pos_stock(self) -> str:
+        return str(self.topic(Kind.POS_STOCK))
+
+    @property
+    def picks(self) -> str:
+        return str(self.topic(Kind.PICKS))
 
     def gateway_jobs(self, gateway: str) -> str:
         return str(self.topic(Kind.GATEWAY_JOBS, gateway))

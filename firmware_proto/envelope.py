@@ -118,7 +118,8 @@ def _check_bytes(field: str, value: object, size: int) -> bytes:
     if not isinstance(value, bytes):
         raise EnvelopeError(f"{field}: expected {size} bytes, got {type(value).__name__}")
     if len(value) != size:
-        raise EnvelopeError(f"{field}: expected {size} bytes, got {len(value)}: {hexs(value)}")
+        shown = "" if field.endswith("_key") else f": {hexs(value)}"  # a key is never quoted, even a wrong one
+        raise EnvelopeError(f"{field}: expected {size} bytes, got {len(value)}{shown}")
     return value
 
 

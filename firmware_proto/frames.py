@@ -92,7 +92,7 @@ class Auth:
     def __post_init__(self) -> None:
         check_range("auth.counter", U32, self.counter)
         if len(self.tag) != TAG_SIZE:
-            raise FrameError(f"auth.tag: expected {TAG_SIZE} bytes, got {hexs(self.tag)}")
+            raise FrameError(f"auth.tag: expected {TAG_SIZE} bytes, got {len(self.tag)}")  # tags are never quoted
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -583,7 +583,7 @@ class PairRequest(Frame):
         super(PairRequest, self).__post_init__()
         check_range("esl_id", U8, self.esl_id)
         if len(self.wrapped_key) != WRAPPED_KEY_SIZE:
-            raise FrameError(f"wrapped_key: expected {WRAPPED_KEY_SIZE} bytes, got {hexs(self.wrapped_key)}")
+            raise FrameError(f"wrapped_key: expected {WRAPPED_KEY_SIZE} bytes, got {len(self.wrapped_key)}")
 
     def _body(self) -> bytes:
         return bytes((self.esl_id,)) + self.wrapped_key

@@ -138,9 +138,9 @@ class LabelFlash:
     """Everything a label keeps across a reboot. Mutable: it *is* the label's flash."""
 
     model: LabelModel
-    factory_key: bytes
+    factory_key: bytes = field(repr=False)  # keys stay out of reprs (logs, tracebacks)
     framebuffer: bytes
-    label_key: bytes | None = None
+    label_key: bytes | None = field(default=None, repr=False)
     esl_id: int = 0
     tx_counter: int = 0                                        # last counter sent under label_key
     rx: ReplayWindow = field(default_factory=ReplayWindow)      # gateway → label, label_key

@@ -194,6 +194,10 @@ class SimLabel:
                 self.battery.refresh(self.model, partial=partial)
                 self.refreshes += 1
                 self.screen_version += 1
+                if not ev.refresh_only:
+                    # what the panel shows, by its own hash: observers (benchmarks.chaos) read this
+                    # line to check that a label never showed anything it should not have
+                    log.info("label %s shows %s", self.address, self.displayed_hash.hex())
             elif isinstance(ev, LedChanged):
                 self.led = _led_state(ev, now)
             elif isinstance(ev, FactoryReset):

@@ -32,7 +32,7 @@ import json
 import os
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ class LabelState:
     """What one label keeps in flash: key, counters, replay windows and its screen."""
 
     model: str
-    label_key: bytes | None
+    label_key: bytes | None = field(repr=False)  # a key stays out of reprs (logs, tracebacks)
     esl_id: int
     tx_counter: int
     rx_highest: int

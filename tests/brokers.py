@@ -4,11 +4,14 @@ API (everything yields a URL string ``"mqtt://127.0.0.1:PORT"``):
 
     async with mosquitto() as url: ...            # skips the test if mosquitto is not installed
     async with mosquitto(port=p, password_file=f) as url: ...   # fixed port / password file
+    async with mosquitto(password_file=f, acl_file=a) as url: ...  # and access rules (esl broker-config's)
     async with embedded_broker() as url: ...      # eslserver.broker.EmbeddedBroker, amqtt path
     async with embedded_broker(implementation="mosquitto") as url: ...   # its Mosquitto path
 
     broker = MosquittoBroker(port=p); await broker.start(); ...; broker.kill() / await broker.stop()
                                                  # when a test must kill -9 or restart the broker
+    MosquittoBroker(persistence=True, autosave_interval_s=1)  # sessions, queued and retained
+                                                 # messages saved every second, restored on start
 
     from tests.brokers import broker_url          # re-export in a test module: a fixture
     async def test_x(broker_url: str): ...        # parametrised over ["mosquitto", "amqtt"]
@@ -24,8 +27,11 @@ API (everything yields a URL string ``"mqtt://127.0.0.1:PORT"``):
 
     free_port() -> int; MOSQUITTO, MOSQUITTO_PASSWD: paths or None when not installed
 
-A Mosquitto broker keeps sessions in memory only (persistence off): a persistent session
-survives a *client* restart, not a broker restart.
+A Mosquitto broker keeps sessions in memory only (persistence off) unless asked: a persistent
+session survives a *client* restart, not a broker restart. With ``persistence=True`` it saves
+them (and queued and retained messages) to its directory every ``autosave_interval_s`` seconds
+and on a clean stop, and reads them back on the next start: a kill -9 loses what came after
+the last save.
 """
 
 from __future__ import annotations
@@ -168,15 +174,23 @@ class MosquittoBroker:
         port: int | None = None,
         *,
         password_file: Path | None = None,
+        acl_file: Path | None = None,
         tls: TlsFiles | None = None,
         require_client_cert: bool = False,
+        persistence: bool = False,
+        autosave_interval_s: int = 1,
     ) -> None:
         if MOSQUITTO is None:
             pytest.skip("mosquitto is not installed")
+        if autosave_interval_s < 1:
+            raise ValueError(f"autosave_interval_s must be >= 1 (0 never saves), got {autosave_interval_s!r}")
         self.port = port if port is not None else free_port()
         self.password_file = password_file
+        self.acl_file = acl_file
         self.tls = tls
         self.require_client_cert = require_client_cert
+        self.persistence = persistence
+        self.autosave_interval_s = autosave_interval_s
         self._dir = tempfile.TemporaryDirectory(prefix="esl-mosquitto-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -194,7 +208,8 @@ class MosquittoBroker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "user root",  # stay the current user (only meaningful when run as root)
-            "persistence false",
+            *(["persistence true", f"persistence_location {self._dir.name}/",
+               f"autosave_interval {self.autosave_interval_s}"] if self.persistence else ["persistence false"]),
             f"log_dest file {Path(self._dir.name) / 'mosquitto.log'}",
             "log_type error",
             "log_type warning",
@@ -210,6 +225,8 @@ class MosquittoBroker:
             lines.append("allow_anonymous true")
         else:
             lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
         path = Path(self._dir.name) / "mosquitto.conf"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -275,11 +292,13 @@ async def mosquitto(
     port: int | None = None,
     *,
     password_file: Path | None = None,
+    acl_file: Path | None = None,
     tls: TlsFiles | None = None,
     require_client_cert: bool = False,
 ) -> AsyncIterator[str]:
     """A running mosquitto for the duration of the block; yields its URL."""
-    broker = MosquittoBroker(port, password_file=password_file, tls=tls, require_client_cert=require_client_cert)
+    broker = MosquittoBroker(port, password_file=password_file, acl_file=acl_file, tls=tls,
+                             require_client_cert=require_client_cert)
     try:
         await broker.start()
         yield broker.url

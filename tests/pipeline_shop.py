@@ -106,6 +106,7 @@ async def shop(tmp_path: Path, broker_url: str, *, labels: int = 4, models: tupl
     `sim_state` a simulator state file the labels keep their keys, counters and screens in."""
     settings = shop_settings(tmp_path / "data", broker_url, **overrides)
     async with Server(settings) as server:
+        await server.add_identity("gateway", "gw1", reset=True)  # registered: the server listens to it
         store = SimStore(StoreConfig(labels=labels, models=models, always_listening=True, wake_interval_s=2.0,
                                      state_file=sim_state))
         radio = RadioServer(store, "127.0.0.1", 0)

@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
+from eslserver.config import SIMULATOR_FACTORY_SECRET
+
 __all__ = ["GATEWAY_READY", "SERVE_READY", "SIMULATE_READY", "ChildProcess", "Processes", "esl_argv"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,6 +153,9 @@ class Processes:
         base = dict(os.environ if env is None else env)
         # no stray esl.toml or ESL_* settings of the developer's shell; unbuffered output
         base = {k: v for k, v in base.items() if not k.startswith("ESL_")}
+        # the simulated labels' factory secret, given as an operator gives their vendor's:
+        # `esl serve` refuses to fall back on it by itself
+        base["ESL_FACTORY_SECRET"] = SIMULATOR_FACTORY_SECRET
         base["PYTHONUNBUFFERED"] = "1"
         base["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), base.get("PYTHONPATH", "")) if p)
         self.env = base

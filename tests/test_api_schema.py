@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from PIL import Image as PILImage
 
 from eslserver.api.app import all_routes, create_app
 from eslserver.api.openapi import document
@@ -114,7 +115,9 @@ def _template_regex(path: str) -> re.Pattern[str]:
     return re.compile("^" + "".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts) + "$")
 
 
-_PATHS = sorted(DOC["paths"], key=lambda p: (p.count("{"), p))  # literal segments win
+_PATHS = sorted(DOC["paths"], key=lambda p: (p.count("{"), -len(re.sub(r"\{[^}]+\}", "", p)), p))
+"""Literal segments win, then the template with more literal text (``/images/{hash}.png``
+before ``/images/{digest}``)."""
 
 
 def documented_operation(method: str, path: str) -> tuple[str, dict[str, Any]]:
@@ -280,9 +283,11 @@ def test_document_is_valid_openapi_when_a_validator_is_installed() -> None:
     ({"error": "x"}, "Error", "required member 'detail'"),
     ({"error": "x", "detail": "y", "extra": 1}, "Error", "'extra' is not documented"),
     ({"error": 1, "detail": "y"}, "Error", "expected string"),
-    ({"index": 0, "sku": "A", "status": "applied"}, "PriceAccepted", None),
-    ({"index": 0, "sku": "A", "status": "done"}, "PriceAccepted", "not in"),
-    ({"index": True, "sku": "A", "status": "applied"}, "PriceAccepted", "expected integer"),
+    ({"index": 0, "sku": "A", "seq": None, "update_id": "t-1", "status": "applied"}, "PriceAccepted", None),
+    ({"index": 0, "sku": "A", "seq": 1, "update_id": None, "status": "done"}, "PriceAccepted", "not in"),
+    ({"index": True, "sku": "A", "seq": 1, "update_id": None, "status": "applied"}, "PriceAccepted",
+     "expected integer"),
+    ({"index": 0, "sku": "A", "status": "applied"}, "PriceAccepted", "required member 'seq'"),
     ({"items": [{"id": "gw", "status": "online", "last_seen": None, "labels": -1, "info": {}}]},
      "GatewayList", "< 0"),
 ])
@@ -340,5 +345,14 @@ async def test_a_tour_gets_a_documented_success_from_every_route(api: ApiClient)
     for method, path, body in calls:
         reply = await api.call(method, path, json=body)
         assert reply.status < 300, (method, path, reply.json)
+    picture = io.BytesIO()
+    PILImage.new("RGB", (8, 8), (200, 30, 30)).save(picture, format="PNG")
+    upload = await api.call("POST", "/api/v1/images", role="merchandiser", params={"name": "tour-logo"},
+                            data=picture.getvalue(), headers={"Content-Type": "image/png"})
+    assert upload.status == 201, upload.json
+    for method, path in (("GET", "/api/v1/images"), ("GET", f"/api/v1/images/{upload.json['digest']}"),
+                         ("DELETE", f"/api/v1/images/{upload.json['digest']}")):
+        reply = await api.call(method, path)
+        assert reply.status == 200, (method, path, reply.json)
     succeeded = {(m, p) for m, p, status in api.seen if status.startswith("2")}
     assert succeeded == {(r.method, r.path) for r in all_routes()}

@@ -110,3 +110,63 @@ async def test_two_brokers_in_one_process_are_independent(impl: str) -> None:
             await second.aclose()  # must not disturb the first broker's connections
             await client.publish("x", b"still here", qos=1)
             assert (await _next(client)).payload == b"still here"
+
+
+class _RecordingRules:
+    """Access rules that allow everything but receiving on ``deny/…``, and record every question
+    amqtt asks: the peer under test is amqtt's plugin API (0.12.1), not our rules."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str | None, str]] = []
+
+    def verify(self, username: str | None, password: object) -> object:
+        return object() if username == "user" and password == "pw" else None
+
+    def may_publish(self, username: str | None, topic: str) -> bool:
+        self.asked.append(("publish", username, topic))
+        return True
+
+    def may_subscribe(self, username: str | None, topic_filter: str) -> bool:
+        self.asked.append(("subscribe", username, topic_filter))
+        return True
+
+    def may_receive(self, username: str | None, topic: str) -> bool:
+        self.asked.append(("receive", username, topic))
+        return not topic.startswith("deny/")
+
+
+async def test_amqtt_asks_the_access_plugins_for_connect_publish_subscribe_and_receive() -> None:
+    """The plugin API the embedded amqtt broker's access rules rely on: `authenticate` refuses
+    the CONNECT, `topic_filtering` is asked with the session's user name for every publish,
+    subscribe and delivery, and a refused delivery is not sent; our `AccessHolder` reaches the
+    plugins through amqtt's copies of its configuration."""
+    from eslserver.broker_amqtt import IdentityAuthPlugin, IdentityTopicPlugin
+
+    rules = _RecordingRules()
+    async with EmbeddedBroker(implementation="amqtt", access=rules) as broker:  # type: ignore[arg-type]
+        assert broker._amqtt is not None
+        for plugin_class in (IdentityAuthPlugin, IdentityTopicPlugin):
+            plugin = broker._amqtt.plugins_manager.get_plugin(plugin_class.__name__)
+            assert plugin is not None and plugin.config.access is broker._holder  # not a copy
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="anon", timeout=5):
+                pass
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="c1", username="user", password="pw") as c:
+            await c.subscribe("allow/#", qos=1)
+            await c.subscribe("deny/#", qos=1)
+            await c.publish("deny/x", b"no", qos=1)
+            await c.publish("allow/x", b"yes", qos=1)
+            message = await _next(c)
+            assert (str(message.topic), message.payload) == ("allow/x", b"yes")
+        assert {("subscribe", "user", "allow/#"), ("subscribe", "user", "deny/#"), ("publish", "user", "deny/x"),
+                ("publish", "user", "allow/x"), ("receive", "user", "deny/x"),
+                ("receive", "user", "allow/x")} <= set(rules.asked)
+
+
+async def test_new_access_rules_need_a_broker_started_with_rules(impl: str) -> None:
+    from eslserver.mqtt_access import AccessSnapshot
+
+    async with EmbeddedBroker(implementation=impl) as broker:
+        assert broker.access is None
+        with pytest.raises(BrokerError, match="started without access rules"):
+            await broker.set_access(AccessSnapshot("esl", []))

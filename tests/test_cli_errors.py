@@ -19,14 +19,17 @@ from typer.testing import CliRunner
 
 from eslserver.cli import app
 from eslserver.cli.errors import how_to_change
+from eslserver.config import SIMULATOR_FACTORY_SECRET
 from tests.test_api_schema import ApiClient, api  # noqa: F401  (fixture)
 
 ESL = [sys.executable, "-c", "from eslserver.cli import main; main()"]
 
 
 def _env(**extra: str) -> dict[str, str]:
+    """The environment of an `esl` child: none of the developer's ``ESL_*``, and the simulated
+    labels' factory secret given explicitly (`esl serve` does not fall back on it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ESL_")}
-    return {**env, "NO_COLOR": "1", **extra}
+    return {**env, "NO_COLOR": "1", "ESL_FACTORY_SECRET": SIMULATOR_FACTORY_SECRET, **extra}
 
 
 def _esl(cwd: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:

@@ -29,7 +29,7 @@ from jsonschema import Draft7Validator
 
 from eslserver.config import load_settings
 from eslserver.gateway.events import NACK_CODES, parse_event
-from eslserver.ingest import error_message
+from eslserver.ingest import ack_message, error_message
 from eslserver.labels import STATE_COLUMNS, state_json
 from eslserver.metrics import LABEL_STATES
 from eslserver.mqtt import Message
@@ -226,6 +226,12 @@ async def test_documented_pos_messages_are_accepted_and_errors_are_what_ingest_a
             raw = sent.encode() if isinstance(sent, str) else json.dumps(sent).encode()
             result = await server.ingest.submit(raw, source="mqtt", actor=SYSTEM)
             assert json.loads(error_message(result)) == example["payload"], example["name"]
+        acks = DOC["components"]["messages"]["PosAcks"]
+        assert {e["name"] for e in acks["examples"]} == set(acks["x-answers"])
+        for example in acks["examples"]:
+            result = await server.ingest.submit(json.dumps(acks["x-answers"][example["name"]]).encode(),
+                                                source="mqtt", actor=SYSTEM)
+            assert json.loads(ack_message(result)) == example["payload"], example["name"]
 
 
 def test_documented_gateway_events_are_what_the_server_parses() -> None:
@@ -279,7 +285,7 @@ async def test_every_message_of_a_store_at_work_is_documented(tmp_path: Path) ->
                              and sum(1 for m in seen if channel_for(m.topic) == "gatewayJobs") >= 4)
                 await s.converged()
             await _until("the gateway's offline status", lambda: "gatewayStatus:offline" in _kinds(seen))
-        assert {"posPrices", "posErrors", "gatewayJobs", "gatewayEvents:ack", "gatewayEvents:checkin",
+        assert {"posPrices", "posAcks", "posErrors", "gatewayJobs", "gatewayEvents:ack", "gatewayEvents:checkin",
                 "gatewayEvents:status", "gatewayStatus:online", "gatewayStatus:offline", "labelState"} <= _kinds(seen)
         (answer,) = [json.loads(m.payload) for m in seen if channel_for(m.topic) == "posErrors"]
         assert answer["accepted"] == 1 and [(e["index"], e["field"]) for e in answer["errors"]] == [(1, "price")]

@@ -5,6 +5,10 @@ Mosquitto left behind when the server is killed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -52,7 +56,9 @@ async def test_server_runs_the_configured_broker_on_the_configured_port(tmp_path
     async with Server(settings, http=False, render_processes=False) as server:
         assert server.broker is not None
         assert (server.broker_url, server.broker.implementation) == (f"mqtt://127.0.0.1:{port}", implementation)
-        async with aiomqtt.Client("127.0.0.1", port, identifier="external-gateway") as gateway:
+        gw9 = await server.add_identity("gateway", "gw9")  # the embedded broker refuses anonymous clients
+        async with aiomqtt.Client("127.0.0.1", port, identifier="external-gateway", username=gw9.username,
+                                  password=gw9.password) as gateway:
             await gateway.publish(server.topics.gateway_status("gw9"), b"online", qos=1, retain=True)
         with pytest.raises(BrokerError, match=f"{port}.*mqtt_port"):  # taken by the server's broker now
             await EmbeddedBroker(port=port, implementation=implementation).start()
@@ -70,8 +76,14 @@ async def test_serve_prints_the_broker_port_and_takes_its_broker_down_when_kille
                                               "--broker-port", str(port)), env={"ESL_EMBEDDED_BROKER": "mosquitto"})
         await serve.start(ready=SERVE_READY)
         assert f"broker mqtt://127.0.0.1:{port} (embedded mosquitto)" in serve.log
-        async with aiomqtt.Client("127.0.0.1", port, identifier="external-gateway") as gateway:
-            await gateway.subscribe("esl/#", qos=1)
+        # registered beside the running server (its own process), as an operator does
+        added = await asyncio.to_thread(subprocess.run, esl_argv("gateways", "add", "demo/gw9", "--json", "--data",
+                                                                 str(tmp_path / "data")),
+                                        capture_output=True, text=True, timeout=60)
+        assert added.returncode == 0, added.stderr
+        gw9 = json.loads(added.stdout)
+        async with _connected(port, gw9["username"], gw9["password"]) as gateway:
+            await gateway.subscribe("esl/demo/gateway/gw9/jobs", qos=1)
         serve.kill()  # SIGKILL: no chance to stop its broker; the kernel must (Linux)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
@@ -83,3 +95,24 @@ async def test_serve_prints_the_broker_port_and_takes_its_broker_down_when_kille
             writer.close()
             assert loop.time() < deadline, "the embedded Mosquitto outlived the killed server"
             await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def _connected(port: int, username: str, password: str) -> AsyncIterator[aiomqtt.Client]:
+    """A client of the broker on `port`, once the server has read its new identity (within a
+    second) and the broker lets it in."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        client = aiomqtt.Client("127.0.0.1", port, identifier="external-gateway", username=username,
+                                password=password)
+        try:
+            await client.__aenter__()
+            break
+        except aiomqtt.MqttError:
+            assert loop.time() < deadline, "the broker never let the new gateway in"
+            await asyncio.sleep(0.2)
+    try:
+        yield client
+    finally:
+        await client.__aexit__(None, None, None)

@@ -86,6 +86,7 @@ async def test_a_gateway_without_the_renderer_brings_every_label_its_image(tmp_p
     async with mosquitto() as url:
         settings = shop_settings(tmp_path / "data", url)
         async with Server(settings) as server:
+            await server.add_identity("gateway", "gw1")  # registered: the server listens to it
             store = SimStore(StoreConfig(labels=3, models=("2.9-bwry",), always_listening=True, wake_interval_s=1.0))
             radio = RadioServer(store, "127.0.0.1", 0)
             async with store, radio, Processes(tmp_path / "procs") as procs:

@@ -52,7 +52,9 @@ async def _gauge(api: ApiClient, component: str) -> str:
 
 
 def _products(n: int, size: int) -> list[dict[str, Any]]:
-    return [{"sku": f"S{i:05d}", "price": "1.99", "name": f"{i} " + "x" * size} for i in range(n)]
+    """`n` products of about `size` bytes each (in an attribute: a name has at most 200 characters)."""
+    return [{"sku": f"S{i:05d}", "price": "1.99", "name": f"Produkt {i}", "attributes": {"note": "x" * size}}
+            for i in range(n)]
 
 
 async def test_a_read_only_database_is_degraded_with_the_reason_and_recovers(api: ApiClient) -> None:

@@ -39,6 +39,7 @@ from eslserver.timeutil import iso, utcnow
 from eslserver.topics import Kind, Topics
 from simulator.store import label_address
 from tests.brokers import MosquittoBroker, broker_url, free_port, mosquitto  # noqa: F401  (broker_url: fixture)
+from tests.dbread import read_only
 from tests.pipeline_shop import collect, expected_hash_for, shop
 from tests.processes import (
     GATEWAY_READY,
@@ -90,14 +91,7 @@ class Catalogue:
 # -- the store: processes, database, POS -----------------------------------------------------------
 
 
-def _read(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-    """A query on a read-only connection (never checkpoints the WAL a killed server left)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        conn.row_factory = sqlite3.Row
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+_read = read_only  # a read-only connection never checkpoints the WAL a killed server left
 
 
 @dataclass
@@ -233,6 +227,7 @@ def _settings(data: Path, url: str) -> tuple[Settings, dict[str, str]]:
 async def _seed(settings: Settings, catalogue: Catalogue, bindings: Mapping[str, str]) -> None:
     """The catalogue and the bound labels, written in the server's database before it runs."""
     async with Server(settings, mqtt=False, http=False, render_processes=False) as server:
+        await server.add_identity("gateway", GATEWAY, reset=True)  # registered: the server listens to it
         result = await server.ingest.submit(list(catalogue.records.values()), source="cli", actor=SYSTEM)
         assert not result.errors, result.errors
         async with server.db.transaction() as conn:

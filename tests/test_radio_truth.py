@@ -89,6 +89,7 @@ async def rig(tmp_path: Path, url: str, *, wake_interval_s: float = 0.3,
     """A store whose simulator radio the test can stop (`stop`) and start again on its port."""
     settings = shop_settings(tmp_path / "data", url, **overrides)
     async with Server(settings) as server:
+        await server.add_identity("gateway", "gw1")  # registered: the server listens to it
         store = SimStore(StoreConfig(labels=2, always_listening=True, wake_interval_s=wake_interval_s))
         async with store:
             radio: RadioServer | None = RadioServer(store, "127.0.0.1", 0)

@@ -85,6 +85,23 @@ async def test_transfer_converges_under_loss_corruption_duplication(mode: str, m
     assert label.refreshes == 1
 
 
+async def test_each_new_screen_is_logged_with_its_own_hash_and_nothing_else_is(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`esl simulate -v` says what each panel shows (benchmarks.chaos checks that no label ever
+    showed a price that was not accepted): one line per new image, the hash of the framebuffer
+    itself, none for an image whose hash did not verify."""
+    store = make_store(FaultConfig())
+    address = label_address(1)
+    conv = await paired(store, address)
+    m = store.label(address).model
+    good, other = (pack_indices(demo_indices(m, n), m) for n in (5, 6))
+    caplog.set_level("INFO", logger="simulator.label")
+    assert not (await push_image(conv, other, full_hash=image_hash(good), timeout_s=0.05)).done
+    assert (await push_image(conv, good, timeout_s=0.05)).done
+    shown = [r.getMessage() for r in caplog.records if " shows " in r.getMessage()]
+    assert shown == [f"label {address} shows {image_hash(good).hex()}"]
+
+
 async def test_label_shows_nothing_until_the_hash_verifies() -> None:
     store = make_store(FaultConfig())
     address = label_address(1)

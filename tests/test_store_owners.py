@@ -30,7 +30,9 @@ OWNERS = {
     "stores": "stores.py", "products": "products.py", "price_history": "products.py",
     "scheduled_updates": "products.py", "templates": "templates.py", "images": "images.py",
     "labels": "labels.py", "gateways": "gateways.py", "jobs": "jobs.py", "events": "events.py",
-    "audit": "audit.py", "tokens": "tokens.py",
+    "audit": "audit.py", "tokens": "tokens.py", "pos_update_ids": "pos_updates.py",
+    "secrets_check": "secrets_check.py", "uploaded_images": "uploads.py",
+    "mqtt_identities": "identities.py",
 }
 """Each table and the one module of `eslserver.store` that holds its statements."""
 

@@ -20,6 +20,9 @@ T = Topics("esl", "s042")
 def test_every_topic_of_a_store_is_built_as_documented() -> None:
     assert T.pos_prices == "esl/s042/pos/prices"
     assert T.pos_errors == "esl/s042/pos/errors"
+    assert T.pos_acks == "esl/s042/pos/acks"
+    assert T.pos_stock == "esl/s042/pos/stock"
+    assert T.picks == "esl/s042/picks"
     assert T.gateway_jobs("gw1") == "esl/s042/gateway/gw1/jobs"
     assert T.gateway_events("gw1") == "esl/s042/gateway/gw1/events"
     assert T.gateway_status("gw1") == "esl/s042/gateway/gw1/status"
@@ -31,6 +34,9 @@ def test_filters_put_a_plus_where_the_gateway_or_label_goes() -> None:
     assert {kind: T.filter(kind) for kind in Kind} == {
         Kind.POS_PRICES: "esl/s042/pos/prices",
         Kind.POS_ERRORS: "esl/s042/pos/errors",
+        Kind.POS_ACKS: "esl/s042/pos/acks",
+        Kind.POS_STOCK: "esl/s042/pos/stock",
+        Kind.PICKS: "esl/s042/picks",
         Kind.GATEWAY_JOBS: "esl/s042/gateway/+/jobs",
         Kind.GATEWAY_EVENTS: "esl/s042/gateway/+/events",
         Kind.GATEWAY_STATUS: "esl/s042/gateway/+/status",
@@ -47,7 +53,8 @@ def test_parse_gives_the_kind_and_the_parts() -> None:
 
 @pytest.mark.parametrize(("topic", "message"), [
     ("esl/s042", "topic 'esl/s042' is not {prefix}/{store}/…: too few levels"),
-    ("esl/s042/pos/stock", "topic 'esl/s042/pos/stock' is none of ours"),
+    ("esl/s042/pos/stocks", "topic 'esl/s042/pos/stocks' is none of ours"),
+    ("esl/s042/picks/x", "is none of ours"),
     ("esl/s042/pos/prices/extra", "is none of ours"),
     ("esl/s042/gateway/gw1/jobs/x", "is none of ours"),
     ("esl/s042/gateway/gw1", "is none of ours"),

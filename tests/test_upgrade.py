@@ -26,12 +26,14 @@ for every directory.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,8 @@ import pytest
 from eslserver import pricing
 from eslserver.db import database
 from eslserver.db.database import Database
-from eslserver.server import Server
+from eslserver.ingest import price_periods
+from eslserver.server import SYSTEM, Server
 from eslserver.timeutil import parse_iso
 from tests.brokers import broker  # noqa: F401  (a fixture)
 from tests.pipeline_shop import shop, shop_settings
@@ -246,12 +249,27 @@ async def test_the_server_serves_what_the_release_kept(release: Release) -> None
             assert {k: jobs[job["id"]][k] for k in job} == job
 
 
+def _keys_in_clear(db: Path) -> list[bytes]:
+    """The label keys and pairing keys the release stored in clear (16 bytes each)."""
+    with closing(sqlite3.connect(db)) as conn:
+        return [bytes(r[0]) for r in conn.execute(
+            "SELECT label_key FROM labels WHERE length(label_key) = 16 UNION ALL "
+            "SELECT command FROM jobs WHERE kind = 'pair' AND length(command) = 16")]
+
+
+def _database_bytes(data: Path) -> bytes:
+    """The database's files as they are on disk (``esl.db`` and its ``-wal`` and ``-shm``)."""
+    return b"".join(p.read_bytes() for p in sorted(data.glob("esl.db*")))
+
+
 async def test_the_labels_the_release_paired_take_new_prices(release: Release, broker: str) -> None:
     exp = release.expected
     sim = exp["simulator"]
     admin = exp["tokens"]["admin"]["token"]
     queued = [j["id"] for j in exp["jobs"] if j["state"] == "queued" and j["mac"] in exp["shown"]]
     assert queued, "the fixture should leave jobs queued for labels that are there"
+    clear = _keys_in_clear(release.db)  # the release kept them in clear; the first start seals them
+    assert clear and all(key in _database_bytes(release.data) for key in clear)
     async with shop(release.data.parent, broker, labels=sim["labels"], models=tuple(sim["models"]),
                     sim_state=release.data / sim["state_file"], **exp["settings"]) as s, _http(s.server) as get:
         assert s.gateway.config.gateway_id == sim["gateway"]
@@ -277,6 +295,9 @@ async def test_the_labels_the_release_paired_take_new_prices(release: Release, b
         product = await _ok(get, "/api/v1/products/200130", admin)
         assert product["price"] == "5.29"
         assert (await s.label(exp["spare"]))["state"] == "unpaired"
+        assert not _keys_in_clear(release.db)
+        on_disk = _database_bytes(release.data)  # no copy left in free pages or the WAL either
+        assert not [key.hex() for key in clear if key in on_disk]
 
 
 async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
@@ -285,3 +306,178 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) ->
     while not await check():
         assert loop.time() < deadline, f"{check.__name__}: not within {timeout} s"
         await asyncio.sleep(0.1)
+
+
+async def test_migration_0004_adds_the_pos_update_ids_and_the_release_data_recognises_a_resent_item(
+        release: Release, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0004 (``pos_update_ids``): on the release's data, an empty table keyed by store and
+    update id; then the server answers an item sent twice with the same ``update_id`` as a
+    duplicate, applied once."""
+    shipped = database.migrations()
+    assert shipped[3][1] == "0004_pos_update_ids.sql"
+    monkeypatch.setattr(database, "migrations", lambda: shipped[:4])
+    await _open(release.db)
+    assert _user_version(release.db) == 4
+    with closing(sqlite3.connect(release.db)) as conn:
+        info = conn.execute("PRAGMA table_info(pos_update_ids)").fetchall()
+        assert [(r[1], r[5]) for r in info] == [("store", 1), ("update_id", 2), ("sku", 0), ("status", 0),
+                                                ("seen_at", 0)]
+        assert conn.execute("SELECT COUNT(*) FROM pos_update_ids").fetchone()[0] == 0
+    monkeypatch.undo()
+    settings = shop_settings(release.data, None, **release.expected["settings"])
+    async with Server(settings, mqtt=False, http=False, render_processes=False) as server:
+        item = {"sku": "200130", "price": "5.29", "update_id": "till-upgrade-1"}
+        first = await server.ingest.submit([item], source="http", actor=SYSTEM)
+        again = await server.ingest.submit([item], source="http", actor=SYSTEM)
+        history = await server.db.read("SELECT COUNT(*) FROM price_history WHERE sku = '200130' AND price = '5.29'")
+    assert [a["status"] for a in first.accepted + again.accepted] == ["applied", "duplicate"]
+    assert history[0][0] == 1
+
+
+async def test_a_release_database_takes_uploaded_images(release: Release) -> None:
+    """Migration 0003 adds ``uploaded_images`` to what the release wrote: the upgraded server
+    stores an upload, names it, serves it to a render job and forgets it; the table itself
+    refuses a digest that is not a SHA-256 and a name taken twice in one store (not across
+    stores, and any number of images may have no name)."""
+    from PIL import Image as PILImage
+
+    from eslserver.auth import Actor
+
+    settings = shop_settings(release.data, None, **release.expected["settings"])
+    picture = io.BytesIO()
+    PILImage.new("RGB", (16, 16), (200, 20, 20)).save(picture, format="PNG")
+    who = Actor("upgrade-test", "merchandiser")
+    async with Server(settings, mqtt=False, http=False, render_processes=False) as server:
+        image, created = await server.uploads.upload(picture.getvalue(), "image/png", "logo", actor=who)
+        assert created and image.name == "logo" and (image.width, image.height) == (16, 16)
+        job = await server.uploads.image_set([], [{"sku": "200130", "image": "logo"}])
+        assert job.refs == {"logo": image.digest} and job.pngs[image.digest] == await server.uploads.png(image.digest)
+        assert await server.uploads.delete(image.digest, actor=who) == image
+        assert (await server.uploads.image_set([], [{"image": "logo"}])).refs == {}
+    insert = ("INSERT INTO uploaded_images (digest, store, name, media_type, width, height, bytes, png, created_at, "
+              "created_by) VALUES (?, ?, ?, 'image/png', 1, 1, 1, x'00', '2026-01-01T00:00:00+00:00', 't')")
+    with closing(sqlite3.connect(release.db)) as conn:
+        conn.execute(insert, ("a" * 64, "s1", "logo"))
+        conn.execute(insert, ("b" * 64, "s2", "logo"))
+        conn.execute(insert, ("c" * 64, "s1", None))
+        conn.execute(insert, ("d" * 64, "s1", None))
+        for digest, store, name in (("e" * 64, "s1", "logo"), ("short", "s1", None), ("a" * 64, "s3", None)):
+            with pytest.raises(sqlite3.IntegrityError):
+                conn.execute(insert, (digest, store, name))
+
+
+async def test_migration_0006_indexes_what_retention_prunes_by(release: Release) -> None:
+    """After the upgrade, a retention round years later on the release's data uses the new
+    indexes and deletes only what nothing uses: queued jobs, images the labels show or expect,
+    and each SKU's current price stay."""
+    from eslserver.config import load_settings
+    from eslserver.metrics import Metrics
+    from eslserver.retention import Retention
+
+    await _open(release.db)
+    with closing(sqlite3.connect(release.db)) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        queued = {r[0] for r in conn.execute("SELECT id FROM jobs WHERE state IN ('queued', 'sent')")}
+        shown = {h for r in conn.execute("SELECT expected_hash, displayed_hash FROM labels") for h in r if h}
+        plan = " ".join(str(r[3]) for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM events WHERE at < '2030' ORDER BY at LIMIT 500"))
+    assert {"jobs_finished", "events_at", "audit_at", "images_created", "labels_expected_hash",
+            "labels_displayed_hash", "jobs_open_image", "jobs_open_base", "price_history_start"} <= indexes
+    assert "events_at" in plan
+    assert queued and shown
+
+    later = parse_iso(release.expected["lowest_30d_at"]) + timedelta(days=3 * 365)
+    async with Database(release.db) as db:
+        before = {sku: pricing.selling_price_at(periods, later)
+                  for sku, periods in (await price_periods(db, "demo", list(release.expected["products"]))).items()}
+        report = await Retention(db, load_settings(None, environ={}), Metrics()).run(later)
+        after = {sku: pricing.selling_price_at(periods, later)
+                 for sku, periods in (await price_periods(db, "demo", list(release.expected["products"]))).items()}
+        assert report.deleted["jobs"] > 0 and report.deleted["audit"] > 0 and report.deleted["price_history"] > 0
+        assert {r[0] for r in await db.read("SELECT id FROM jobs")} == queued
+        assert shown <= {r[0] for r in await db.read("SELECT hash FROM images")}
+        assert after == before and all(price is not None for price in after.values())
+
+
+async def test_migration_0005_adds_the_key_check_and_the_first_start_seals_the_release_keys(
+        release: Release, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0005 (``secrets_check``) only adds an empty table: the release's keys stay as they were
+    through the migration. The first start then makes the secret key file (0600), records the
+    key's check value and seals every key in place; each opens, on its own row only, to the
+    key the release stored; a start with another key is refused."""
+    from eslserver.keyvault import KeyMismatchError, SealError
+
+    clear_labels = _keys_by_row(release.db)
+    assert clear_labels and all(len(key) == 16 for key in clear_labels.values())
+    shipped = database.migrations()
+    assert shipped[4][1] == "0005_key_check.sql"
+    monkeypatch.setattr(database, "migrations", lambda: shipped[:5])
+    await _open(release.db)
+    with closing(sqlite3.connect(release.db)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM secrets_check").fetchone()[0] == 0
+    assert _keys_by_row(release.db) == clear_labels
+    monkeypatch.undo()
+
+    settings = shop_settings(release.data, None, **release.expected["settings"])
+    async with Server(settings, mqtt=False, http=False, render_processes=False) as server:
+        sealed = _keys_by_row(release.db)
+        assert sealed.keys() == clear_labels.keys()
+        for (table, row, mac), value in sealed.items():
+            assert len(value) == 45 and server.vault.open_label_key("demo", mac, value) == clear_labels[table, row, mac]
+        (table, row, mac), value = next(iter(sealed.items()))
+        with pytest.raises(SealError):
+            server.vault.open_label_key("demo", "AA:BB:CC:DD:EE:FF", value)
+    assert (release.data / "secret.key").stat().st_mode & 0o777 == 0o600
+    with closing(sqlite3.connect(release.db)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM secrets_check").fetchone()[0] == 1
+    other = shop_settings(release.data, None, **release.expected["settings"], secret_key="cd" * 32)
+    with pytest.raises(KeyMismatchError):
+        async with Server(other, mqtt=False, http=False, render_processes=False):
+            pass
+
+
+def _keys_by_row(db: Path) -> dict[tuple[str, str, str], bytes]:
+    """Every stored label key and pairing key: (table, row, mac) → the stored bytes."""
+    with closing(sqlite3.connect(db)) as conn:
+        labels = conn.execute("SELECT 'labels', mac, mac, label_key FROM labels WHERE label_key IS NOT NULL")
+        pairs = conn.execute("SELECT 'jobs', id, mac, command FROM jobs WHERE kind = 'pair'")
+        return {(r[0], str(r[1]), r[2]): bytes(r[3]) for r in [*labels, *pairs]}
+
+
+async def test_migration_0007_adds_the_mqtt_identities_and_the_release_server_makes_its_own(
+        release: Release, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0007 (``mqtt_identities``): on the release's data, an empty table keyed by user name that
+    refuses a store-less gateway or a server with a store; then the first start of the server
+    makes its own identity (``server/INSTANCE``), and a gateway registered on the old data is
+    the one the server listens to."""
+    from eslserver.identities import list_identities
+
+    await _migrated_to(release, monkeypatch, "0007_mqtt_identities.sql")
+    with closing(sqlite3.connect(release.db)) as conn:
+        assert [(r[1], r[5]) for r in conn.execute("PRAGMA table_info(mqtt_identities)")] == [
+            ("username", 1), ("role", 0), ("store", 0), ("name", 0), ("password_hash", 0), ("created_at", 0),
+            ("updated_at", 0), ("revoked_at", 0)]
+        assert conn.execute("SELECT COUNT(*) FROM mqtt_identities").fetchone()[0] == 0
+        for username, role, store in (("gateway/x", "gateway", None), ("server/a", "server", "s1"),
+                                      ("admin/s1/a", "admin", "s1")):
+            with pytest.raises(sqlite3.IntegrityError):
+                conn.execute("INSERT INTO mqtt_identities VALUES (?, ?, ?, 'a', '$7$', 'now', 'now', NULL)",
+                             (username, role, store))
+    settings = shop_settings(release.data, None, **release.expected["settings"])
+    async with Server(settings, mqtt=False, http=False, render_processes=False) as server:
+        await server.add_identity("gateway", release.expected["simulator"]["gateway"])
+        listed = [i.username for i in await list_identities(server.db)]
+        assert server.identities.allows(release.expected["simulator"]["gateway"])
+        assert not server.identities.allows("someone-else")
+    assert listed == [f"gateway/{settings.store}/{release.expected['simulator']['gateway']}",
+                      f"server/{settings.instance}"]
+
+
+async def _migrated_to(release: Release, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The release's database, migrated up to the migration file `name` and no further."""
+    shipped = database.migrations()
+    version = next(v for v, file_name, _ in shipped if file_name == name)
+    with monkeypatch.context() as patch:
+        patch.setattr(database, "migrations", lambda: shipped[:version])
+        await _open(release.db)
+    assert _user_version(release.db) == version

@@ -50,7 +50,10 @@ async def _actor(request: web.Request, server: Backend) -> Actor:
         raise _unauthorised("missing_token", "Authorization: expected 'Bearer esl_…', got no header")
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorised("invalid_token", f"Authorization: expected 'Bearer esl_…', got scheme {scheme!r}")
+        # the scheme is quoted only when it looks like one: a bare token sent without
+        # "Bearer " would otherwise be echoed (and logged by whoever logs the answer)
+        shown = f"scheme {scheme!r}" if scheme.isalpha() and len(scheme) <= 20 else "no scheme"
+        raise _unauthorised("invalid_token", f"Authorization: expected 'Bearer esl_…', got {shown}")
     actor = await verify_token(server.db, token.strip())
     if actor is None:
         raise _unauthorised("invalid_token", "Authorization: the token is unknown, revoked or malformed")

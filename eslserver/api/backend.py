@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # names for the type checker; importing the API loads none of
     from eslserver.label_templates import Templates
     from eslserver.labels import Labels
     from eslserver.metrics import Metrics
+    from eslserver.uploads import Uploads
 
 __all__ = ["Backend", "BrokerLink"]
 
@@ -51,6 +52,11 @@ class Backend(Protocol):
     @property
     def templates(self) -> Templates:
         """Label templates: list, read, save with validation, previews and stored images."""
+        ...
+
+    @property
+    def uploads(self) -> Uploads:
+        """Images uploaded through the API: upload, list, read, delete."""
         ...
 
     @property

@@ -13,11 +13,17 @@ import copy
 import functools
 from typing import Any, Final
 
+from eslserver.api.routes_images import MAX_UPLOAD_BYTES
 from eslserver.api.routes_templates import NAME_PATTERN
 from eslserver.api.routing import MAC_PATTERN, TEXT_MAX, TEXT_PATTERN
 from eslserver.api.table import all_routes
+from eslserver import pos_limits
 from eslserver.auth import ROLES
+from eslserver.ingest import STATUSES
+from eslserver.pricing import MAX_UPDATE_ID
 from firmware_proto.models import MODELS
+from render.image_decode import MAX_PIXELS, MAX_SIDE, MEDIA_TYPES, STORED_MAX_SIDE
+from render.image_refs import DIGEST_PATTERN, NAME_PATTERN as IMAGE_NAME_PATTERN
 from render.templates import MAX_SOURCE_CHARS
 from eslserver.metrics import JOB_STATES, LABEL_STATES
 
@@ -87,11 +93,19 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "seq": {"type": ["integer", "string", "null"]}, "attributes": {"type": ["object", "null"]},
             "ean": {"type": ["string", "null"]}, "url": {"type": ["string", "null"]},
             "image": {"type": ["string", "null"]}, "lowest_30d": {"type": ["string", "number", "null"]},
+            "update_id": {"type": ["string", "null"], "pattern": f"^[ -~]{{1,{MAX_UPDATE_ID}}}$",
+                          "description": "the POS's own id of this change; an item whose id was accepted before is "
+                                         "answered `duplicate` and not applied again"},
         },
         "additionalProperties": True,
     },
-    "PriceAccepted": _obj({"index": {"type": "integer", "minimum": 0}, "sku": {"type": "string"},
-                           "status": {"type": "string", "enum": ["applied", "scheduled", "stale"]}}),
+    "PriceAccepted": _obj({
+        "index": {"type": "integer", "minimum": 0}, "sku": {"type": "string"},
+        "seq": {"type": ["integer", "null"], "description": "the item's `seq`, null when it had none"},
+        "update_id": {"type": ["string", "null"], "description": "the item's `update_id`, null when it had none"},
+        "status": {"type": "string", "enum": list(STATUSES),
+                   "description": "`applied`; `scheduled` for its `valid_from`; ignored as `stale` (a `seq` not "
+                                  "above the stored one) or as a `duplicate` (an `update_id` accepted before)"}}),
     "PriceItemError": _obj({
         "index": _null("integer"), "sku": _null("string"),
         "field": {"type": "string", "description": "the field as the POS named it (its field-map name, e.g. "
@@ -204,6 +218,17 @@ SCHEMAS["ImportError"] = _obj({"line": {"type": "integer"}, "sku": _null("string
                                "value": _ANY, "error": {"type": "string"}, "detail": {"type": "string"}})
 SCHEMAS["ImportReport"] = _obj({"results": {"type": "array", "items": _ref("ImportResult")},
                                 "errors": {"type": "array", "items": _ref("ImportError")}})
+SCHEMAS["UploadedImage"] = _obj({
+    "digest": {"type": "string", "pattern": DIGEST_PATTERN, "description": "SHA-256 of the PNG the server keeps"},
+    "name": {"type": ["string", "null"], "pattern": IMAGE_NAME_PATTERN},
+    "src": {"type": "string", "pattern": r"^sha256:[0-9a-f]{64}$",
+            "description": "what an `<image src>` or a product's `image` names it by (as may `name`)"},
+    "width": {"type": "integer", "minimum": 1, "maximum": STORED_MAX_SIDE},
+    "height": {"type": "integer", "minimum": 1, "maximum": STORED_MAX_SIDE},
+    "bytes": {"type": "integer", "minimum": 1, "description": "size of the PNG kept"},
+    "media_type": {"type": "string", "enum": list(MEDIA_TYPES), "description": "what was uploaded"},
+    "created_at": _TIME, "created_by": {"type": "string"}})
+SCHEMAS["UploadedImageList"] = _list("UploadedImage", paged=True)
 SCHEMAS["LabelDetail"] = copy.deepcopy(SCHEMAS["Label"])
 SCHEMAS["LabelDetail"]["properties"].update(
     product={"oneOf": [_ref("ProductSummary"), {"type": "null"}]},
@@ -273,15 +298,29 @@ _PRICES_BODY = _body({"oneOf": [_ref("PriceUpdate"), {"type": "array", "items": 
 _PRICES_ANSWERS = {"200": _json("PriceResult", "accepted items, and errors for the rejected ones"),
                    "400": _json({"oneOf": [_ref("PriceRejected"), _ref("Error")]},
                                 "every item rejected, or the body is not JSON"),
-                   "413": _err("body too large"), "415": _err("wrong Content-Type")}
+                   "413": _err("body too large"), "415": _err("wrong Content-Type"),
+                   "503": {**_err("the database cannot commit now (`unavailable`: disk full, locked, read-only; "
+                                  "the detail names the reason): nothing of the request was applied, send it "
+                                  "again after `Retry-After` seconds"),
+                           "headers": {"Retry-After": {"description": "seconds to wait before sending again",
+                                                       "schema": {"type": "integer", "minimum": 1}}}}}
 
 _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     ("POST", "/api/v1/prices"): {
         "summary": "Submit price updates (one object or a batch)",
-        "description": "Items are validated one by one; accepted ones are committed before the answer. "
+        "description": "Items are validated one by one; accepted ones are committed before the answer, "
+                       "which is their confirmation (as `esl/{store}/pos/acks` on MQTT). "
                        "200 when at least one item was accepted (or the batch is empty); 400 when every "
-                       "item was rejected (`error` is the item's code for a single object, `batch_rejected` "
-                       "for a batch). Stale items (older `seq`) are accepted and ignored.",
+                       "item was rejected (`error` is the item's code for a single object or a message refused "
+                       "whole, `batch_rejected` for a batch). Stale items (older `seq`) and duplicates (an "
+                       "`update_id` accepted before) are accepted and ignored. 503 with `Retry-After` when the "
+                       "database cannot commit: nothing was applied, send the same request again. Limits as on "
+                       f"MQTT: at most {pos_limits.MAX_ITEMS} items, `name` {pos_limits.MAX_NAME} characters, "
+                       f"other strings {pos_limits.MAX_TEXT}, `attributes` {pos_limits.MAX_ATTRIBUTES_KEYS} names "
+                       f"and {pos_limits.MAX_ATTRIBUTES_BYTES} bytes as JSON; text with a NUL, a lone surrogate "
+                       "or bytes that are not "
+                       "UTF-8 refuses its item only (`invalid_text`), as does a field over its limit "
+                       "(`too_large`).",
         "requestBody": _PRICES_BODY, "responses": _PRICES_ANSWERS,
     },
     ("POST", "/api/v1/prices/history"): {
@@ -388,6 +427,45 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "summary": "Any stored image by content hash (immutable, cacheable)",
         "parameters": [_p("hash", "16 hex digits", {"type": "string", "pattern": "^[0-9a-fA-F]{16}$"})],
         "responses": {"200": _png("PNG"), "400": _BAD, "404": _err("not stored (`no_image`)")},
+    },
+    ("POST", "/api/v1/images"): {
+        "summary": "Upload an image (merchandiser; audited as `image.upload`)",
+        "description": f"The body is the image ({', '.join(MEDIA_TYPES)}, at most {MAX_UPLOAD_BYTES} bytes, "
+                       f"at most {MAX_SIDE}×{MAX_SIDE} and {MAX_PIXELS} pixels as its header declares: checked "
+                       "before any pixel is decoded). The server keeps its own PNG of the first frame (RGB, or RGBA "
+                       f"with transparency; scaled to at most {STORED_MAX_SIDE} pixels a side), named by that PNG's "
+                       "SHA-256. `<image src>` and a product's `image` then take `src` (`sha256:<digest>`) or "
+                       "`name`. The same image again answers 200 with the stored one (naming it, if it had no "
+                       "name).",
+        "parameters": [_q("name", {"type": "string", "pattern": IMAGE_NAME_PATTERN},
+                          "a name unique in the store (`logo-bio`)")],
+        "requestBody": {"required": True, "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                                      for t in MEDIA_TYPES}},
+        "responses": {"201": _json("UploadedImage", "stored"),
+                      "200": _json("UploadedImage", "this image was stored already"),
+                      **_BODY_ERRORS,
+                      "409": _err("the name names another image (`name_taken`), or this image is stored under "
+                                  "another name (`image_exists`)"),
+                      "422": _err("not an image of its Content-Type, damaged (`invalid_image`), or larger than the "
+                                  "limits (`image_too_large`); `field` is `body`")},
+    },
+    ("GET", "/api/v1/images"): {
+        "summary": "Uploaded images, newest first",
+        "parameters": _PAGE,
+        "responses": {"200": _json("UploadedImageList", "uploaded images"), "400": _BAD},
+    },
+    ("GET", "/api/v1/images/{digest}"): {
+        "summary": "An uploaded image, as the PNG the server keeps (immutable, cacheable)",
+        "parameters": [_p("digest", "SHA-256, 64 lower-case hex digits", {"type": "string", "pattern": DIGEST_PATTERN})],
+        "responses": {"200": _png("PNG"), "400": _BAD, "404": _err("no such upload (`unknown_image`)")},
+    },
+    ("DELETE", "/api/v1/images/{digest}"): {
+        "summary": "Delete an uploaded image (merchandiser; audited as `image.delete`)",
+        "description": "Labels showing it keep their image until they are next drawn, which then shows the "
+                       "missing-image placeholder; a POS `image` naming it is refused from then on.",
+        "parameters": [_p("digest", "SHA-256, 64 lower-case hex digits", {"type": "string", "pattern": DIGEST_PATTERN})],
+        "responses": {"200": _json("UploadedImage", "the image deleted"), "400": _BAD,
+                      "404": _err("no such upload (`unknown_image`)")},
     },
     ("GET", "/api/v1/gateways"): {
         "summary": "Gateways and how many labels each serves",

@@ -202,11 +202,13 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(name)
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes | str) -> Any:
     """JSON with numbers kept exact (Decimal), or a 400 naming where it broke (NaN and
-    Infinity, which Python's parser would let through, are refused too)."""
+    Infinity, which Python's parser would let through, are refused too). Text (`str`) is
+    read as it is: a route that tolerates bytes that are not UTF-8 decodes them itself."""
     try:
-        return json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_refuse_constant)
+        text = body if isinstance(body, str) else body.decode("utf-8")
+        return json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_json", f"body: expected UTF-8 JSON, got a bad byte at {exc.start}",
                        field="body") from None

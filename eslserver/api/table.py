@@ -8,7 +8,8 @@ other.
 from __future__ import annotations
 
 from eslserver.api import (
-    routes_labels, routes_live, routes_misc, routes_prices, routes_products, routes_tech, routes_templates,
+    routes_images, routes_labels, routes_live, routes_misc, routes_prices, routes_products, routes_tech,
+    routes_templates,
 )
 from eslserver.api.routing import Route
 
@@ -17,6 +18,7 @@ __all__ = ["all_routes"]
 
 def all_routes() -> tuple[Route, ...]:
     """Every route the application serves (the OpenAPI document documents exactly these)."""
-    return (*routes_prices.ROUTES, *routes_products.ROUTES, *routes_labels.ROUTES,
+    # images after labels: GET /images/{hash}.png (rendered labels) is tried before /images/{digest}
+    return (*routes_prices.ROUTES, *routes_products.ROUTES, *routes_labels.ROUTES, *routes_images.ROUTES,
             *routes_templates.ROUTES, *routes_misc.ROUTES, *routes_tech.ROUTES,
             *routes_live.ROUTES)

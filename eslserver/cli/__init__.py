@@ -53,6 +53,10 @@ from eslserver.cli import tech_cmds  # noqa: E402
 tech_cmds.register(app)
 from eslserver.cli import admin_price_cmds  # noqa: E402
 admin_price_cmds.register(app)
+from eslserver.cli import backup_cmds  # noqa: E402
+backup_cmds.register(app)
+from eslserver.cli import identity_cmds  # noqa: E402
+identity_cmds.register(app)
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ __all__ = ["startup_errors", "how_to_change", "run_app"]
 
 _FLAGS: Final = {"http_port": "--http-port", "http_host": "--http-host", "data_dir": "--data",
                  "broker_url": "--broker", "mqtt_port": "--broker-port", "store": "--store",
-                 "gateway_id": "--id", "radio": "--radio"}
+                 "gateway_id": "--id", "radio": "--radio", "http_tls_cert": "--tls-cert",
+                 "http_tls_key": "--tls-key"}
 """The `esl serve` / `esl demo` (or, for the last two, `esl gateway`) flag of each setting a
 start-up error can name."""
 
@@ -45,7 +46,7 @@ def startup_errors(command: str) -> Iterator[None]:
     try:
         yield
     except StartupError as exc:
-        typer.echo(f"esl {command}: {exc}; {how_to_change(exc.setting)}", err=True)
+        typer.echo(f"esl {command}: {exc}; {exc.fix or how_to_change(exc.setting)}", err=True)
         raise typer.Exit(1) from None
 
 

@@ -58,7 +58,9 @@ def gateway(
     from eslserver.gateway.spool import SpoolError
     from eslserver.logs import setup_logging
     from eslserver.mqtt import MqttSettings, MqttSettingsError
+    from eslserver.private_files import restrict_umask
 
+    restrict_umask()  # the spool holds job envelopes (label keys): this user's only
     try:
         s = load_settings(config_file, overrides={
             "broker_url": broker, "radio": radio, "store": store, "gateway_id": gateway_id, "data_dir": data,

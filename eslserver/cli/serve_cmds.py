@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -10,16 +11,22 @@ import typer
 
 from eslserver.cli.errors import startup_errors
 from eslserver.cli.need_fonts import require_fonts_or_exit
-from eslserver.config import ConfigError, Settings, load_settings
+from eslserver.config import SIMULATOR_FACTORY_SECRET, ConfigError, Settings, load_settings
 from eslserver.logs import setup_logging
+from eslserver.private_files import restrict_umask
+from eslserver.startup import StartupError
 from eslserver.signals import cancel_on_signal, run_until_signal
 
-__all__ = ["register", "serve", "demo", "settings_from_flags"]
+__all__ = ["register", "serve", "demo", "require_factory_secret", "settings_from_flags"]
+
+log = logging.getLogger(__name__)
 
 _Config = Annotated[Optional[Path], typer.Option("--config", "-c", help="esl.toml to read (default ./esl.toml if present).")]
 _Data = Annotated[Optional[Path], typer.Option("--data", help="Data directory (SQLite file, spools, snapshots).")]
 _Host = Annotated[Optional[str], typer.Option("--http-host", help="HTTP address to listen on.")]
 _Port = Annotated[Optional[int], typer.Option("--http-port", help="HTTP port (0: any free port).")]
+_TlsCert = Annotated[Optional[Path], typer.Option("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key).")]
+_TlsKey = Annotated[Optional[Path], typer.Option("--tls-key", help="PEM private key of --tls-cert.")]
 _Broker = Annotated[Optional[str], typer.Option("--broker", help="mqtt://[user:pass@]host:port (default: the embedded broker).")]
 _BrokerPort = Annotated[Optional[int], typer.Option("--broker-port", help="Port of the embedded broker (0: any free port).")]
 _Store = Annotated[Optional[str], typer.Option("--store", help="Store id (MQTT topics esl/{store}/…).")]
@@ -41,18 +48,24 @@ def _logging(settings: Settings, verbose: bool) -> None:
 
 def serve(config: _Config = None, data: _Data = None, http_host: _Host = None, http_port: _Port = None,
           broker: _Broker = None, broker_port: _BrokerPort = None, store: _Store = None, verbose: _Verbose = False,
-          log_format: _LogFormat = None) -> None:
+          log_format: _LogFormat = None, tls_cert: _TlsCert = None, tls_key: _TlsKey = None) -> None:
     """Run the server until Ctrl-C or SIGTERM."""
+    restrict_umask()  # the database, the secret key, broker files: this user's only
     settings = settings_from_flags(config, data_dir=data, http_host=http_host, http_port=http_port,
-                                   broker_url=broker, mqtt_port=broker_port, store=store, log_format=log_format)
+                                   broker_url=broker, mqtt_port=broker_port, store=store, log_format=log_format,
+                                   http_tls_cert=tls_cert, http_tls_key=tls_key)
     _logging(settings, verbose)
+    with startup_errors("serve"):
+        require_factory_secret(settings)
     require_fonts_or_exit("serve")
 
     async def main() -> None:
+        from eslserver.mqtt import redact_url
         from eslserver.server import Server
         async with cancel_on_signal(), Server(settings) as server:  # SIGTERM while starting: stop
             embedded = f" (embedded {server.broker.implementation})" if server.broker is not None else ""
-            typer.echo(f"eslserver: http://{settings.http_host}:{server.http_port}  broker {server.broker_url}{embedded}  "
+            typer.echo(f"eslserver: {server.http_scheme}://{settings.http_host}:{server.http_port}  "
+                       f"broker {redact_url(server.broker_url or 'none')}{embedded}  "
                        f"data {settings.data_dir.resolve()}", err=False)
             await run_until_signal()
 
@@ -65,6 +78,20 @@ def serve(config: _Config = None, data: _Data = None, http_host: _Host = None, h
         raise typer.Exit(1) from None
 
 
+def require_factory_secret(settings: Settings) -> None:
+    """`esl serve` runs real labels: without `Settings.factory_secret` it would fall back on
+    the simulator's, which is public (anyone could derive every label's factory key and pair
+    it), so it refuses to start; ``esl demo`` alone runs on that one."""
+    if settings.factory_secret is None:
+        raise StartupError("factory_secret", "factory_secret is not set, and the simulator's is public (anyone "
+                                             "could pair the labels)",
+                           fix="set it to your labels' vendor secret with factory_secret in esl.toml or "
+                               "ESL_FACTORY_SECRET (only esl demo runs on the simulator's)")
+    if settings.factory_secret.startswith(SIMULATOR_FACTORY_SECRET.rpartition("-")[0] + "-"):
+        log.warning("factory_secret is the simulator's: fit for simulated labels only, anyone can derive "
+                    "their factory keys")
+
+
 def demo(config: _Config = None, data: _Data = None, http_host: _Host = None, http_port: _Port = None,
          broker: _Broker = None, broker_port: _BrokerPort = None,
          labels: Annotated[int, typer.Option("--labels", "-n", min=1, max=20000, help="Simulated labels.")] = 300,
@@ -74,6 +101,7 @@ def demo(config: _Config = None, data: _Data = None, http_host: _Host = None, ht
          duration: Annotated[Optional[float], typer.Option("--duration", min=1.0, help="Stop after this many seconds.")] = None,
          verbose: _Verbose = False, log_format: _LogFormat = None) -> None:
     """A whole store in one command: server, embedded broker, gateway, simulated labels, a POS feed."""
+    restrict_umask()
     settings = settings_from_flags(config, data_dir=data, http_host=http_host, http_port=http_port,
                                    broker_url=broker, mqtt_port=broker_port, log_format=log_format)
     _logging(settings, verbose)

@@ -36,10 +36,13 @@ def simulate(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log label events."),
 ) -> None:
     """Run a simulated store radio until Ctrl-C or SIGTERM; a gateway connects to --listen."""
+    from eslserver.private_files import restrict_umask
     from simulator.faults import FaultConfig, FaultConfigError
     from simulator.run import SimulationConfig, parse_listen, run_simulation
     from simulator.state import StateFileError
     from simulator.store import StoreConfig, StoreConfigError
+
+    restrict_umask()  # the labels' flash (--state) holds their keys: this user's only
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

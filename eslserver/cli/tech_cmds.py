@@ -271,7 +271,7 @@ def register(app: typer.Typer) -> None:
     app.command("unpair")(tech_pair.unpair)
     app.command("labels")(labels)
     app.command("label")(label)
-    app.command("gateways")(gateways)
+    # ``esl gateways`` is a group (add, revoke): `eslserver.cli.identity_cmds` lists with `gateways`
     app.command("find")(find)
     app.command("price")(price)
     app.command("import")(tech_import.import_)

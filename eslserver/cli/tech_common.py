@@ -26,7 +26,7 @@ import sys
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Final, Optional
@@ -58,7 +58,7 @@ class Connection:
     """Where to send requests, with which token, and where each came from (for messages)."""
 
     server: str
-    token: str | None
+    token: str | None = field(repr=False)  # a token stays out of reprs (logs, tracebacks)
     server_from: str
     token_from: str | None
 

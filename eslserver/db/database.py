@@ -23,6 +23,8 @@ from typing import Any
 
 import aiosqlite
 
+from eslserver.private_files import create_private, tighten
+
 __all__ = ["SCHEMA_VERSION", "Database", "DatabaseError", "migrations"]
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,13 @@ class Database:
 
     async def open(self) -> Database:
         """Connect, check the file (`quick_check`; a file that is not an eslserver database is
-        refused) and migrate; `DatabaseError` names the file and what is wrong with it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        refused) and migrate; `DatabaseError` names the file and what is wrong with it.
+
+        A new file is created 0600 in a 0700 directory (SQLite gives its ``-wal`` and ``-shm``
+        the file's mode); an existing one readable by others is tightened: it holds label
+        keys, sealed, and what anyone needs to find out who may change prices."""
+        if not create_private(self.path):
+            tighten(self.path, also=("-wal", "-shm"))
         try:
             self._writer = await self._connect()
             await self._check_file(self._writer)
@@ -165,6 +172,30 @@ class Database:
                     await conn.execute("ROLLBACK")
                 raise DatabaseError(f"{self.path}: migration {name} failed: {exc}") from exc
 
+    async def backup_to(self, target: Path) -> None:
+        """A consistent copy of the committed database in the new file `target` (created 0600),
+        through SQLite's online backup API on the read connection: one read transaction, so
+        writers go on meanwhile and the copy is one moment of the database, whatever is in
+        the WAL (a copy of the file alone would miss what the WAL holds)."""
+        if self._reader is None:
+            raise DatabaseError(f"database {str(self.path)!r} is not open")
+        if not create_private(target):
+            raise DatabaseError(f"backup target {str(target)!r} already exists")
+        copy = await aiosqlite.connect(target, isolation_level=None)
+        try:
+            await self._reader.backup(copy)
+            await copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        finally:
+            await copy.close()
+
+    async def compact(self) -> None:
+        """Rewrite the file without its free pages (``VACUUM``) and fold the WAL into it: after
+        secrets were replaced, their old bytes are gone from the disk file, not merely
+        unlinked. Takes as long as copying the database; meant for a one-time upgrade step."""
+        async with self._lock:
+            await self.writer.execute("VACUUM")
+            await self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     async def close(self) -> None:
         """Close both connections; safe to call twice."""
         for attr in ("_reader", "_writer"):
@@ -222,15 +253,19 @@ class Database:
     @asynccontextmanager
     async def savepoint(self, conn: aiosqlite.Connection) -> AsyncIterator[None]:
         """A part of the open transaction that fails alone: if the block raises, its writes
-        and its `after_commit` callbacks are undone, and the exception goes on."""
+        and its `after_commit` callbacks are undone, and the exception goes on. Some errors
+        (a full disk, an I/O error) make SQLite roll back the whole transaction by itself:
+        then there is no savepoint left to undo, and the exception goes on as it was (the
+        caller sees ``conn.in_transaction`` false, and that nothing of it will commit)."""
         pending = self._pending()
         mark = len(pending)
         await conn.execute("SAVEPOINT part")
         try:
             yield
         except BaseException:
-            await conn.execute("ROLLBACK TO part")
-            await conn.execute("RELEASE part")
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK TO part")
+                await conn.execute("RELEASE part")
             del pending[mark:]
             raise
         await conn.execute("RELEASE part")

@@ -22,7 +22,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from eslserver.gateway.events import Ack, Nack, NackCode, utc_now
@@ -162,8 +162,8 @@ async def push_image(conv: Conversation, framebuffer: bytes, *, region: Region |
 class Target:
     """What the gateway wants a label to show, and how to pair it."""
 
-    factory_key: bytes
-    label_key: bytes
+    factory_key: bytes = field(repr=False)  # keys stay out of reprs (logs, tracebacks)
+    label_key: bytes = field(repr=False)
     framebuffer: bytes
 
 

@@ -22,6 +22,8 @@ from typing import Self
 
 import aiosqlite
 
+from eslserver.private_files import create_private, tighten
+
 __all__ = ["SpoolError", "PutResult", "SpooledJob", "JobSpool"]
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ def _from_db(value: int) -> int:
 
 
 class JobSpool:
-    """Async context manager over the spool file at `path` (created with its directory)."""
+    """Async context manager over the spool file at `path` (created 0600, with its directory 0700)."""
 
     def __init__(self, path: Path, *, keep_done_s: float = 86_400.0) -> None:
         self.path = Path(path)
@@ -83,7 +85,9 @@ class JobSpool:
         if self._db is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 0600 from the start (its -wal and -shm take its mode): envelopes carry label keys
+            if not create_private(self.path):
+                tighten(self.path, also=("-wal", "-shm"))
             db = await aiosqlite.connect(self.path)
         except (OSError, aiosqlite.Error) as exc:
             raise SpoolError(f"spool {self.path}: cannot open: {exc}") from exc

@@ -1,11 +1,12 @@
-"""What the label and job listings share: one ``column = ?`` clause per filter given."""
+"""What the store's modules share: one ``column = ?`` clause per filter given (the label and
+job listings), and the bound of a batch (`batch_limit`, the retention prunes)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["equal_to"]
+__all__ = ["batch_limit", "equal_to"]
 
 
 def equal_to(values: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
@@ -19,3 +20,11 @@ def equal_to(values: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
             params.append(value)
     return clauses, params
 
+
+def batch_limit(limit: object) -> int:
+    """`limit` if it is an integer >= 1 (how many rows one batch may delete), else ValueError:
+    a ``LIMIT 0`` or a negative one (no limit at all in SQLite) would break the promise of
+    small batches."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit: expected an integer >= 1, got {limit!r}")
+    return limit

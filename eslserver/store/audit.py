@@ -1,7 +1,7 @@
 """The ``audit`` table: every statement on it.
 
-Rows are only ever appended (`insert`, inside the transaction of the change they record) and
-read back newest first. What is audited, and how before/after are written as JSON, is
+Rows are only ever appended (`insert`, inside the transaction of the change they record),
+read back newest first, and deleted by age (`prune_before`, ``retention_audit_days``). What is audited, and how before/after are written as JSON, is
 `eslserver.audit`'s business; this module stores and finds the text it is given.
 """
 
@@ -13,9 +13,9 @@ import aiosqlite
 
 from eslserver.db.database import Database, escape_like
 from eslserver.store import paging
-from eslserver.store._listing import equal_to
+from eslserver.store._listing import batch_limit, equal_to
 
-__all__ = ["insert", "newest", "count_since"]
+__all__ = ["insert", "newest", "count_since", "prune_before"]
 
 _SELECT: Final = "SELECT id, at, actor, role, action, target, before, after FROM audit"
 
@@ -45,3 +45,12 @@ async def count_since(db: Database, action: str, since: str) -> int:
     """How many committed rows of `action` were written at or after `since`."""
     row = await db.read_one("SELECT COUNT(*) FROM audit WHERE action = ? AND at >= ?", (action, since))
     return int(row[0]) if row else 0
+
+
+async def prune_before(conn: aiosqlite.Connection, cutoff_iso: str, limit: int) -> int:
+    """Delete at most `limit` rows written before `cutoff_iso`, oldest first; how many
+    (index ``audit_at``)."""
+    batch_limit(limit)
+    cur = await conn.execute("DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ? ORDER BY at LIMIT ?)",
+                             (cutoff_iso, limit))
+    return max(0, cur.rowcount)

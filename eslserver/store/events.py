@@ -1,7 +1,7 @@
 """The ``events`` table: every statement on it.
 
 What happened to labels that the audit log does not cover because no person did it: a label
-discovered, a job refused (nack), a render error. Rows are only added, never changed.
+discovered, a job refused (nack), a render error. Rows are only added, never changed, and deleted by age (`prune_before`).
 Writes take the caller's transaction connection and never commit; reads take the `Database`.
 """
 
@@ -16,8 +16,9 @@ import aiosqlite
 
 from eslserver.db.database import Database
 from eslserver.store import paging
+from eslserver.store._listing import batch_limit
 
-__all__ = ["Event", "add", "add_many", "for_label"]
+__all__ = ["Event", "add", "add_many", "for_label", "prune_before"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +49,12 @@ async def for_label(db: Database, mac: str, *, before: int | None, limit: int) -
     `limit`, below id `before` when given."""
     return await paging.newest_first(db, "SELECT id, at, gateway, kind, detail FROM events", ["mac = ?"], [mac],
                               before=before, limit=limit)
+
+
+async def prune_before(conn: aiosqlite.Connection, cutoff_iso: str, limit: int) -> int:
+    """Delete at most `limit` events recorded before `cutoff_iso`, oldest first; how many
+    (index ``events_at``)."""
+    batch_limit(limit)
+    cur = await conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? ORDER BY at LIMIT ?)",
+                             (cutoff_iso, limit))
+    return max(0, cur.rowcount)

@@ -18,14 +18,14 @@ from typing import Any, Final
 import aiosqlite
 
 from eslserver.db.database import Database, Reader, fetchall, fetchone, placeholders
-from eslserver.store._listing import equal_to
+from eslserver.store._listing import batch_limit, equal_to
 from eslserver.store.labels import IN_MAX
 
 __all__ = [
-    "JOB_COLUMNS", "JobFilter", "claimable", "count_by_state", "count_open_by_state", "finish", "get", "has_open",
-    "image_waits", "insert", "insert_many", "mark_sent", "next_attempt_at", "open_by_kind", "open_for_label",
-    "open_images", "open_pairings", "overdue", "page", "requeue", "requeue_sent_by", "requeue_whole_image",
-    "sent_per_gateway", "supersede_images",
+    "JOB_COLUMNS", "JobFilter", "claimable", "count_by_state", "count_open_by_state", "count_sent_by", "finish",
+    "get", "has_open", "image_waits", "insert", "insert_many", "mark_sent", "next_attempt_at", "open_by_kind",
+    "open_for_label", "open_images", "open_pairings", "overdue", "page", "pair_keys_in_clear", "replace_pair_keys", "requeue",
+    "requeue_sent_by", "requeue_whole_image", "sent_per_gateway", "supersede_images", "prune_before",
 ]
 
 JOB_COLUMNS: Final = ("id, mac, gateway, kind, state, image_hash, base_hash, region, delta, format, attempts, "
@@ -122,17 +122,29 @@ async def requeue_whole_image(conn: aiosqlite.Connection, job_id: int, now: str,
                        "next_attempt_at = ?, error = ? WHERE id = ?", (now, error, job_id))
 
 
-async def requeue_sent_by(conn: aiosqlite.Connection, gateway: str, now: str) -> None:
-    """Hand every job sent to `gateway` back to the queue, due `now`."""
-    await conn.execute("UPDATE jobs SET state = 'queued', next_attempt_at = ? WHERE state = 'sent' AND gateway = ?",
-                       (now, gateway))
+async def requeue_sent_by(conn: aiosqlite.Connection, gateway: str, now: str, *, store: str | None = None) -> None:
+    """Hand every job sent to `gateway` (of `store`, when given: gateway ids are unique only
+    within a store) back to the queue, due `now`."""
+    if store is None:
+        await conn.execute("UPDATE jobs SET state = 'queued', next_attempt_at = ? WHERE state = 'sent' "
+                           "AND gateway = ?", (now, gateway))
+    else:
+        await conn.execute("UPDATE jobs SET state = 'queued', next_attempt_at = ? WHERE state = 'sent' "
+                           "AND gateway = ? AND store = ?", (now, gateway, store))
+
+
+async def count_sent_by(conn: Reader, gateway: str, *, store: str) -> int:
+    """How many jobs of `store` are out with `gateway`."""
+    row = await fetchone(conn, "SELECT COUNT(*) FROM jobs WHERE state = 'sent' AND gateway = ? AND store = ?",
+                         (gateway, store))
+    return int(row[0]) if row is not None else 0
 
 
 # -- reads --------------------------------------------------------------------------------
 async def get(conn: Reader, job_id: int, mac: str) -> aiosqlite.Row | None:
-    """``kind, state, attempts, command, image_hash`` of job `job_id` if it is for `mac`."""
-    return await fetchone(conn, "SELECT kind, state, attempts, command, image_hash FROM jobs WHERE id = ? AND mac = ?",
-                          (job_id, mac))
+    """``kind, state, attempts, command, image_hash, gateway`` of job `job_id` if it is for `mac`."""
+    return await fetchone(conn, "SELECT kind, state, attempts, command, image_hash, gateway FROM jobs "
+                          "WHERE id = ? AND mac = ?", (job_id, mac))
 
 
 async def has_open(conn: Reader, mac: str) -> bool:
@@ -145,6 +157,17 @@ async def open_pairings(conn: Reader, mac: str) -> list[aiosqlite.Row]:
     """``id`` and ``command`` (the new key) of the label's open pairing jobs, newest first."""
     return await fetchall(conn, "SELECT id, command FROM jobs WHERE mac = ? AND kind = 'pair' "
                                 "AND state IN ('queued', 'sent') ORDER BY id DESC", (mac,))
+
+
+async def pair_keys_in_clear(db: Database) -> list[aiosqlite.Row]:
+    """``id, store, mac, command`` of the pairing jobs (open or not) whose new key an older
+    release stored in clear (16 bytes; a sealed key is longer: `eslserver.keyvault`)."""
+    return await db.read("SELECT id, store, mac, command FROM jobs WHERE kind = 'pair' AND length(command) = 16")
+
+
+async def replace_pair_keys(conn: aiosqlite.Connection, rows: Sequence[tuple[bytes, int]]) -> None:
+    """``(sealed key, job id)`` each: the pairing job's new key, sealed, in place of the clear one."""
+    await conn.executemany("UPDATE jobs SET command = ? WHERE id = ? AND kind = 'pair'", rows)
 
 
 async def open_images(conn: Reader, macs: Sequence[str]) -> set[tuple[str, str]]:
@@ -212,3 +235,15 @@ async def page(db: Database, where: JobFilter, limit: int, offset: int) -> tuple
     rows = await db.read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
                          [*params, limit, offset])
     return (total[0] if total else 0), rows
+
+
+# -- retention ----------------------------------------------------------------------------
+async def prune_before(conn: aiosqlite.Connection, cutoff_iso: str, limit: int) -> int:
+    """Delete at most `limit` finished jobs (``done``, ``failed``, ``superseded``) that ended
+    before `cutoff_iso`, the longest finished first; how many. An open job (``queued``,
+    ``sent``) is never deleted, however old (index ``jobs_finished``)."""
+    batch_limit(limit)
+    cur = await conn.execute(
+        "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
+        "AND state IN ('done', 'failed', 'superseded') ORDER BY finished_at LIMIT ?)", (cutoff_iso, limit))
+    return max(0, cur.rowcount)

@@ -27,8 +27,9 @@ from eslserver.store._listing import equal_to
 __all__ = [
     "IN_MAX", "STATE_COLUMNS", "LabelFilter", "Pairing", "advance_counters", "bind", "bound_to", "clear_dirty",
     "count_by_state", "count_low_battery", "count_up_to_date", "dirty_batch", "dirty_generation", "dirty_marks",
-    "discover", "drawn_with", "for_event", "forget_key", "get", "mark_dirty", "mark_failed", "mark_silent_offline", "macs", "page", "pairing",
-    "record_failure", "record_seen", "record_unkeyed_checkin", "register", "reserve_counters", "set_expected",
+    "discover", "drawn_with", "for_event", "forget_key", "get", "keys_in_clear", "mark_dirty", "mark_failed",
+    "mark_silent_offline", "macs", "page", "pairing", "record_failure", "record_seen", "record_unkeyed_checkin",
+    "register", "replace_keys", "reserve_counters", "set_expected",
     "set_key", "set_pending", "set_render_failed", "set_shown", "set_up_to_date", "states", "unbind",
     "use_factory_counter",
 ]
@@ -213,12 +214,16 @@ async def discover(conn: aiosqlite.Connection, *, mac: str, store: str, model: s
 
 async def bind(conn: aiosqlite.Connection, mac: str, sku: str, *, template: str | None, now: str) -> None:
     """Show product `sku` on the known label `mac` (and `template`, unless None keeps its
-    own): it is marked dirty, and an ``unpaired`` label becomes ``pending``."""
+    own): it is marked dirty and is ``pending`` (an ``offline`` label stays offline) until
+    the pipeline has drawn the new image and the label's own word says it shows it. When the
+    product or the template changes, the old ``expected_hash`` is forgotten: it was the
+    image of the old binding, and a label showing it is not up to date with the new one."""
     await conn.execute(
-        "UPDATE labels SET sku = ?, template = COALESCE(?, template), dirty = ?, "
-        "origin_at = COALESCE(origin_at, ?), state = CASE WHEN state = 'unpaired' THEN 'pending' "
-        "ELSE state END, updated_at = ? WHERE mac = ?",
-        (sku, template, dirty_generation(), now, now, mac))
+        "UPDATE labels SET expected_hash = CASE WHEN sku IS ? AND (? IS NULL OR template IS ?) "
+        "THEN expected_hash END, sku = ?, template = COALESCE(?, template), dirty = ?, "
+        "origin_at = COALESCE(origin_at, ?), state = CASE WHEN state = 'offline' THEN state "
+        "ELSE 'pending' END, updated_at = ? WHERE mac = ?",
+        (sku, template, template, sku, template, dirty_generation(), now, now, mac))
 
 
 async def unbind(conn: aiosqlite.Connection, mac: str, *, now: str) -> None:
@@ -243,13 +248,19 @@ async def drawn_with(conn: Reader, template: str, models: Sequence[str]) -> list
 
 async def mark_dirty(conn: aiosqlite.Connection, origin_at: str, *, mac: str | None = None,
                      store: str | None = None, sku: str | None = None, template: str | None = None,
-                     models: Sequence[str] = (), pending: bool = False) -> None:
+                     models: Sequence[str] = (), pending: bool = False, reopen: bool = False) -> None:
     """Ask the pipeline to draw labels again, with a new `dirty_generation`; ``origin_at``
     (when the change arrived) is kept if an older change is still unshown. Which labels:
     the label `mac`; or those of `store` bound to `sku`; or the bound labels drawn with
     `template` (named, or by default for one of `models`). `pending` also sets ``state``
-    to ``pending``."""
-    sets = "dirty = ?, state = 'pending', " if pending else "dirty = ?, "
+    to ``pending``; `reopen` turns only ``ok`` into ``pending`` (a template change: the label
+    was verified against an image that is no longer the one it should show)."""
+    if pending:
+        sets = "dirty = ?, state = 'pending', "
+    elif reopen:
+        sets = "dirty = ?, state = CASE WHEN state = 'ok' THEN 'pending' ELSE state END, "
+    else:
+        sets = "dirty = ?, "
     where: str
     params: tuple[Any, ...]
     if mac is not None and store is None and sku is None and template is None:
@@ -311,6 +322,18 @@ async def set_key(conn: aiosqlite.Connection, mac: str, key: bytes, *, tx_counte
 async def forget_key(conn: aiosqlite.Connection, mac: str) -> None:
     """The label lost its key (a factory reset): it must be paired again."""
     await conn.execute("UPDATE labels SET label_key = NULL WHERE mac = ?", (mac,))
+
+
+async def keys_in_clear(db: Database) -> list[aiosqlite.Row]:
+    """``mac, store, label_key`` of the labels whose key an older release stored in clear (16
+    bytes; a sealed key is longer: `eslserver.keyvault`)."""
+    return await db.read("SELECT mac, store, label_key FROM labels WHERE length(label_key) = 16")
+
+
+async def replace_keys(conn: aiosqlite.Connection, rows: Iterable[tuple[bytes, str]]) -> None:
+    """``(sealed key, mac)`` each: the label's key, sealed, in place of the clear one (the
+    counters stay: it is the same key)."""
+    await conn.executemany("UPDATE labels SET label_key = ? WHERE mac = ?", rows)
 
 
 async def advance_counters(conn: aiosqlite.Connection, mac: str, *, tx_counter: int,

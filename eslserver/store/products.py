@@ -19,7 +19,7 @@ from eslserver.db.database import Database, Reader, escape_like, fetchall, fetch
 __all__ = [
     "HistoryRow", "exists", "get", "seq", "upsert", "records", "due_changes", "set_next_change", "next_due",
     "search", "summary", "add_history", "history", "schedule", "scheduled_max_seq", "due_scheduled",
-    "drop_scheduled", "scheduled", "reset_seq", "last_change",
+    "drop_scheduled", "scheduled", "reset_seq", "last_change", "history_groups", "delete_history",
 ]
 
 HistoryRow = tuple[str, str, str | None, int, int | None, str, str]
@@ -146,19 +146,41 @@ async def last_change(conn: Reader, store: str, sku: str) -> str | None:
     return None if row is None else row[0]
 
 
-async def history(db: Database, store: str, skus: Iterable[str]) -> dict[str, list[aiosqlite.Row]]:
-    """Each SKU's price history (committed) in the order it was written: ``id``, ``price``,
-    ``start_at``, ``end_at``, ``reduction``, ``seq``, ``source``, ``recorded_at``. Every SKU
-    asked for is a key (an empty list when it has no history); one read per 500 SKUs."""
+async def history(db: Reader, store: str, skus: Iterable[str]) -> dict[str, list[aiosqlite.Row]]:
+    """Each SKU's price history in the order it was written: ``id``, ``price``, ``start_at``,
+    ``end_at``, ``reduction``, ``seq``, ``source``, ``recorded_at``. Every SKU asked for is a
+    key (an empty list when it has no history); one read per 500 SKUs."""
     out: dict[str, list[aiosqlite.Row]] = {sku: [] for sku in skus}
     keys = list(out)
     for i in range(0, len(keys), _IN_MAX):
         part = keys[i:i + _IN_MAX]
-        for row in await db.read("SELECT id, sku, price, start_at, end_at, reduction, seq, source, recorded_at "
-                                 f"FROM price_history WHERE store = ? AND sku IN ({placeholders(part)}) "
-                                 "ORDER BY id", (store, *part)):
+        for row in await fetchall(db, "SELECT id, sku, price, start_at, end_at, reduction, seq, source, recorded_at "
+                                      f"FROM price_history WHERE store = ? AND sku IN ({placeholders(part)}) "
+                                      "ORDER BY id", (store, *part)):
             out[row["sku"]].append(row)
     return out
+
+
+async def history_groups(db: Database, before_iso: str, after: tuple[str, str],
+                         limit: int) -> list[aiosqlite.Row]:
+    """``store``, ``sku`` and ``old`` (how many of its periods start before `before_iso`) of
+    the next `limit` SKUs with history after the key `after` (``(store, sku)``; ``("", "")``
+    for the first), in key order: retention walks every SKU a few hundred at a time, each read
+    short (a covering walk of index ``price_history_start``)."""
+    return await db.read("SELECT store, sku, SUM(start_at < ?) AS old FROM price_history "
+                         "WHERE (store, sku) > (?, ?) GROUP BY store, sku ORDER BY store, sku LIMIT ?",
+                         (before_iso, *after, limit))
+
+
+async def delete_history(conn: aiosqlite.Connection, ids: Sequence[int]) -> int:
+    """Delete these price periods (by ``id``); how many. Which periods the lowest-price rule
+    no longer needs is `eslserver.retention`'s business, decided in this same transaction."""
+    deleted = 0
+    for i in range(0, len(ids), _IN_MAX):
+        part = list(ids[i:i + _IN_MAX])
+        cur = await conn.execute(f"DELETE FROM price_history WHERE id IN ({placeholders(part)})", part)
+        deleted += max(0, cur.rowcount)
+    return deleted
 
 
 # -- scheduled_updates --------------------------------------------------------------------
