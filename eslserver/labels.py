@@ -159,3 +159,33 @@ class Labels:
             await record_audit(conn, actor, "label.flash", mac, None, {"seconds": seconds, "job": job})
         self.on_jobs()
         return job
+
+    async def reset(self, mac: str, *, actor: Who) -> dict[str, Any]:
+        """A technician's word that the label lost its key (a factory reset, a new battery that
+        wiped it): forget the key and pair it again with its factory key; its product's image
+        follows. The server never does this on a label's own key-less check-in (anybody can
+        send one), only here, audited. Returns the label state."""
+        from firmware_proto.auth import new_label_key  # noqa: PLC0415 - keeps the API's import light
+
+        mac = normalise_mac(mac)
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            before = await label_rows.get(conn, mac)
+            if before is None:
+                raise LabelError("unknown_label", f"label {mac} is not known", 404)
+            key_lost = await label_rows.for_event(conn, mac)
+            await self.outbox.supersede_images(conn, [mac], now)
+            await label_rows.forget_key(conn, mac)
+            queued = await self.outbox.ensure_pair(conn, store=self.settings.store, mac=mac, now=now,
+                                                   new_key=new_label_key())
+            if before["sku"] is not None:
+                await label_rows.mark_dirty(conn, iso(now), mac=mac, pending=True)
+            after = await label_rows.get(conn, mac)
+            await record_audit(conn, actor, "label.reset", mac, state_json(before),
+                               {**state_json(after), "pairing_queued": queued,
+                                "key_lost_at": None if key_lost is None else key_lost["key_lost_at"]})
+        self.on_jobs()
+        self.on_dirty()
+        self.on_states([mac])
+        assert after is not None
+        return state_json(after)

@@ -36,6 +36,7 @@ from eslserver.metrics import Metrics
 from eslserver.mqtt import Message, MqttConnection, MqttSettings
 from eslserver.pipeline import Pipeline
 from eslserver.render_worker import warm_up
+from eslserver.signing import SigningKeyError, load_signing_key
 from eslserver.startup import StartupError, listen_error, os_reason
 from eslserver.store import gateways as gateway_rows
 from eslserver.store import jobs as job_rows
@@ -43,6 +44,7 @@ from eslserver.store import labels as label_rows
 from eslserver.store import stores
 from eslserver.timeutil import iso, utcnow
 from eslserver.topics import Kind, TopicError, Topics
+from firmware_proto.trust import SigningKey
 from render.isolate import LimitedPool
 
 __all__ = ["SYSTEM", "Server"]
@@ -82,6 +84,8 @@ class Server:
         self.topics: Topics = settings.topics
         """This store's MQTT topics: every topic the server publishes or subscribes to."""
         self.mqtt: MqttConnection | None = None
+        self.signing_key: SigningKey | None = None
+        """The key every job envelope is signed with (`eslserver.signing`); loaded at start with MQTT."""
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -221,6 +225,12 @@ class Server:
                                             name="preview")
             self.templates.pool = self.preview_pool
         if self.use_mqtt:
+            try:
+                self.signing_key = self.dispatcher.signer = load_signing_key(s)
+            except SigningKeyError as exc:
+                raise StartupError("data_dir", str(exc)) from exc
+            log.info("server public key (every gateway's server_public_key): %s", self.signing_key.public.hex(),
+                     extra={"store": s.store})
             if self.broker_url is None:
                 self.broker = EmbeddedBroker(port=s.mqtt_port, implementation=s.embedded_broker,
                                              directory=s.data_dir / "broker")

@@ -53,6 +53,8 @@ from eslserver.cli import tech_cmds  # noqa: E402
 tech_cmds.register(app)
 from eslserver.cli import admin_price_cmds  # noqa: E402
 admin_price_cmds.register(app)
+from eslserver.cli import trust_cmds  # noqa: E402
+trust_cmds.register(app)
 
 
 def main() -> None:

@@ -54,6 +54,8 @@ def serve(config: _Config = None, data: _Data = None, http_host: _Host = None, h
             embedded = f" (embedded {server.broker.implementation})" if server.broker is not None else ""
             typer.echo(f"eslserver: http://{settings.http_host}:{server.http_port}  broker {server.broker_url}{embedded}  "
                        f"data {settings.data_dir.resolve()}", err=False)
+            if server.signing_key is not None:
+                typer.echo(f"server public key (every gateway's server_public_key): {server.signing_key.public.hex()}")
             await run_until_signal()
 
     from eslserver.broker import BrokerError

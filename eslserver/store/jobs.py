@@ -130,9 +130,9 @@ async def requeue_sent_by(conn: aiosqlite.Connection, gateway: str, now: str) ->
 
 # -- reads --------------------------------------------------------------------------------
 async def get(conn: Reader, job_id: int, mac: str) -> aiosqlite.Row | None:
-    """``kind, state, attempts, command, image_hash`` of job `job_id` if it is for `mac`."""
-    return await fetchone(conn, "SELECT kind, state, attempts, command, image_hash FROM jobs WHERE id = ? AND mac = ?",
-                          (job_id, mac))
+    """``kind, state, attempts, command, image_hash, gateway`` of job `job_id` if it is for `mac`."""
+    return await fetchone(conn, "SELECT kind, state, attempts, command, image_hash, gateway FROM jobs "
+                                "WHERE id = ? AND mac = ?", (job_id, mac))
 
 
 async def has_open(conn: Reader, mac: str) -> bool:
