@@ -382,6 +382,11 @@ class LabelSession:
         if ticket.auth is None:
             return self._reject("job_ticket: not authenticated")
         counter, highest = ticket.auth.counter, self.flash.rx.highest
+        job = self.flash.job
+        if job is not None and (job.job_id, job.attempt, job.first, job.last) == (
+                ticket.job_id, ticket.attempt, ticket.first, ticket.last):
+            verify(ticket, key, self.address, Direction.TO_LABEL)
+            return []  # the running job's own ticket again (the gateway was not sure it arrived)
         if counter <= highest:
             return self._reject(f"job_ticket: counter {counter} is not above {highest}: replay")
         verify(ticket, key, self.address, Direction.TO_LABEL)
