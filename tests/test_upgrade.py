@@ -285,3 +285,16 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) ->
     while not await check():
         assert loop.time() < deadline, f"{check.__name__}: not within {timeout} s"
         await asyncio.sleep(0.1)
+
+
+async def test_migration_0003_adds_gateway_keys_protocols_and_key_loss_empty(release: Release) -> None:
+    """0003 (trust): a gateway's registered public key and announced protocol, and when a keyed
+    label checked in without its key. A release's gateways have neither (they must be registered
+    and announce protocol 2 before jobs go to them again); no label has lost its key."""
+    await _open(release.db)
+    with closing(sqlite3.connect(release.db)) as conn:
+        gateways = conn.execute("SELECT id, public_key, protocol FROM gateways").fetchall()
+        lost = conn.execute("SELECT COUNT(*) FROM labels WHERE key_lost_at IS NOT NULL").fetchone()[0]
+        keyed = conn.execute("SELECT COUNT(*) FROM labels WHERE label_key IS NOT NULL").fetchone()[0]
+    assert gateways and all(key is None and protocol is None for _, key, protocol in gateways)
+    assert lost == 0 and keyed > 0  # the release's keys stay, and nothing says they were lost
