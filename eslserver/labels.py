@@ -30,6 +30,7 @@ from eslserver.store import labels as label_rows
 from eslserver.store import products
 from eslserver.store.labels import STATE_COLUMNS
 from eslserver.timeutil import iso, utcnow
+from firmware_proto.auth import new_label_key
 from firmware_proto.errors import FrameError
 from firmware_proto.frames import address_bytes
 from firmware_proto.models import get_model
@@ -165,8 +166,6 @@ class Labels:
         wiped it): forget the key and pair it again with its factory key; its product's image
         follows. The server never does this on a label's own key-less check-in (anybody can
         send one), only here, audited. Returns the label state."""
-        from firmware_proto.auth import new_label_key  # noqa: PLC0415 - keeps the API's import light
-
         mac = normalise_mac(mac)
         now = utcnow()
         async with self.db.transaction() as conn:
