@@ -518,6 +518,36 @@ class ImageStatus(Frame):
 # -- label report and pairing ----------------------------------------------------------------
 
 
+class _Report:
+    """What a label says of itself at the end of a check-in or a job status: the hash it
+    displays, battery, temperature, the RSSI it measured, the highest counter it accepted.
+    One layout, checked and coded here for both frames."""
+
+    displayed_hash: bytes
+    battery_mv: int
+    temperature_c: int
+    rssi: int
+    rx_counter: int
+
+    def _check_report(self) -> None:
+        check_range("battery_mv", U16, self.battery_mv)
+        check_range("temperature_c", I8, self.temperature_c)
+        check_range("rssi", I8, self.rssi)
+        check_range("rx_counter", U32, self.rx_counter)
+        if len(self.displayed_hash) != HASH_SIZE:
+            raise FrameError(f"displayed_hash: expected {HASH_SIZE} bytes, got {hexs(self.displayed_hash)}")
+
+    def _report(self) -> bytes:
+        return (self.displayed_hash + U16(self.battery_mv).serialize() + I8(self.temperature_c).serialize()
+                + I8(self.rssi).serialize() + U32(self.rx_counter).serialize())
+
+    @staticmethod
+    def _parse_report(r: Reader) -> dict[str, object]:
+        return {"displayed_hash": r.take(HASH_SIZE, "displayed_hash"), "battery_mv": r.int(U16, "battery_mv"),
+                "temperature_c": r.int(I8, "temperature_c"), "rssi": r.int(I8, "rssi"),
+                "rx_counter": r.int(U32, "rx_counter")}
+
+
 class CheckinFlag(IntFlag):
     PAIRED = 0x01
     LOW_BATTERY = 0x02
@@ -526,7 +556,7 @@ class CheckinFlag(IntFlag):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Checkin(Frame):
+class Checkin(_Report, Frame):
     """Label → gateway when it wakes: what it is and what it shows. Always addressed.
 
     ``rssi`` is what the label measured on the gateway's last frame; ``rx_counter`` the highest
@@ -551,25 +581,16 @@ class Checkin(Frame):
         check_range("model_id", U8, self.model_id)
         check_range("firmware_version", U16, self.firmware_version)
         check_range("flags", U8, int(self.status_flags))
-        check_range("battery_mv", U16, self.battery_mv)
-        check_range("temperature_c", I8, self.temperature_c)
-        check_range("rssi", I8, self.rssi)
-        check_range("rx_counter", U32, self.rx_counter)
-        if len(self.displayed_hash) != HASH_SIZE:
-            raise FrameError(f"displayed_hash: expected {HASH_SIZE} bytes, got {hexs(self.displayed_hash)}")
+        self._check_report()
 
     def _body(self) -> bytes:
         return (bytes((self.model_id,)) + U16(self.firmware_version).serialize()
-                + bytes((int(self.status_flags),)) + self.displayed_hash + U16(self.battery_mv).serialize()
-                + I8(self.temperature_c).serialize() + I8(self.rssi).serialize()
-                + U32(self.rx_counter).serialize())
+                + bytes((int(self.status_flags),)) + self._report())
 
     @classmethod
     def _parse_body(cls, r: Reader, common: dict[str, object]) -> Self:
         return cls(model_id=r.int(U8, "model_id"), firmware_version=r.int(U16, "firmware_version"),
-                   status_flags=CheckinFlag(r.int(U8, "flags")), displayed_hash=r.take(HASH_SIZE, "displayed_hash"),
-                   battery_mv=r.int(U16, "battery_mv"), temperature_c=r.int(I8, "temperature_c"),
-                   rssi=r.int(I8, "rssi"), rx_counter=r.int(U32, "rx_counter"),
+                   status_flags=CheckinFlag(r.int(U8, "flags")), **cls._parse_report(r),
                    **common)  # type: ignore[arg-type]
 
 
@@ -638,7 +659,7 @@ class JobTicket(Frame):
 
 
 @dataclass(frozen=True, kw_only=True)
-class JobStatus(Frame):
+class JobStatus(_Report, Frame):
     """Label → server (through the gateway, raw): the label's final word on a job. Always addressed.
 
     Sent when the job ends (image displayed or refused, command answered), authenticated with
@@ -665,24 +686,15 @@ class JobStatus(Frame):
         check_range("job_id", U64, self.job_id)
         check_range("attempt", U8, self.attempt)
         check_range("result", U8, self.result)
-        check_range("battery_mv", U16, self.battery_mv)
-        check_range("temperature_c", I8, self.temperature_c)
-        check_range("rssi", I8, self.rssi)
-        check_range("rx_counter", U32, self.rx_counter)
-        if len(self.displayed_hash) != HASH_SIZE:
-            raise FrameError(f"displayed_hash: expected {HASH_SIZE} bytes, got {hexs(self.displayed_hash)}")
+        self._check_report()
 
     def _body(self) -> bytes:
-        return (U64(self.job_id).serialize() + bytes((self.attempt, self.result)) + self.displayed_hash
-                + U16(self.battery_mv).serialize() + I8(self.temperature_c).serialize()
-                + I8(self.rssi).serialize() + U32(self.rx_counter).serialize())
+        return U64(self.job_id).serialize() + bytes((self.attempt, self.result)) + self._report()
 
     @classmethod
     def _parse_body(cls, r: Reader, common: dict[str, object]) -> Self:
         return cls(job_id=r.int(U64, "job_id"), attempt=r.int(U8, "attempt"), result=r.int(U8, "result"),
-                   displayed_hash=r.take(HASH_SIZE, "displayed_hash"), battery_mv=r.int(U16, "battery_mv"),
-                   temperature_c=r.int(I8, "temperature_c"), rssi=r.int(I8, "rssi"),
-                   rx_counter=r.int(U32, "rx_counter"), **common)  # type: ignore[arg-type]
+                   **cls._parse_report(r), **common)  # type: ignore[arg-type]
 
 
 FRAME_CLASSES: dict[FrameType, type[Frame]] = {
