@@ -34,7 +34,7 @@ from firmware_proto.errors import AuthError
 from firmware_proto.frames import JobTicket, address_bytes
 from firmware_proto.wire import U8, U32, U64
 
-__all__ = ["JOB_KEY_LABEL", "RESULT_OK", "JobGrant", "EndedJob", "derive_job_key", "make_ticket"]
+__all__ = ["JOB_KEY_LABEL", "MAX_REPEATS", "RESULT_OK", "JobGrant", "EndedJob", "derive_job_key", "make_ticket"]
 
 JOB_KEY_LABEL: Final = b"esl job key"
 """The KDF's label (domain separation from every other use of the label key)."""
@@ -79,6 +79,11 @@ class JobGrant:
         return self.first < counter <= self.last
 
 
+MAX_REPEATS: Final = 8
+"""How often a label sends an ended job's `JobStatus` again: enough for a lossy link, and a
+bound on what anybody on the air can make it transmit (the request needs no key)."""
+
+
 @dataclass(slots=True)
 class EndedJob:
     """The last job the label ended, and its final word, kept so that a gateway that missed
@@ -89,6 +94,14 @@ class EndedJob:
     first: int
     last: int
     status: bytes
+    repeats: int = 0
 
     def covers(self, counter: int) -> bool:
         return self.first < counter <= self.last
+
+    def repeat(self) -> bytes | None:
+        """The status to send again, or None once it was sent `MAX_REPEATS` times."""
+        if self.repeats >= MAX_REPEATS:
+            return None
+        self.repeats += 1
+        return self.status

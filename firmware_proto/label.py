@@ -24,7 +24,8 @@ only with counters inside the ticket's range, answering under the job key. When 
 (image displayed or refused, command answered) the label sends its final word, a `JobStatus`
 authenticated with its long-term key, and forgets the job key; so does a new ticket. The last
 `JobStatus` is kept (`LabelFlash.ended`) and sent again, unchanged, to a request that still
-uses the ended job's counters (its answer was lost); the request itself does nothing. Frames
+uses the ended job's counters (its answer was lost), at most `jobkeys.MAX_REPEATS` times; the
+request itself does nothing. Frames
 authenticated with the label key itself (only the server can make them: tools and tests that
 hold the key) are accepted as before and end no job.
 """
@@ -370,7 +371,8 @@ class LabelSession:
         if ended is None or auth is None or not ended.covers(auth.counter):
             return []
         if isinstance(frame, (ControlCommand, ImageOffer, ImageStatusRequest)) or frame.ack_req:
-            return [ended.status]
+            status = ended.repeat()
+            return [] if status is None else [status]
         return []
 
     def _ticket(self, ticket: JobTicket) -> list[bytes]:

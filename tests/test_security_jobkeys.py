@@ -527,3 +527,14 @@ async def test_a_gateway_killed_mid_job_cannot_lock_the_label_out_for_its_succes
                 assert not (await server.ingest.submit([{**MILK, "price": "2.29", "seq": 3}], source="test",
                                                        actor=SYSTEM)).errors
                 await shown("2.29")  # and the next job too
+
+
+def test_an_ended_jobs_final_word_is_repeated_a_bounded_number_of_times() -> None:
+    from firmware_proto.jobkeys import MAX_REPEATS
+
+    shelf = Shelf()
+    ticket, _, gw = shelf.job(1, budget=40)
+    shelf.label.receive(ticket)
+    final = shelf.label.receive(gw.seal(shelf.led()))[-1]
+    answers = [shelf.label.receive(gw.seal(ImageStatusRequest(transfer_id=1))) for _ in range(MAX_REPEATS + 5)]
+    assert answers[:MAX_REPEATS] == [[final]] * MAX_REPEATS and answers[MAX_REPEATS:] == [[]] * 5
