@@ -430,7 +430,7 @@ class Dispatcher:
             return await self._nack(conn, gateway, Nack(
                 job=ev.job, mac=ev.mac, code="unconfirmed", retry=True, attempt=ev.attempt,
                 reason=f"ack without the label's final word: {_WHY_UNCONFIRMED[final]}"))
-        changed = await self._believe(conn, gateway, job, label, final, rssi=ev.rssi, now=now)
+        changed = await self._believe(conn, gateway, job, label, final, now=now)
         failure = _failure(job, final)
         if failure is None:
             await self.outbox.finish(conn, ev.job, "done", now)
@@ -473,9 +473,10 @@ class Dispatcher:
         return frame
 
     async def _believe(self, conn: aiosqlite.Connection, gateway: str | None, job: Any, label: Any,
-                       final: JobStatus | CheckinFrame, *, rssi: int | None, now: datetime) -> set[str]:
+                       final: JobStatus | CheckinFrame, *, now: datetime) -> set[str]:
         """Record what the label's verified final word says: its counters, what it shows, its
-        sensors, the gateway that carried it (and for a pairing, its new key)."""
+        sensors (the RSSI it measured too), the gateway that carried it (and for a pairing, its
+        new key)."""
         assert final.address is not None and final.auth is not None
         mac = address_str(final.address)
         if job["kind"] == JobKind.PAIR:  # a new key: both counters start again under it
@@ -484,7 +485,7 @@ class Dispatcher:
         else:
             await label_rows.advance_counters(conn, mac, tx_counter=final.rx_counter, rx_highest=final.auth.counter)
         await self._seen(conn, mac, gateway, now, displayed=final.displayed_hash.hex(), battery_mv=final.battery_mv,
-                         temperature_c=final.temperature_c, rssi=rssi, label=label)
+                         temperature_c=final.temperature_c, rssi=final.rssi, label=label)
         return {mac}
 
     def _unconfirmed(self, reason: str) -> None:
@@ -539,7 +540,7 @@ class Dispatcher:
             label = await label_rows.for_event(conn, ev.mac)
             final = "missing" if label is None else self._final_word(ev.job, job, label, ev.mac, ev.status)
             if not isinstance(final, str):
-                changed |= await self._believe(conn, gateway, job, label, final, rssi=None, now=now)
+                changed |= await self._believe(conn, gateway, job, label, final, now=now)
         await event_rows.add(conn, event_rows.Event(iso(now), self.settings.store, ev.mac, gateway, "nack",
                                                     {"job": ev.job, "code": ev.code, "reason": ev.reason}))
         if ev.code == "base_mismatch":

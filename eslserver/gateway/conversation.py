@@ -452,12 +452,12 @@ class _JobRun:
     def _frames(self) -> int:
         return self.frames + (self.conv.frames_sent if self.conv is not None else 0)
 
-    def ack(self, final: JobStatus | Checkin, raw: bytes, rssi: int | None = None) -> Ack:
+    def ack(self, final: JobStatus | Checkin, raw: bytes) -> Ack:
         """The ack carrying the label's final word, raw (the fields beside it are what the
         gateway read in it, for people; the server reads the frame)."""
         return Ack(job=self.job.job_id, mac=self.job.mac, attempt=self.job.attempt, status=raw,
                    displayed_hash=final.displayed_hash, frames=self._frames(), battery_mv=final.battery_mv,
-                   rssi=rssi, temperature_c=final.temperature_c)
+                   rssi=final.rssi, temperature_c=final.temperature_c)
 
     def _outcome(self) -> Ack | Nack:
         """The job's result from the label's `JobStatus` (in ``session.final``)."""

@@ -143,9 +143,9 @@ class Ack:
     ``status`` is what the server verifies (with the label key, counter above the last it saw)
     before it believes anything: for an image or command job a `JobStatus` frame, for a
     pairing the label's check-in under its new key. None (an older gateway) confirms nothing.
-    ``displayed_hash``, ``battery_mv``, ``temperature_c`` are what the gateway read in that
-    frame (for people reading the topic; the server reads the frame itself); ``rssi`` is what
-    the gateway's radio measured.
+    ``displayed_hash``, ``battery_mv``, ``temperature_c``, ``rssi`` (what the label measured)
+    are what the gateway read in that frame, for people reading the topic; the server reads
+    the frame itself.
     """
 
     type: ClassVar[str] = "ack"
