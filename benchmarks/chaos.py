@@ -280,6 +280,8 @@ class Run:
         self.settings = load_settings(None, environ=env)
         self.say(f"seeding {a.labels} products and labels")
         self.bindings = await _seed(self.settings, a.labels)
+        from tests.processes import trust_gateway  # the operator's one-time registration of the gateway
+        self.trust = await trust_gateway(self.settings.data_dir, self.tmp / "gw", STORE, GATEWAY)
         self.procs = Processes(self.tmp / "procs")
         self.sim_port = free_port()
         self.sim = self.procs.spawn("simulate", self.sim_argv(faults=False))
@@ -288,7 +290,8 @@ class Run:
         await self.server.start(ready=SERVE_READY, timeout=120)
         self.gateway = self.procs.spawn("gateway", esl_argv(
             "gateway", "--broker", self.broker.url, "--radio", f"sim://127.0.0.1:{self.sim_port}", "--store", STORE,
-            "--id", GATEWAY, "--data", str(self.tmp / "gw"), "--concurrency", "64", "--status-interval", "5"))
+            "--id", GATEWAY, "--data", str(self.tmp / "gw"), "--concurrency", "64", "--status-interval", "5",
+            *self.trust))
         await self.gateway.start(ready=GATEWAY_READY, timeout=120)
 
     async def restart_simulator_with_faults(self) -> None:

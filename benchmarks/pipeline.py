@@ -185,9 +185,11 @@ class _Store:
         self.server = _Proc([*_esl(), "serve"], env)
         self.procs.append(self.server)
         self.server.line_with("eslserver: http://")
+        from tests.processes import trust_gateway  # the operator's one-time registration of the gateway
+        trust = await trust_gateway(self.data, self.data / "gw", STORE, GATEWAY)
         self.procs.append(_Proc([*_esl(), "gateway", "--broker", self.url, "--radio", f"sim://127.0.0.1:{sim_port}",
                                  "--store", STORE, "--id", GATEWAY, "--data", str(self.data / "gw"),
-                                 "--concurrency", str(self.concurrency)]))
+                                 "--concurrency", str(self.concurrency), *trust]))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

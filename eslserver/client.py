@@ -219,6 +219,11 @@ class Client:
         result: Json = self.request("POST", f"/api/v1/labels/{_segment(mac)}/flash", body={"seconds": seconds})
         return result
 
+    def reset(self, mac: str) -> Json:
+        """Pair again a label that lost its key (forget its key, pair it with its factory key)."""
+        result: Json = self.request("POST", f"/api/v1/labels/{_segment(mac)}/reset")
+        return result
+
     def jobs(self, **filters: object) -> list[Json]:
         page = self.request("GET", "/api/v1/jobs", params=filters)
         items: list[Json] = page["items"]

@@ -205,6 +205,9 @@ class Settings:
     """``esl gateway``: jobs in flight at most."""
     gateway_status_interval_s: float = 30.0
     """``esl gateway``: seconds between its status events."""
+    server_public_key: str | None = None
+    """``esl gateway``: the server's Ed25519 public key, 64 hex digits (``esl trust server-key``
+    prints it); the gateway runs only jobs the server signed. Unset: every job is refused."""
 
     def __post_init__(self) -> None:
         _check_port("http_port", self.http_port, allow_zero=True)
@@ -265,6 +268,9 @@ class Settings:
         if self.secret_key is not None and not re.fullmatch(r"[0-9A-Fa-f]{64}", self.secret_key.strip()):
             raise ConfigError(f"secret_key ({SECRET_KEY_ENV}): expected 64 hex digits (32 bytes, as "
                               f"'openssl rand -hex 32' prints), got {len(self.secret_key.strip())} characters")
+        if self.server_public_key is not None and not re.fullmatch(r"[0-9A-Fa-f]{64}", self.server_public_key.strip()):
+            raise ConfigError(f"server_public_key: expected 64 hex digits (esl trust server-key prints them), "
+                              f"got {self.server_public_key!r:.80}")
         if self.gateway_id is not None:
             try:
                 check_level("gateway_id", self.gateway_id)

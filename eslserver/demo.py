@@ -42,6 +42,7 @@ from eslserver.server import SYSTEM, Server
 from eslserver.signals import run_until_signal
 from eslserver.store import labels as label_rows
 from eslserver.timeutil import utcnow
+from eslserver.trust import register_gateway_key
 from render.context import parse_when
 from render.samples import sample_catalogue
 from simulator.radio_server import RadioServer
@@ -156,10 +157,13 @@ async def run_demo(settings: Settings, config: DemoConfig, *, print_line: Callab
         async with store, radio_server:
             await snapshots.start()
             host, port = radio_server.address
+            assert server.signing_key is not None
             gateway = Gateway(GatewayConfig(store=settings.store, gateway_id=config.gateway,
                                             data_dir=settings.data_dir / "gateway", prefix=settings.topic_prefix,
-                                            concurrency=settings.max_in_flight),
+                                            concurrency=settings.max_in_flight, server_key=server.signing_key.public),
                               LoopbackRadio(host, port), gateway_id.apply(broker))
+            # one process, both ends: each learns the other's public key as registration would
+            await register_gateway_key(server.db, settings.store, config.gateway, gateway.key.public, actor=SYSTEM)
             async with gateway:
                 token = await create_token(server.db, "admin", "demo")
                 print_line(f"eslserver demo store '{settings.store}': {config.labels} simulated labels")

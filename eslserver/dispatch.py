@@ -7,13 +7,26 @@ commit; a job whose publish or gateway was lost comes back by its deadline (``se
 long → retried). Per gateway at most ``max_in_flight`` jobs are out; per label one, oldest
 first (a pairing before the image it enables).
 
-Acks close jobs and record what the label now displays; nacks retry with exponential
-backoff and jitter, until ``max_attempts`` when an unreachable label is marked ``offline``.
+Trust (docs/protocol.md, "Jobs and trust"): envelopes are signed with the server's key and
+go only to gateways whose public key is registered and that speak `PROTOCOL_VERSION`; they
+carry no label or factory key, only the job's ticket and its job key sealed to the gateway.
+The server's counter reservation is the only truth about transmit counters: counters a
+gateway reports are not read.
+
+Acks close jobs only with the label's own final word: the ack must carry the label's status
+frame, authenticated with the label key (for a pairing: its check-in under the new key), with
+a counter above the last one seen, from the gateway the job was sent to. Only that frame sets
+``displayed_hash``, ``state ok``, counters or the label's gateway; an ack without it confirms
+nothing (counted, and retried like an unreachable label). Nacks retry with exponential
+backoff and jitter, until ``max_attempts`` when an unreachable label is marked ``offline``;
+nacks of envelopes a gateway refused to run (unsigned, replayed, …) change nothing.
 An offline (or failed) label that checks in again is caught up at once: its labels are
 marked dirty, the pipeline finds the image it should show differs from the one it reports,
 and a fresh job goes out. Check-ins are verified here with the label key (gateways forward
-them raw), so a forged or replayed check-in cannot claim a label shows the right price.
-New labels a gateway reports (discoveries) are limited per gateway (``discovery_burst``, then
+them raw), so a forged or replayed check-in cannot claim a label shows the right price; a
+key-less check-in from a label that has a key changes nothing but raises a ``key_lost``
+event: only a technician re-pairs it (`eslserver.labels.Labels.reset`). New labels a gateway
+reports (discoveries) are limited per gateway (``discovery_burst``, then
 ``discovery_rate_per_min``): more are dropped and counted, so made-up labels cannot pile up.
 """
 
@@ -26,13 +39,23 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import aiosqlite
 
 from eslserver.config import Settings
 from eslserver.db.database import Database
-from eslserver.gateway.events import Ack, Checkin, EventError, Nack, Status, parse_event
+from eslserver.gateway.events import (
+    PROTOCOL_VERSION,
+    REFUSAL_CODES,
+    Ack,
+    Checkin,
+    EventError,
+    Nack,
+    NackCode,
+    Status,
+    parse_event,
+)
 from eslserver.jobs import JobKind, Outbox
 from eslserver.keyvault import KeyVault, SealError
 from eslserver.logs import FailureLog
@@ -44,21 +67,33 @@ from eslserver.store import images as image_rows
 from eslserver.store import jobs as job_rows
 from eslserver.store import labels as label_rows
 from eslserver.timeutil import iso, parse_iso, utcnow
-from firmware_proto.auth import REPLAY_WINDOW, ReplayWindow, derive_factory_key
+from firmware_proto.auth import (
+    REPLAY_WINDOW,
+    Direction,
+    FrameKey,
+    ReplayWindow,
+    derive_factory_key,
+    seal,
+    verify,
+    wrap_key,
+)
+from firmware_proto.commands import EslError
 from firmware_proto.envelope import (
     CommandJob,
     EnvelopeError,
     ImageJob,
     JobEnvelope,
     PairJob,
+    credentials,
 )
 from firmware_proto.errors import ProtocolError
 from firmware_proto.frames import Checkin as CheckinFrame
-from firmware_proto.frames import address_str, parse_frame
+from firmware_proto.frames import CheckinFlag, JobStatus, PairRequest, address_bytes, address_str, parse_frame
 from firmware_proto.gateway import GatewaySession
 from firmware_proto.image import ImageFormat, Region
 from firmware_proto.models import MODELS_BY_ID
-from firmware_proto.transfer import part_size_for
+from firmware_proto.transfer import TransferResult, part_size_for
+from firmware_proto.trust import SigningKey
 
 __all__ = ["Dispatcher", "Publish", "backoff_s", "counter_budget"]
 
@@ -108,6 +143,8 @@ class Dispatcher:
         self.factory_secret = settings.label_factory_secret
         self._discoveries = Buckets(settings.discovery_rate_per_min / 60.0, settings.discovery_burst)
         """New labels per gateway (`Settings.discovery_rate_per_min`, ``discovery_burst``)."""
+        self.signer: SigningKey | None = None
+        """The server's signing key (`eslserver.signing`); set before `run` sends anything."""
 
     def poke(self) -> None:
         self._wake.set()
@@ -144,22 +181,25 @@ class Dispatcher:
         """Claim what may go now and publish it; returns how many jobs went out."""
         now = utcnow()
         store = self.settings.store
-        gateways = await gateway_rows.online(self.db, store)
+        if self.signer is None:
+            return 0
+        gateways = await gateway_rows.online(self.db, store, min_protocol=PROTOCOL_VERSION)
         if not gateways:
             return 0
         busy = await job_rows.sent_per_gateway(self.db)
         room = {gw: self.settings.max_in_flight - busy.get(gw, 0) for gw in gateways}
         if sum(max(0, r) for r in room.values()) <= 0:
             return 0
+        first_choice = next(iter(gateways))
         out: list[tuple[str, bytes]] = []
         async with self.db.transaction() as conn:
             rows = await job_rows.claimable(conn, store, iso(now), _CLAIM_LIMIT)
             for row in rows:
-                gw = row["gateway"] if row["gateway"] in room else gateways[0]
+                gw = row["gateway"] if row["gateway"] in room else first_choice
                 if room.get(gw, 0) <= 0:
                     continue
                 try:
-                    built = await self._envelope(conn, row, now)
+                    built = await self._envelope(conn, row, now, gw, gateways[gw])
                 except (EnvelopeError, ValueError, KeyError) as exc:
                     await self._fail(conn, row["id"], row["mac"], f"cannot build the job: {exc}", now)
                     continue
@@ -170,30 +210,42 @@ class Dispatcher:
                 if budget:
                     await label_rows.reserve_counters(conn, row["mac"], budget)
                 room[gw] -= 1
-                out.append((gw, envelope.to_bytes()))
+                out.append((gw, envelope.to_bytes(self.signer)))
         if out:
             await asyncio.gather(*(self.publish(self.topics.gateway_jobs(gw), data, 1, False) for gw, data in out))
         return len(out)
 
-    async def _envelope(self, conn: aiosqlite.Connection, row: Any, now: datetime) -> tuple[JobEnvelope, int] | None:
+    async def _envelope(self, conn: aiosqlite.Connection, row: Any, now: datetime, gateway: str,
+                        gateway_key: bytes) -> tuple[JobEnvelope, int] | None:
+        """The envelope of a claimed job for `gateway` and the counters it reserves. The
+        server builds every frame that needs the label's or the factory's key itself: the
+        pair request, or the job ticket with the job key sealed to `gateway_key`."""
         mac, kind, job_id = row["mac"], row["kind"], row["id"]
-        common = {"job_id": job_id, "mac": mac, "deadline_s": self.settings.job_deadline_s,
-                  "attempt": min(255, row["attempts"] + 1)}
+        attempt = min(255, row["attempts"] + 1)
+        common: dict[str, Any] = {"job_id": job_id, "mac": mac, "deadline_s": self.settings.job_deadline_s,
+                                  "attempt": attempt, "store": self.settings.store, "gateway": gateway,
+                                  "issued_ms": int(now.timestamp() * 1000)}
         if kind == JobKind.PAIR:
             new_key = self._clear_key(mac, row["command"])
             await label_rows.use_factory_counter(conn, mac)
-            return PairJob(factory_key=derive_factory_key(self.factory_secret, mac), new_key=new_key,
-                           factory_counter=row["factory_counter"], **common), 0
+            return PairJob(pair_request=self._pair_request(mac, new_key, row["factory_counter"] + 1),
+                           **common), 0
         if row["label_key"] is None:  # the pairing failed for good: start it again, the image waits behind it
             await self.outbox.ensure_pair(conn, store=self.settings.store, mac=mac, now=now,
                                           sealed_key=self.vault.new_label_key(self.settings.store, mac))
             return None
         key = self._clear_key(mac, row["label_key"])
-        counters = {"label_key": key, "tx_counter": row["tx_counter"], "rx_highest": row["rx_highest"]}
+
+        def keys(budget: int) -> dict[str, Any]:
+            first = row["tx_counter"] + 1
+            return {"rx_highest": row["rx_highest"],
+                    **credentials(label_key=key, gateway_key=gateway_key, job_id=job_id, attempt=attempt, mac=mac,
+                                  store=self.settings.store, gateway=gateway, first=first, last=first + budget - 1)}
+
         if kind == JobKind.COMMAND:
             spec = json.loads(row["command"])
             budget = 64
-            return CommandJob.make(spec["name"], budget=budget, **counters, **common, **spec["params"]), budget
+            return CommandJob.make(spec["name"], **keys(budget), **common, **spec["params"]), budget
         payload, fmt = row["payload"], row["format"]
         region = base = None
         delta = bool(row["delta"])
@@ -209,8 +261,15 @@ class Dispatcher:
             payload, fmt, delta = full["payload"], full["format"], False
         budget = counter_budget(len(payload))
         return ImageJob(image_format=ImageFormat(fmt), image_hash=bytes.fromhex(row["image_hash"]), payload=payload,
-                        region=region, base_hash=base, delta=delta, budget=budget, **counters,
-                        **common), budget
+                        region=region, base_hash=base, delta=delta, **keys(budget), **common), budget
+
+    def _pair_request(self, mac: str, new_key: bytes, counter: int) -> bytes:
+        """The sealed pair request: `new_key` wrapped under the label's factory key, at the
+        factory-key `counter`. Built here, so the factory key never leaves the server."""
+        factory_key = derive_factory_key(self.factory_secret, mac)
+        address = address_bytes(mac)
+        frame = PairRequest(wrapped_key=wrap_key(factory_key, address, counter, new_key))
+        return seal(frame, FrameKey(factory_key), address, Direction.TO_LABEL, counter)
 
     def _clear_key(self, mac: str, sealed: bytes) -> bytes:
         """The clear key of label `mac` from its sealed form (`eslserver.keyvault`): the one
@@ -255,7 +314,7 @@ class Dispatcher:
         if isinstance(event, Status):
             # connected but deaf: "degraded" (no jobs are routed to it) until its radio is back
             status = "online" if event.radio == "up" else "degraded"
-            await self.set_gateway(gateway, status, info={
+            await self.set_gateway(gateway, status, protocol=event.protocol, info={
                 "in_flight": event.in_flight, "spooled": event.spooled, "labels_heard": event.labels_heard,
                 "radio": event.radio, "radio_since": None if event.radio_since is None else iso(event.radio_since)})
             return
@@ -308,14 +367,30 @@ class Dispatcher:
             return await self._checkin(conn, gateway, event)
         return set()
 
-    async def set_gateway(self, gateway: str, status: str, *, info: dict[str, Any] | None = None) -> None:
-        """Record a gateway's status (retained ``online``/``offline`` or a status event)."""
+    async def set_gateway(self, gateway: str, status: str, *, info: dict[str, Any] | None = None,
+                          protocol: int | None = None) -> None:
+        """Record a gateway's status (retained ``online``/``offline`` or a status event, which
+        names the `protocol` version it speaks). A gateway known to speak a protocol older than
+        `PROTOCOL_VERSION` is ``incompatible`` rather than online: it gets no jobs, and its
+        status says why, naming both versions."""
         now = iso(utcnow())
+        store = self.settings.store
         async with self.db.transaction() as conn:
-            before = await gateway_rows.status(conn, self.settings.store, gateway)
-            await gateway_rows.set_status(conn, self.settings.store, gateway, status, now=now, info=info)
+            before = await gateway_rows.status(conn, store, gateway)
+            if protocol is not None:
+                await gateway_rows.set_protocol(conn, store, gateway, protocol)
+            known = await gateway_rows.protocol(conn, store, gateway)
+            if known is not None and known < PROTOCOL_VERSION and status != "offline":
+                status = "incompatible"
+                info = {**(info or {}), "error": _too_old(known)}
+            await gateway_rows.set_status(conn, store, gateway, status, now=now, info=info)
         if before != status:
-            log.info("gateway %s is %s", gateway, status, extra={"store": self.settings.store, "gateway": gateway})
+            if status == "incompatible":
+                assert known is not None
+                log.warning("gateway %s is refused: %s", gateway, _too_old(known),
+                            extra={"store": store, "gateway": gateway})
+            else:
+                log.info("gateway %s is %s", gateway, status, extra={"store": store, "gateway": gateway})
             if status == "offline":
                 # its jobs will not be answered: hand them back now rather than at their deadline
                 async with self.db.transaction() as conn:
@@ -343,25 +418,93 @@ class Dispatcher:
         return set(macs)
 
     async def _ack(self, conn: aiosqlite.Connection, gateway: str, ev: Ack) -> set[str]:
+        """An ack finishes its job only with the label's own final word (`_final_word`) from
+        the gateway the job was sent to; without it nothing changes and the job is retried."""
         now = utcnow()
         job = await job_rows.get(conn, ev.job, ev.mac)
         label = await label_rows.for_event(conn, ev.mac)
         if job is None or label is None:
             self._warn_once(gateway, "unknown_job", "gateway %s acked unknown job %d (%s)", gateway, ev.job, ev.mac)
             return set()
-        if not self._from_its_gateway(job, gateway, ev):
+        if not self._from_its_gateway(job, gateway, ev):  # first: whatever the job's state, it is not its word
+            self._unconfirmed("wrong_gateway")
             return set()
-        await self.outbox.finish(conn, ev.job, "done", now)
-        displayed = ev.displayed_hash.hex() if ev.displayed_hash is not None else None
-        if job["kind"] == JobKind.PAIR:
-            # a new key: both counters start again under it
-            await label_rows.set_key(conn, ev.mac, job["command"], tx_counter=ev.tx_counter,
-                                     rx_highest=ev.rx_highest)
+        if job["state"] not in ("queued", "sent"):
+            return set()  # a duplicate, or a job already over
+        final = self._final_word(ev.job, job, label, ev.mac, ev.status)
+        if isinstance(final, str):
+            self._unconfirmed(final)
+            self._warn_once(gateway, f"unconfirmed_{final}", "gateway %s acked job %d of %s without the label's "
+                            "own word (%s): nothing changed, the job is retried", gateway, ev.job, ev.mac,
+                            _WHY_UNCONFIRMED[final])
+            if job["state"] != "sent" or (ev.attempt is not None and ev.attempt != min(255, job["attempts"])):
+                return set()  # an earlier delivery's ack: the current one is still out
+            return await self._nack(conn, gateway, Nack(
+                job=ev.job, mac=ev.mac, code="unconfirmed", retry=True, attempt=ev.attempt,
+                reason=f"ack without the label's final word: {_WHY_UNCONFIRMED[final]}"))
+        changed = await self._believe(conn, gateway, job, label, final, now=now)
+        failure = _failure(job, final)
+        if failure is None:
+            await self.outbox.finish(conn, ev.job, "done", now)
+            return changed
+        code, retry, reason = failure  # the gateway acked what the label calls a failure
+        return changed | await self._nack(conn, gateway, Nack(job=ev.job, mac=ev.mac, code=code, retry=retry,
+                                                              attempt=ev.attempt, reason=reason))
+
+    def _final_word(self, job_id: int, job: Any, label: Any, mac: str,
+                    raw: bytes | None) -> JobStatus | CheckinFrame | str:
+        """The label's final word on job `job_id` if `raw` is one, else why not (a key of
+        `_WHY_UNCONFIRMED`). For an image or command job: a `JobStatus` about this job from
+        this label, authenticated with its long-term key, counter above the highest seen. For
+        a pairing: its check-in with the paired flag, authenticated with the job's new key."""
+        if raw is None:
+            return "missing"
+        try:
+            frame = parse_frame(raw)
+        except ProtocolError:
+            return "malformed"
+        address = address_bytes(mac)
+        if frame.address != address or frame.auth is None:
+            return "wrong_frame"
+        try:
+            if job["kind"] == JobKind.PAIR:
+                if not isinstance(frame, CheckinFrame) or not frame.status_flags & CheckinFlag.PAIRED:
+                    return "wrong_frame"
+                key = self._clear_key(mac, job["command"])
+            else:
+                if not isinstance(frame, JobStatus) or frame.job_id != job_id:
+                    return "wrong_frame"
+                if label["label_key"] is None:
+                    return "no_key"
+                if frame.auth.counter <= label["rx_highest"]:
+                    return "replayed"
+                key = self._clear_key(mac, label["label_key"])
+        except SealError:  # sealed for another label or under another secret key
+            return "no_key"
+        try:
+            verify(frame, FrameKey(key), address, Direction.FROM_LABEL)
+        except ProtocolError:
+            return "bad_tag"
+        return frame
+
+    async def _believe(self, conn: aiosqlite.Connection, gateway: str | None, job: Any, label: Any,
+                       final: JobStatus | CheckinFrame, *, now: datetime) -> set[str]:
+        """Record what the label's verified final word says: its counters, what it shows, its
+        sensors (the RSSI it measured too), the gateway that carried it (and for a pairing, its
+        new key)."""
+        assert final.address is not None and final.auth is not None
+        mac = address_str(final.address)
+        if job["kind"] == JobKind.PAIR:  # a new key: both counters start again under it
+            await label_rows.set_key(conn, mac, job["command"], tx_counter=final.rx_counter,
+                                     rx_highest=final.auth.counter)
         else:
-            await label_rows.advance_counters(conn, ev.mac, tx_counter=ev.tx_counter, rx_highest=ev.rx_highest)
-        await self._seen(conn, ev.mac, gateway, now, displayed=displayed, battery_mv=ev.battery_mv,
-                         temperature_c=ev.temperature_c, rssi=ev.rssi, label=label)
-        return {ev.mac}
+            await label_rows.advance_counters(conn, mac, tx_counter=final.rx_counter, rx_highest=final.auth.counter)
+        await self._seen(conn, mac, gateway, now, displayed=final.displayed_hash.hex(), battery_mv=final.battery_mv,
+                         temperature_c=final.temperature_c, rssi=final.rssi, label=label)
+        return {mac}
+
+    def _unconfirmed(self, reason: str) -> None:
+        self.db.after_commit(lambda: self.metrics.acks_unconfirmed.labels(reason).inc())
 
     async def _seen(self, conn: aiosqlite.Connection, mac: str, gateway: str | None, now: datetime, *,
                     displayed: str | None, battery_mv: int | None, temperature_c: float | None, rssi: int | None,
@@ -390,14 +533,27 @@ class Dispatcher:
                 self._dirtied = True  # the pipeline is told after the commit
 
     async def _nack(self, conn: aiosqlite.Connection, gateway: str | None, ev: Nack) -> set[str]:
+        """A job ended without success: retried, or failed. Nacks of envelopes the gateway
+        refused to run change nothing (anybody who can publish on its job topic can cause
+        one); a nack from another gateway than the job's, or about an earlier delivery, is
+        ignored. A verified final word in it (a refused image) is recorded like an ack's."""
         now = utcnow()
-        job = await job_rows.get(conn, ev.job, ev.mac)
-        if job is None or job["state"] != "sent":
-            return set()  # a duplicate, or already handed back
-        if gateway is not None and not self._from_its_gateway(job, gateway, ev):
+        if ev.code in REFUSAL_CODES:
+            self._refused(gateway, ev)
             return set()
-        if ev.tx_counter is not None and job["kind"] != JobKind.PAIR:
-            await label_rows.advance_counters(conn, ev.mac, tx_counter=ev.tx_counter, rx_highest=ev.rx_highest)
+        job = await job_rows.get(conn, ev.job, ev.mac)
+        if job is None or (gateway is not None and not self._from_its_gateway(job, gateway, ev)):
+            return set()
+        if job["state"] != "sent":
+            return set()  # a duplicate, or already handed back
+        if ev.attempt is not None and ev.attempt != min(255, job["attempts"]):
+            return set()  # about an earlier delivery: the current one is still out
+        changed = {ev.mac}
+        if ev.status is not None:
+            label = await label_rows.for_event(conn, ev.mac)
+            final = "missing" if label is None else self._final_word(ev.job, job, label, ev.mac, ev.status)
+            if not isinstance(final, str):
+                changed |= await self._believe(conn, gateway, job, label, final, now=now)
         await event_rows.add(conn, event_rows.Event(iso(now), self.settings.store, ev.mac, gateway, "nack",
                                                     {"job": ev.job, "code": ev.code, "reason": ev.reason}))
         if ev.code == "base_mismatch":
@@ -408,12 +564,21 @@ class Dispatcher:
             await job_rows.requeue(conn, ev.job, iso(now + timedelta(seconds=delay)), f"{ev.code}: {ev.reason}")
             self.metrics.jobs_retried.labels(ev.code).inc()
         else:
-            state = "offline" if ev.code in ("unreachable", "budget") else "failed"
+            state = "offline" if ev.code in ("unreachable", "budget", "unconfirmed") else "failed"
             await self.outbox.finish(conn, ev.job, "failed", now, error=f"{ev.code}: {ev.reason}")
             await label_rows.record_failure(conn, ev.mac, state, now=iso(now))
             log.warning("label %s is %s after %d attempts: %s", ev.mac, state, job["attempts"], ev.reason,
                         extra=_fields(self.settings.store, gateway, ev))
-        return {ev.mac}
+        return changed
+
+    def _refused(self, gateway: str | None, ev: Nack) -> None:
+        """A gateway refused an envelope: counted and logged (once per gateway and reason)."""
+        self.db.after_commit(lambda: self.metrics.envelopes_refused.labels(ev.code).inc())
+        hint = {"wrong_key": " (is the key registered for it its current one? esl trust gateway)",
+                "bad_signature": " (does its server_public_key match esl trust server-key?)",
+                "expired": " (are the server's and the gateway's clocks right?)"}.get(ev.code, "")
+        self._warn_once(gateway or "?", f"refused_{ev.code}", "gateway %s refused job %d of %s (%s): %s%s",
+                        gateway, ev.job, ev.mac, ev.code, ev.reason, hint)
 
     async def _checkin(self, conn: aiosqlite.Connection, gateway: str, ev: Checkin) -> set[str]:
         try:
@@ -447,14 +612,19 @@ class Dispatcher:
             log.info("discovered label %s (%s) via %s", ev.mac, model.name, gateway,
                      extra=_fields(self.settings.store, gateway, ev))
             changed = True
-        elif frame.auth is None:  # the label has no key: new, or factory reset
+        elif frame.auth is None and row["label_key"] is not None:
+            # it had a key: reset, or anybody pretending; nothing changes until a technician says so
+            if await label_rows.note_key_lost(conn, ev.mac, now=iso(now)):
+                await event_rows.add(conn, event_rows.Event(iso(now), self.settings.store, ev.mac, gateway, "key_lost",
+                                                            {"rx_counter": frame.rx_counter}))
+                self.db.after_commit(self.metrics.labels_reset.inc)
+                log.warning("label %s checked in without its key (reset?) via %s: it is not paired again on its "
+                            "own word; if it was reset, pair it again: esl pair --reset %s", ev.mac, gateway, ev.mac,
+                            extra=_fields(self.settings.store, gateway, ev))
+        elif frame.auth is None:  # the label has no key and never had one (or a technician reset it)
             await label_rows.record_unkeyed_checkin(conn, ev.mac, factory_counter=frame.rx_counter, gateway=gateway,
                                                     rssi=ev.rssi, now=iso(now))
             if row["sku"] is not None:
-                if row["label_key"] is not None:
-                    log.warning("label %s checked in without its key (reset?); pairing it again", ev.mac,
-                                extra=_fields(self.settings.store, gateway, ev))
-                    await label_rows.forget_key(conn, ev.mac)
                 if await self.outbox.ensure_pair(conn, store=self.settings.store, mac=ev.mac, now=now,
                                                  sealed_key=self.vault.new_label_key(self.settings.store, ev.mac)):
                     await label_rows.mark_dirty(conn, iso(now), mac=ev.mac, pending=True)
@@ -517,6 +687,39 @@ class Dispatcher:
             self._warned.add((who, kind))
             log.warning(msg, *args)
 
+
+
+_WHY_UNCONFIRMED: Final = {
+    "missing": "no status frame", "malformed": "the status frame does not parse",
+    "wrong_frame": "not this label's final word on this job", "no_key": "the server holds no key for the label",
+    "replayed": "the status frame's counter is not above the last one seen",
+    "bad_tag": "the status frame does not authenticate under the label's key",
+    "wrong_gateway": "the job was sent to another gateway",
+}
+"""Why an ack confirmed nothing (the ``reason`` of ``esl_acks_unconfirmed_total``)."""
+
+
+def _failure(job: Any, final: JobStatus | CheckinFrame) -> tuple[NackCode, bool, str] | None:
+    """What a verified final word that reports a failure means for the job: (nack code, retry,
+    reason); None when it reports success (every pairing confirmation does)."""
+    if not isinstance(final, JobStatus) or final.result == 0:
+        return None
+    code = final.result
+    if job["kind"] == JobKind.COMMAND:
+        transient = code in (EslError.RETRY, EslError.QUEUE_FULL, EslError.INSUFFICIENT_RESOURCES)
+        if code == EslError.INSUFFICIENT_BATTERY:
+            return "low_battery", False, f"label answered error {code:#04x}"
+        return "refused", transient, f"label answered error {code:#04x}"
+    if code == TransferResult.BASE_MISMATCH:
+        return "base_mismatch", False, "label refused the update: it shows another image"
+    if code == TransferResult.INSUFFICIENT_BATTERY:
+        return "low_battery", False, f"label refused the image: error {code:#04x}"
+    return "refused", False, f"label refused the image: error {code:#04x}"
+
+
+def _too_old(version: int) -> str:
+    return (f"it speaks protocol {version}, this server needs {PROTOCOL_VERSION} (signed envelopes, job keys, "
+            f"the label's own final word): upgrade the gateway")
 
 
 def _fields(store: str, gateway: str | None, event: Ack | Nack | Checkin | Status) -> dict[str, Any]:

@@ -145,8 +145,9 @@ async def _set_password(conn: aiosqlite.Connection, credentials: Credentials, ro
 
 
 async def revoke_identity(db: Database, username: str, actor: Who) -> IdentityInfo:
-    """Revoke `username` (revoking twice keeps the first time). A gateway is marked offline and
-    its jobs in flight are queued again for the store's other gateways, in the same transaction.
+    """Revoke `username` (revoking twice keeps the first time). A gateway is marked offline, its
+    registered public key is forgotten (no job is sealed to it again: it must be registered anew)
+    and its jobs in flight are queued again for the store's other gateways, in the same transaction.
     `UnknownIdentityError` when no identity has this name; a server's own identity is not
     revoked (`IdentityError`): the server makes it again at its next start."""
     identity = Identity.parse(username)
@@ -164,6 +165,7 @@ async def revoke_identity(db: Database, username: str, actor: Who) -> IdentityIn
             if identity.role is Role.GATEWAY and identity.store is not None:
                 requeued = await job_rows.count_sent_by(conn, identity.name, store=identity.store)
                 await job_rows.requeue_sent_by(conn, identity.name, now, store=identity.store)
+                await gateway_rows.forget_public_key(conn, identity.store, identity.name)  # nothing sealed to it again
                 if await gateway_rows.status(conn, identity.store, identity.name) is not None:
                     await gateway_rows.set_status(conn, identity.store, identity.name, "offline", now=now, info=None)
             await record_audit(conn, actor, "identity.revoke", f"identity:{username}", {"revoked_at": None},

@@ -25,6 +25,7 @@ from eslserver.audit import Who, record_audit
 from eslserver.config import Settings
 from eslserver.db.database import Database
 from eslserver.jobs import JobKind, Outbox
+from eslserver.keyvault import KeyVault
 from eslserver.metrics import Metrics
 from eslserver.store import labels as label_rows
 from eslserver.store import products
@@ -77,10 +78,11 @@ def state_json(row: Any) -> dict[str, Any]:
 class Labels:
     """Label queries and the writes a technician makes."""
 
-    def __init__(self, db: Database, settings: Settings, metrics: Metrics, *,
+    def __init__(self, db: Database, settings: Settings, metrics: Metrics, vault: KeyVault, *,
                  on_dirty: Callable[[], None] = lambda: None, on_jobs: Callable[[], None] = lambda: None,
                  on_states: Callable[[Iterable[str]], None] = lambda macs: None) -> None:
         self.db = db
+        self.vault = vault
         self.settings = settings
         self.metrics = metrics
         self.outbox = Outbox(db, metrics)
@@ -159,3 +161,31 @@ class Labels:
             await record_audit(conn, actor, "label.flash", mac, None, {"seconds": seconds, "job": job})
         self.on_jobs()
         return job
+
+    async def reset(self, mac: str, *, actor: Who) -> dict[str, Any]:
+        """A technician's word that the label lost its key (a factory reset, a new battery that
+        wiped it): forget the key and pair it again with its factory key; its product's image
+        follows. The server never does this on a label's own key-less check-in (anybody can
+        send one), only here, audited. Returns the label state."""
+        mac = normalise_mac(mac)
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            before = await label_rows.get(conn, mac)
+            if before is None:
+                raise LabelError("unknown_label", f"label {mac} is not known", 404)
+            key_lost = await label_rows.for_event(conn, mac)
+            await self.outbox.supersede_images(conn, [mac], now)
+            await label_rows.forget_key(conn, mac)
+            queued = await self.outbox.ensure_pair(conn, store=self.settings.store, mac=mac, now=now,
+                                                   sealed_key=self.vault.new_label_key(self.settings.store, mac))
+            if before["sku"] is not None:
+                await label_rows.mark_dirty(conn, iso(now), mac=mac, pending=True)
+            after = await label_rows.get(conn, mac)
+            await record_audit(conn, actor, "label.reset", mac, state_json(before),
+                               {**state_json(after), "pairing_queued": queued,
+                                "key_lost_at": None if key_lost is None else key_lost["key_lost_at"]})
+        self.on_jobs()
+        self.on_dirty()
+        self.on_states([mac])
+        assert after is not None
+        return state_json(after)

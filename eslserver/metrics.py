@@ -95,6 +95,14 @@ class Metrics:
                                        "From a change taking effect (a price arriving, or a scheduled price's "
                                        "valid_from) to the label confirming the new image",
                                        buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=r)
+        self.labels_reset = Counter("esl_labels_reset", "Labels that had a key and checked in without one (reset, or "
+                                    "a forgery): never re-paired on their own word, they wait for a technician",
+                                    registry=r)
+        self.acks_unconfirmed = Counter("esl_acks_unconfirmed", "Acks that confirmed nothing: no valid final word "
+                                        "of the label in them, by reason", ["reason"], registry=r)
+        self.envelopes_refused = Counter("esl_envelopes_refused", "Job envelopes a gateway refused to run, by nack "
+                                         "code (unsigned, bad_signature, replayed, expired, misaddressed, "
+                                         "wrong_key)", ["code"], registry=r)
         self.jobs = Gauge("esl_jobs", "Jobs by state", ["state"], registry=r)
         self.labels = Gauge("esl_labels", "Labels by state", ["state"], registry=r)
         self.gateways_online = Gauge("esl_gateways_online", "Gateways reporting online", registry=r)

@@ -45,6 +45,7 @@ from eslserver.mqtt_access import AccessSnapshot, Identity, Role
 from eslserver.pipeline import Pipeline
 from eslserver.render_worker import warm_up
 from eslserver.retention import Retention
+from eslserver.signing import SigningKeyError, load_signing_key
 from eslserver.startup import StartupError, http_tls_context, is_loopback, listen_error, os_reason
 from eslserver.store import gateways as gateway_rows
 from eslserver.store import jobs as job_rows
@@ -53,6 +54,7 @@ from eslserver.store import stores
 from eslserver.timeutil import iso, utcnow
 from eslserver.topics import Kind, TopicError, Topics
 from eslserver.uploads import Uploads
+from firmware_proto.trust import SigningKey
 from render.isolate import LimitedPool
 
 __all__ = ["SYSTEM", "Server"]
@@ -96,6 +98,8 @@ class Server:
         self.topics: Topics = settings.topics
         """This store's MQTT topics: every topic the server publishes or subscribes to."""
         self.mqtt: MqttConnection | None = None
+        self.signing_key: SigningKey | None = None
+        """The key every job envelope is signed with (`eslserver.signing`); loaded at start with MQTT."""
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -112,7 +116,7 @@ class Server:
                                  on_states=self.publish_states, uploads=self.uploads)
         self.dispatcher = Dispatcher(self.db, settings, self.metrics, self._publish, vault=self.vault,
                                      on_states=self.publish_states, on_dirty=self._dirty)
-        self.labels = Labels(self.db, settings, self.metrics, on_dirty=self._dirty, on_jobs=self._jobs,
+        self.labels = Labels(self.db, settings, self.metrics, self.vault, on_dirty=self._dirty, on_jobs=self._jobs,
                              on_states=self.publish_states)
         self.templates = Templates(self.db, settings, on_dirty=self._dirty, on_states=self.publish_states,
                                    uploads=self.uploads)
@@ -252,6 +256,12 @@ class Server:
                                             name="preview")
             self.templates.pool = self.uploads.pool = self.preview_pool  # uploads are decoded there too
         if self.use_mqtt:
+            try:
+                self.signing_key = self.dispatcher.signer = load_signing_key(s)
+            except SigningKeyError as exc:
+                raise StartupError("data_dir", str(exc)) from exc
+            log.info("server public key (every gateway's server_public_key): %s", self.signing_key.public.hex(),
+                     extra={"store": s.store})
             if self.broker_url is None:
                 self.broker = EmbeddedBroker(port=s.mqtt_port, implementation=s.embedded_broker,
                                              access=self.identities.snapshot,
@@ -442,7 +452,7 @@ class Server:
     async def _stop_unregistered_gateways(self) -> None:
         """Gateways recorded online that are not registered (data from before identities, or a
         revocation this server missed) get no more jobs: offline, their jobs in flight requeued."""
-        stray = self.identities.unregistered(await gateway_rows.online(self.db, self.settings.store))
+        stray = self.identities.unregistered(await gateway_rows.online_ids(self.db, self.settings.store))
         if stray:
             log.warning("gateways %s are not registered: no jobs go to them and their events are ignored until "
                         "they are ('esl gateways add %s/ID')", ", ".join(stray), self.settings.store,

@@ -13,7 +13,7 @@ from firmware_proto.auth import (
 from firmware_proto.commands import BasicState, EslError, SensorIndex, command_spec, response_spec
 from firmware_proto.envelope import (
     BudgetExhausted, CommandJob, EnvelopeError, ImageJob, JobEnvelope, JobKind, JobSession, PairJob,
-    parse_envelope,
+    credentials, open_job_key, parse_envelope, verify_envelope,
 )
 from firmware_proto.errors import (
     AuthError, CommandError, FrameError, ProtocolError, TransferError,
@@ -21,10 +21,11 @@ from firmware_proto.errors import (
 from firmware_proto.frames import (
     DEFAULT_MTU, MAX_FRAME, PROTOCOL_VERSION, Auth, Checkin, CheckinFlag, ControlCommand,
     ControlResponse, Frame, FrameType, ImageOffer, ImagePart, ImageStatus, ImageStatusRequest,
-    OfferFlag, PairRequest, TransferState, address_bytes, address_str, parse_frame,
+    JobStatus, JobTicket, OfferFlag, PairRequest, TransferState, address_bytes, address_str, parse_frame,
 )
 from firmware_proto.gateway import GatewaySession, SealedSender
 from firmware_proto.image import HASH_SIZE, ImageFormat, Region, image_hash
+from firmware_proto.jobkeys import RESULT_OK, derive_job_key, make_ticket
 from firmware_proto.label import (
     DisplayScheduled, FactoryReset, FrameRejected, ImageDisplayed, LabelEvent, LabelFlash,
     LabelSession, LedChanged, Paired, ServiceReset, TransferFailed, Unpaired, blank_framebuffer,
@@ -35,6 +36,7 @@ from firmware_proto.transfer import (
     ImageReceiver, ImageSender, ImageUpdate, TransferResult, best_payload,
     changed_region, framebuffer_size, part_size_for, plan_update,
 )
+from firmware_proto.trust import GatewayKey, SigningKey, TrustError, VerifyKey
 
 __all__ = [
     # auth
@@ -46,7 +48,7 @@ __all__ = [
     # frames
     "DEFAULT_MTU", "MAX_FRAME", "PROTOCOL_VERSION", "Auth", "Checkin", "CheckinFlag",
     "ControlCommand", "ControlResponse", "Frame", "FrameType", "ImageOffer", "ImagePart",
-    "ImageStatus", "ImageStatusRequest", "OfferFlag", "PairRequest", "TransferState",
+    "ImageStatus", "ImageStatusRequest", "JobStatus", "JobTicket", "OfferFlag", "PairRequest", "TransferState",
     "address_bytes", "address_str", "parse_frame",
     # sessions
     "GatewaySession", "SealedSender", "LabelFlash", "LabelSession", "blank_framebuffer",
@@ -58,7 +60,9 @@ __all__ = [
     "framebuffer_size", "part_size_for", "plan_update",
     # job envelopes (server -> gateway)
     "BudgetExhausted", "CommandJob", "EnvelopeError", "ImageJob", "JobEnvelope", "JobKind",
-    "JobSession", "PairJob", "parse_envelope",
+    "JobSession", "PairJob", "credentials", "open_job_key", "parse_envelope", "verify_envelope",
+    # job keys and trust (server -> gateway -> label)
+    "RESULT_OK", "derive_job_key", "make_ticket", "GatewayKey", "SigningKey", "TrustError", "VerifyKey",
     # models, streams
     "MODELS", "LabelModel", "get_model", "StreamDecoder", "encode_stream",
 ]

@@ -24,14 +24,14 @@ from firmware_proto.commands import OpSpec, command_spec, param_length, response
 from firmware_proto.crc import crc16
 from firmware_proto.errors import FrameError, ProtocolError
 from firmware_proto.image import HASH_SIZE
-from firmware_proto.wire import I8, U8, U16, U24, U32, Reader, check_range, hexs
+from firmware_proto.wire import I8, U8, U16, U24, U32, U64, Reader, check_range, hexs
 
 __all__ = [
     "PROTOCOL_VERSION", "MAX_FRAME", "DEFAULT_MTU", "HEADER_SIZE", "CRC_SIZE", "AUTH_SIZE",
     "TAG_SIZE", "ADDRESS_SIZE", "FrameType", "HeaderFlag", "Auth", "Frame",
     "ControlCommand", "ControlResponse", "ImageOffer", "ImagePart", "ImageStatusRequest",
     "ImageStatus", "TransferState", "OfferFlag", "Checkin", "CheckinFlag", "PairRequest",
-    "FRAME_CLASSES", "parse_frame", "address_bytes", "address_str",
+    "JobTicket", "JobStatus", "FRAME_CLASSES", "parse_frame", "address_bytes", "address_str",
 ]
 
 PROTOCOL_VERSION = 1
@@ -56,6 +56,8 @@ class FrameType(IntEnum):
     IMAGE_STATUS = 0x13
     CHECKIN = 0x20
     PAIR_REQUEST = 0x30
+    JOB_TICKET = 0x40
+    JOB_STATUS = 0x41
 
 
 class HeaderFlag(IntFlag):
@@ -516,6 +518,36 @@ class ImageStatus(Frame):
 # -- label report and pairing ----------------------------------------------------------------
 
 
+class _Report:
+    """What a label says of itself at the end of a check-in or a job status: the hash it
+    displays, battery, temperature, the RSSI it measured, the highest counter it accepted.
+    One layout, checked and coded here for both frames."""
+
+    displayed_hash: bytes
+    battery_mv: int
+    temperature_c: int
+    rssi: int
+    rx_counter: int
+
+    def _check_report(self) -> None:
+        check_range("battery_mv", U16, self.battery_mv)
+        check_range("temperature_c", I8, self.temperature_c)
+        check_range("rssi", I8, self.rssi)
+        check_range("rx_counter", U32, self.rx_counter)
+        if len(self.displayed_hash) != HASH_SIZE:
+            raise FrameError(f"displayed_hash: expected {HASH_SIZE} bytes, got {hexs(self.displayed_hash)}")
+
+    def _report(self) -> bytes:
+        return (self.displayed_hash + U16(self.battery_mv).serialize() + I8(self.temperature_c).serialize()
+                + I8(self.rssi).serialize() + U32(self.rx_counter).serialize())
+
+    @staticmethod
+    def _parse_report(r: Reader) -> dict[str, object]:
+        return {"displayed_hash": r.take(HASH_SIZE, "displayed_hash"), "battery_mv": r.int(U16, "battery_mv"),
+                "temperature_c": r.int(I8, "temperature_c"), "rssi": r.int(I8, "rssi"),
+                "rx_counter": r.int(U32, "rx_counter")}
+
+
 class CheckinFlag(IntFlag):
     PAIRED = 0x01
     LOW_BATTERY = 0x02
@@ -524,7 +556,7 @@ class CheckinFlag(IntFlag):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Checkin(Frame):
+class Checkin(_Report, Frame):
     """Label → gateway when it wakes: what it is and what it shows. Always addressed.
 
     ``rssi`` is what the label measured on the gateway's last frame; ``rx_counter`` the highest
@@ -549,25 +581,16 @@ class Checkin(Frame):
         check_range("model_id", U8, self.model_id)
         check_range("firmware_version", U16, self.firmware_version)
         check_range("flags", U8, int(self.status_flags))
-        check_range("battery_mv", U16, self.battery_mv)
-        check_range("temperature_c", I8, self.temperature_c)
-        check_range("rssi", I8, self.rssi)
-        check_range("rx_counter", U32, self.rx_counter)
-        if len(self.displayed_hash) != HASH_SIZE:
-            raise FrameError(f"displayed_hash: expected {HASH_SIZE} bytes, got {hexs(self.displayed_hash)}")
+        self._check_report()
 
     def _body(self) -> bytes:
         return (bytes((self.model_id,)) + U16(self.firmware_version).serialize()
-                + bytes((int(self.status_flags),)) + self.displayed_hash + U16(self.battery_mv).serialize()
-                + I8(self.temperature_c).serialize() + I8(self.rssi).serialize()
-                + U32(self.rx_counter).serialize())
+                + bytes((int(self.status_flags),)) + self._report())
 
     @classmethod
     def _parse_body(cls, r: Reader, common: dict[str, object]) -> Self:
         return cls(model_id=r.int(U8, "model_id"), firmware_version=r.int(U16, "firmware_version"),
-                   status_flags=CheckinFlag(r.int(U8, "flags")), displayed_hash=r.take(HASH_SIZE, "displayed_hash"),
-                   battery_mv=r.int(U16, "battery_mv"), temperature_c=r.int(I8, "temperature_c"),
-                   rssi=r.int(I8, "rssi"), rx_counter=r.int(U32, "rx_counter"),
+                   status_flags=CheckinFlag(r.int(U8, "flags")), **cls._parse_report(r),
                    **common)  # type: ignore[arg-type]
 
 
@@ -594,10 +617,90 @@ class PairRequest(Frame):
                    **common)  # type: ignore[arg-type]
 
 
+# -- jobs: the server's ticket in, the label's final word out -----------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobTicket(Frame):
+    """Server → label, forwarded unchanged by the gateway as the first frame of a job.
+
+    Authenticated with the label's long-term key at counter ``first`` (the first counter of the
+    range the server reserved for the job), so only the server can make one. The label derives
+    the job key from it (`firmware_proto.jobkeys.derive_job_key`) and accepts the job's frames
+    under that key with counters ``first + 1 .. last`` only.
+    """
+
+    frame_type: ClassVar[FrameType] = FrameType.JOB_TICKET
+    job_id: int
+    attempt: int
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        super(JobTicket, self).__post_init__()
+        check_range("job_id", U64, self.job_id)
+        check_range("attempt", U8, self.attempt)
+        check_range("first", U32, self.first)
+        check_range("last", U32, self.last)
+        if not 1 <= self.first <= self.last:
+            raise FrameError(f"job_ticket: counters must be 1 <= first <= last, got {self.first}..{self.last}")
+        if self.auth is not None and self.auth.counter != self.first:
+            raise FrameError(f"job_ticket: authenticated at counter {self.auth.counter}, "
+                             f"but its range starts at {self.first}")
+
+    def _body(self) -> bytes:
+        return (U64(self.job_id).serialize() + bytes((self.attempt,)) + U32(self.first).serialize()
+                + U32(self.last).serialize())
+
+    @classmethod
+    def _parse_body(cls, r: Reader, common: dict[str, object]) -> Self:
+        return cls(job_id=r.int(U64, "job_id"), attempt=r.int(U8, "attempt"), first=r.int(U32, "first"),
+                   last=r.int(U32, "last"), **common)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobStatus(_Report, Frame):
+    """Label → server (through the gateway, raw): the label's final word on a job. Always addressed.
+
+    Sent when the job ends (image displayed or refused, command answered), authenticated with
+    the label's LONG-TERM key, which the gateway does not have: it can forward this frame but
+    not make or change one. ``result`` is 0 for success, else the label's error (an ESL error
+    code or a `firmware_proto.transfer.TransferResult`). ``rx_counter`` is the highest counter
+    the label accepted, as in a check-in.
+    """
+
+    frame_type: ClassVar[FrameType] = FrameType.JOB_STATUS
+    job_id: int
+    attempt: int
+    result: int
+    displayed_hash: bytes
+    battery_mv: int
+    temperature_c: int
+    rssi: int
+    rx_counter: int
+
+    def __post_init__(self) -> None:
+        super(JobStatus, self).__post_init__()
+        if self.address is None:
+            raise FrameError("job_status: address is required")
+        check_range("job_id", U64, self.job_id)
+        check_range("attempt", U8, self.attempt)
+        check_range("result", U8, self.result)
+        self._check_report()
+
+    def _body(self) -> bytes:
+        return U64(self.job_id).serialize() + bytes((self.attempt, self.result)) + self._report()
+
+    @classmethod
+    def _parse_body(cls, r: Reader, common: dict[str, object]) -> Self:
+        return cls(job_id=r.int(U64, "job_id"), attempt=r.int(U8, "attempt"), result=r.int(U8, "result"),
+                   **cls._parse_report(r), **common)  # type: ignore[arg-type]
+
+
 FRAME_CLASSES: dict[FrameType, type[Frame]] = {
     c.frame_type: c
     for c in (ControlCommand, ControlResponse, ImageOffer, ImagePart, ImageStatusRequest,
-              ImageStatus, Checkin, PairRequest)
+              ImageStatus, Checkin, PairRequest, JobTicket, JobStatus)
 }
 
 _MIN_FRAME = HEADER_SIZE + CRC_SIZE

@@ -16,6 +16,18 @@ Persistence rules (what survives a reboot is exactly `LabelFlash`):
 - if the gateway loses its counters (restored database, new gateway), the label's check-in
   carries ``rx_counter`` (the highest counter it accepted), authenticated, and the gateway
   continues above it.
+
+Jobs (`firmware_proto.jobkeys`): a gateway never holds the label key. A job starts with the
+server's `JobTicket` (authenticated with the label key, counter above every counter accepted
+so far); the label derives the job key from it and accepts the job's frames under that key
+only with counters inside the ticket's range, answering under the job key. When the job ends
+(image displayed or refused, command answered) the label sends its final word, a `JobStatus`
+authenticated with its long-term key, and forgets the job key; so does a new ticket. The last
+`JobStatus` is kept (`LabelFlash.ended`) and sent again, unchanged, to a request that still
+uses the ended job's counters (its answer was lost), at most `jobkeys.MAX_REPEATS` times; the
+request itself does nothing. Frames
+authenticated with the label key itself (only the server can make them: tools and tests that
+hold the key) are accepted as before and end no job.
 """
 
 from __future__ import annotations
@@ -28,9 +40,10 @@ from firmware_proto.commands import BasicState, EslError, SensorIndex
 from firmware_proto.errors import ProtocolError, TransferError
 from firmware_proto.frames import (
     DEFAULT_MTU, Checkin, CheckinFlag, ControlCommand, ControlResponse, Frame, ImageOffer,
-    ImagePart, ImageStatus, ImageStatusRequest, PairRequest, TransferState, address_bytes,
-    parse_frame,
+    ImagePart, ImageStatus, ImageStatusRequest, JobStatus, JobTicket, PairRequest, TransferState,
+    address_bytes, parse_frame,
 )
+from firmware_proto.jobkeys import RESULT_OK, EndedJob, JobGrant, derive_job_key
 from firmware_proto.image import Region, image_hash
 from firmware_proto.models import LabelModel
 from firmware_proto.transfer import ImageReceiver, TransferResult, framebuffer_size
@@ -147,6 +160,8 @@ class LabelFlash:
     factory_rx: ReplayWindow = field(default_factory=ReplayWindow)  # pairing frames; never reset
     transfer: ImageReceiver | None = None
     last_result: tuple[int, TransferState, int] | None = None  # (transfer id, state, error)
+    job: JobGrant | None = None          # the running job (from its ticket), key included
+    ended: EndedJob | None = None        # the last job that ended, with its final JobStatus
 
     @classmethod
     def new(cls, model: LabelModel, factory_key: bytes) -> LabelFlash:
@@ -156,6 +171,7 @@ class LabelFlash:
 
     def forget_key(self) -> None:
         self.label_key, self.tx_counter, self.rx = None, 0, ReplayWindow()
+        self.job, self.ended = None, None
 
 
 class LabelSession:
@@ -191,6 +207,10 @@ class LabelSession:
         self._orphan_bytes = 0
         self._hash_of: bytes | None = None
         self._hash = b""
+        self._job_key: FrameKey | None = None
+        self._reply_key: FrameKey | None = None  # set while answering a frame of the running job
+        self._final: bytes | None = None         # the JobStatus that frame's handling produced
+        self._command_result = RESULT_OK
 
     # -- public state -------------------------------------------------------------------
     @property
@@ -236,13 +256,40 @@ class LabelSession:
         return self._send(frame)
 
     def _send(self, frame: Frame) -> bytes:
+        """`frame` sealed with the next counter: under the job key when it answers a frame of
+        the running job, else under the label key (plain when unpaired)."""
         if self.addressed_replies and frame.address is None:
             frame = replace(frame, address=self.address)
-        key = self._label_key()
+        key = self._reply_key or self._label_key()
         if key is None:
             return frame.to_bytes()
         self.flash.tx_counter += 1
         return seal(frame, key, self.address, Direction.FROM_LABEL, self.flash.tx_counter)
+
+    def _running_job_key(self) -> FrameKey | None:
+        job = self.flash.job
+        if job is None:
+            self._job_key = None
+        elif self._job_key is None or self._job_key.key != job.key:
+            self._job_key = FrameKey(job.key)
+        return self._job_key
+
+    def _end_job(self, result: int) -> None:
+        """The running job is over: seal the final `JobStatus` under the LABEL key (the gateway
+        cannot make or alter one), forget the job key, keep the status for a lost answer."""
+        job, key = self.flash.job, self._label_key()
+        if job is None or key is None:
+            return
+        status = JobStatus(
+            address=self.address, job_id=job.job_id, attempt=job.attempt, result=result,
+            displayed_hash=self.displayed_hash, battery_mv=max(0, min(0xFFFF, int(self.battery_mv))),
+            temperature_c=max(-128, min(127, round(self.temperature_c))),
+            rssi=max(-128, min(127, int(self.rssi))), rx_counter=self.flash.rx.highest)
+        self.flash.tx_counter += 1
+        raw = seal(status, key, self.address, Direction.FROM_LABEL, self.flash.tx_counter)
+        self.flash.job, self._job_key, self._reply_key = None, None, None
+        self.flash.ended = EndedJob(job.job_id, job.first, job.last, raw)
+        self._final = raw
 
     def _label_key(self) -> FrameKey | None:
         if self.flash.label_key is None:
@@ -271,28 +318,87 @@ class LabelSession:
             return self._reject(str(exc))
         if frame is None:
             return []
+        self._reply_key, self._final, self._command_result = None, None, RESULT_OK
         try:
             if isinstance(frame, PairRequest):
                 return self._pair(frame)
+            if isinstance(frame, JobTicket):
+                return self._ticket(frame)
             if not isinstance(frame, (ControlCommand, ImageOffer, ImagePart, ImageStatusRequest)):
                 return self._reject(f"{type(frame).__name__} is not a frame a label accepts")
-            key = self._label_key()
-            if key is None:
+            if self._label_key() is None:
                 return self._reject(f"{type(frame).__name__}: label is not paired")
             if frame.auth is None:
                 return self._reject(f"{type(frame).__name__}: not authenticated")
-            self.flash.rx.check(frame.auth.counter)
-            verify(frame, key, self.address, Direction.TO_LABEL)
-            self.flash.rx.accept(frame.auth.counter)
+            in_job = self._open(frame)
         except ProtocolError as exc:
-            return self._reject(str(exc))
-        if isinstance(frame, ControlCommand):
-            return self._command(frame)
-        if isinstance(frame, ImageOffer):
-            return self._offer(frame)
-        if isinstance(frame, ImagePart):
-            return self._part(frame)
-        return [self._send(self._status_for(frame.transfer_id, frame.seq))]
+            return self._reject(str(exc)) + self._repeat_final(frame)
+        try:
+            self._reply_key = self._job_key if in_job else None
+            if isinstance(frame, ControlCommand):
+                out = self._command(frame)
+                if in_job:  # a command job is one command: answered, it is over
+                    self._end_job(self._command_result)
+            elif isinstance(frame, ImageOffer):
+                out = self._offer(frame)
+            elif isinstance(frame, ImagePart):
+                out = self._part(frame)
+            else:
+                out = [self._send(self._status_for(frame.transfer_id, frame.seq))]
+            return out if self._final is None else [*out, self._final]
+        finally:
+            self._reply_key, self._final = None, None
+
+    def _open(self, frame: Frame) -> bool:
+        """Verify a frame for the label (`AuthError` if refused); True when it came under the
+        running job's key. Inside the job's range only the job key counts; outside it, only
+        the label key."""
+        assert frame.auth is not None
+        counter = frame.auth.counter
+        job = self.flash.job
+        in_job = job is not None and job.covers(counter)
+        key = self._running_job_key() if in_job else self._label_key()
+        assert key is not None
+        self.flash.rx.check(counter)
+        verify(frame, key, self.address, Direction.TO_LABEL)
+        self.flash.rx.accept(counter)
+        return in_job
+
+    def _repeat_final(self, frame: Frame) -> list[bytes]:
+        """The ended job's `JobStatus` again, for a request that still uses that job's counters
+        (its answer was lost). The request is not obeyed; the bytes are the ones already sent."""
+        ended, auth = self.flash.ended, frame.auth
+        if ended is None or auth is None or not ended.covers(auth.counter):
+            return []
+        if isinstance(frame, (ControlCommand, ImageOffer, ImageStatusRequest)) or frame.ack_req:
+            status = ended.repeat()
+            return [] if status is None else [status]
+        return []
+
+    def _ticket(self, ticket: JobTicket) -> list[bytes]:
+        """A new job: check the ticket (label key, counter above all accepted), derive the job
+        key. Whatever job ran before is over (its key forgotten, its status no longer repeated)."""
+        key = self._label_key()
+        if key is None:
+            return self._reject("job_ticket: label is not paired")
+        if ticket.auth is None:
+            return self._reject("job_ticket: not authenticated")
+        counter, highest = ticket.auth.counter, self.flash.rx.highest
+        job = self.flash.job
+        if job is not None and (job.job_id, job.attempt, job.first, job.last) == (
+                ticket.job_id, ticket.attempt, ticket.first, ticket.last):
+            verify(ticket, key, self.address, Direction.TO_LABEL)
+            return []  # the running job's own ticket again (the gateway was not sure it arrived)
+        if counter <= highest:
+            return self._reject(f"job_ticket: counter {counter} is not above {highest}: replay")
+        verify(ticket, key, self.address, Direction.TO_LABEL)
+        self.flash.rx.accept(counter)
+        assert self.flash.label_key is not None
+        job_key = derive_job_key(self.flash.label_key, self.address, ticket.job_id, ticket.attempt,
+                                 ticket.first, ticket.last)
+        self.flash.job = JobGrant(ticket.job_id, ticket.attempt, ticket.first, ticket.last, job_key)
+        self.flash.ended, self._job_key = None, None
+        return []
 
     def _parse_for_me(self, data: bytes) -> Frame | None:
         frame = parse_frame(data)
@@ -304,6 +410,8 @@ class LabelSession:
     def _pair(self, frame: PairRequest) -> list[bytes]:
         if frame.auth is None:
             raise TransferError("pair_request: not authenticated")
+        if self._repeated_pairing(frame):  # its answer was lost: confirm again, change nothing
+            return [self.checkin()]
         self.flash.factory_rx.check(frame.auth.counter)
         verify(frame, self._factory_key, self.address, Direction.TO_LABEL)
         new_key = unwrap_key(self.flash.factory_key, self.address, frame.auth.counter, frame.wrapped_key)
@@ -313,6 +421,19 @@ class LabelSession:
         self._event(Paired(frame.esl_id))
         return [self.checkin()]
 
+    def _repeated_pairing(self, frame: PairRequest) -> bool:
+        """True for the very pair request the label last accepted (same counter, authentic,
+        wrapping the key it now holds): the gateway did not hear the confirming check-in."""
+        assert frame.auth is not None
+        if self.flash.label_key is None or frame.auth.counter != self.flash.factory_rx.highest:
+            return False
+        try:
+            verify(frame, self._factory_key, self.address, Direction.TO_LABEL)
+            key = unwrap_key(self.flash.factory_key, self.address, frame.auth.counter, frame.wrapped_key)
+        except ProtocolError:
+            return False
+        return key == self.flash.label_key
+
     # -- ESL control point ---------------------------------------------------------------
     def _command(self, cmd: ControlCommand) -> list[bytes]:
         name, seq = cmd.name, cmd.seq
@@ -321,6 +442,7 @@ class LabelSession:
             return [self._send(ControlResponse.make(rname, seq=seq, data=data, **params))]
 
         def error(code: EslError) -> list[bytes]:
+            self._command_result = int(code)
             return resp("error", error_code=int(code))
 
         if name == "ping" or name == "update_complete":
@@ -331,6 +453,8 @@ class LabelSession:
             return resp("basic_state", state=int(self.basic_state))
         if name in ("unassociate", "factory_reset"):
             out = resp("basic_state", state=int(self.basic_state))  # sealed before the key goes
+            if self._reply_key is not None:
+                self._end_job(RESULT_OK)  # the final word too, while there is a key to say it with
             self.flash.forget_key()
             if name == "factory_reset":
                 self.flash.framebuffer = blank_framebuffer(self.model)
@@ -399,7 +523,10 @@ class LabelSession:
         self.flash.last_result = (offer.transfer_id, state, code)
         if state is TransferState.FAILED:
             self._event(TransferFailed(offer.transfer_id, code, reason))
-        return [self._send(ImageStatus(transfer_id=offer.transfer_id, state=state, error=code, seq=offer.seq))]
+        out = [self._send(ImageStatus(transfer_id=offer.transfer_id, state=state, error=code, seq=offer.seq))]
+        if self._reply_key is not None and state in (TransferState.DISPLAYED, TransferState.FAILED):
+            self._end_job(RESULT_OK if state is TransferState.DISPLAYED else code)
+        return out
 
     def _offer(self, offer: ImageOffer) -> list[bytes]:
         if offer.image_hash == self.displayed_hash:  # already showing it: nothing to send

@@ -12,7 +12,7 @@ from typing import ClassVar, Self
 
 from firmware_proto.errors import FrameError
 
-__all__ = ["WireInt", "U8", "U16", "U24", "U32", "U40", "I8", "I16", "Reader", "check_range", "hexs"]
+__all__ = ["WireInt", "U8", "U16", "U24", "U32", "U40", "U64", "I8", "I16", "Reader", "check_range", "hexs"]
 
 
 def hexs(data: bytes | bytearray | memoryview, limit: int = 32) -> str:
@@ -76,6 +76,10 @@ class U32(WireInt):
 
 class U40(WireInt):
     size = 5
+
+
+class U64(WireInt):
+    size = 8
 
 
 class I8(WireInt):

@@ -4,7 +4,10 @@
 advertises its check-in (`firmware_proto.ble_gatt.advertising_data`), hosts the frame service,
 feeds every written frame to a label endpoint and notifies the endpoint's answers, one frame
 per notification, in order. The endpoint is anything with ``receive(frame) -> list[bytes]``:
-`EchoEndpoint` for transport tests, the protocol's `LabelSession` for the real thing.
+`EchoEndpoint` for transport tests, the protocol's `LabelSession` (inside a `SimLabel`) for the
+real thing, and with it the whole label side of trust: the server's pair request and job
+tickets, frames accepted under a job key only inside the ticket's counter range, and the
+label's final `JobStatus` under its long-term key (tests/test_links_ble.py runs jobs so).
 
 Test-only.
 """

@@ -26,6 +26,7 @@ from eslserver.gateway.bridge import Gateway, GatewayConfig
 from eslserver.gateway.links.loopback import LoopbackRadio
 from eslserver.mqtt import Message, MqttConnection, MqttSettings
 from eslserver.server import SYSTEM, Server
+from eslserver.trust import register_gateway_key
 from firmware_proto.models import get_model
 from render.batch import render_batch
 from render.context import Store
@@ -112,9 +113,12 @@ async def shop(tmp_path: Path, broker_url: str, *, labels: int = 4, models: tupl
         radio = RadioServer(store, "127.0.0.1", 0)
         async with store, radio:
             host, port = radio.address
+            assert server.signing_key is not None
             bridge = Gateway(GatewayConfig(store=settings.store, gateway_id="gw1", data_dir=tmp_path / "gw",
-                                           concurrency=16, **(gateway or {})),
+                                           concurrency=16, server_key=server.signing_key.public,
+                                           **(gateway or {})),
                              LoopbackRadio(host, port), MqttSettings.from_url(broker_url))
+            await register_gateway_key(server.db, settings.store, "gw1", bridge.key.public, actor=SYSTEM)
             async with bridge, MqttConnection(MqttSettings.from_url(broker_url), client_id="test-pos",
                                              clean_session=True) as pos:
                 await pos.connected.wait()

@@ -31,7 +31,8 @@ from typing import Self
 
 from eslserver.config import SIMULATOR_FACTORY_SECRET
 
-__all__ = ["GATEWAY_READY", "SERVE_READY", "SIMULATE_READY", "ChildProcess", "Processes", "esl_argv"]
+__all__ = ["GATEWAY_READY", "SERVE_READY", "SIMULATE_READY", "ChildProcess", "Processes", "esl_argv",
+           "trust_gateway"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +45,31 @@ GATEWAY_READY = r"gateway \S+ of store \S+:"
 def esl_argv(*args: str) -> list[str]:
     """The `esl` command line with this interpreter (no reliance on a console script on PATH)."""
     return [sys.executable, "-c", "from eslserver.cli import main; main()", *args]
+
+
+async def trust_gateway(server_data: Path, gateway_data: Path, store: str, gateway: str) -> list[str]:
+    """What an operator does once per gateway, done on the two data directories: the server's
+    signing key and the gateway's own key are made (as their first start would), the gateway is
+    registered (``esl gateways add``: its MQTT identity, so the server listens to it) and its
+    public key too (``esl trust gateway``); returns the ``esl gateway`` arguments that give it
+    the server's public key. (The test brokers let anyone in: the identity's password is not used.)"""
+    from eslserver.config import load_settings
+    from eslserver.db.database import Database
+    from eslserver.gateway.bridge import GatewayConfig
+    from eslserver.gateway.identity import load_or_create_key
+    from eslserver.identities import add_identity
+    from eslserver.mqtt_access import Identity, Role
+    from eslserver.server import SYSTEM
+    from eslserver.signing import load_signing_key
+    from eslserver.trust import register_gateway_key
+
+    settings = load_settings(None, environ={}, overrides={"data_dir": server_data})
+    signing = load_signing_key(settings)
+    key, _ = load_or_create_key(GatewayConfig(store=store, gateway_id=gateway, data_dir=gateway_data).key_path)
+    async with Database(settings.database_path) as db:
+        await add_identity(db, Identity(Role.GATEWAY, gateway, store), SYSTEM, reset=True)
+        await register_gateway_key(db, store, gateway, key.public, actor=SYSTEM)
+    return ["--server-public-key", signing.public.hex()]
 
 
 class ChildProcess:

@@ -29,7 +29,11 @@ async def test_gateways_with_their_label_counts(api: ApiClient) -> None:
     reply = await api.call("GET", "/api/v1/gateways")
     assert [(g["id"], g["status"], g["labels"]) for g in reply.json["items"]] == [("gw0", "offline", 0),
                                                                                 ("gw1", "online", 1)]
-    assert reply.json["items"][1]["info"] == {"in_flight": 2}
+    # its status figures, the protocol it announced and its registered key (neither, here)
+    assert reply.json["items"][1]["info"] == {"in_flight": 2, "protocol": None, "public_key": None}
+    await sql(api, "UPDATE gateways SET protocol = 2, public_key = ? WHERE id = 'gw1'", bytes(range(32)))
+    reply = await api.call("GET", "/api/v1/gateways")
+    assert reply.json["items"][1]["info"] == {"in_flight": 2, "protocol": 2, "public_key": bytes(range(32)).hex()}
 
 
 async def test_jobs_with_filters(api: ApiClient) -> None:

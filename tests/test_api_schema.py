@@ -340,6 +340,7 @@ async def test_a_tour_gets_a_documented_success_from_every_route(api: ApiClient)
         ("POST", "/api/v1/import", {"rows": [{"line": 2, "fields": {"sku": "T1", "price": "2.59"}, "label": mac}]}),
         ("POST", "/api/v1/prices/history", [{"sku": "T0", "price": "1.99", "valid_from": "2026-01-05T08:00:00Z"}]),
         ("POST", "/api/v1/products/T1/seq-reset", None),
+        ("POST", f"/api/v1/labels/{mac}/reset", None),
         ("DELETE", f"/api/v1/labels/{mac}/binding", None),
     ]
     for method, path, body in calls:

@@ -278,3 +278,23 @@ async def test_unpair_and_a_manual_price_change(store: tuple[Shop, Cli]) -> None
     assert (await s.label(one))["state"] == "unpaired"
     result = await esl("unpair", "AA:BB:CC:00:00:99", code=1)
     assert "unknown label AA:BB:CC:00:00:99" in result.stderr
+
+
+async def test_pair_reset_pairs_a_label_again_with_a_new_key(store: tuple[Shop, Cli]) -> None:
+    """`esl pair --reset` is the technician's word that a label lost its key (the server never
+    re-pairs a keyed label on its own key-less check-in): forgotten, paired again, audited."""
+    s, esl = store
+    mac = sorted(s.macs)[0]
+    await esl("pair", mac, "100", "--wait", "20")
+    before = s.store.labels[mac].flash.label_key
+    assert before is not None
+    result = await esl("pair", "--reset", mac, "--wait", "30")
+    assert f"reset {mac}: its key is forgotten, pairing it again" in result.stdout
+    assert f"label {mac} is paired and shows its product again" in result.stdout
+    after = s.store.labels[mac].flash.label_key
+    assert after is not None and after != before  # a new key, provisioned over the air
+    assert (await s.label(mac))["state"] == "ok"
+    info = await esl.json("label", mac)  # the audit trail of the label names the reset
+    assert info["history"][0]["action"] == "label.reset"
+    wrong = await esl("pair", "--reset", mac, "100", code=2)
+    assert "--reset takes one LABEL and no product" in wrong.stderr

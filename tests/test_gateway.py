@@ -40,19 +40,22 @@ from eslserver.gateway.links.loopback import LoopbackRadio
 from eslserver.gateway.spool import JobSpool, PutResult, SpoolError
 from eslserver.mqtt import Message, MqttConnection, MqttSettings
 from eslserver.topics import Topics
+from eslserver.gateway.identity import load_or_create_key
 from firmware_proto.envelope import (
     CommandJob,
     EnvelopeError,
     ImageJob,
     JobEnvelope,
     PairJob,
+    open_job_key,
     parse_envelope,
 )
-from firmware_proto.frames import CheckinFlag, ImageStatusRequest
+from firmware_proto.frames import CheckinFlag, ImageStatusRequest, JobStatus, parse_frame
 from firmware_proto.image import image_hash
 from firmware_proto.label import MIN_DISPLAY_MV
 from firmware_proto.models import get_model
 from firmware_proto.transfer import ImageUpdate, best_payload, plan_update, xor_bytes
+from firmware_proto.trust import GatewayKey
 from simulator.faults import FaultConfig
 from simulator.label import SimLabel, factory_key
 from simulator.links import MemoryRadio
@@ -60,6 +63,7 @@ from simulator.radio_server import RadioServer
 from simulator.screen import demo_indices, pack_indices
 from simulator.store import SimStore, StoreConfig, label_address
 from tests.brokers import embedded_broker, free_port, mosquitto
+from tests.job_issuer import Issuer
 
 MODEL = get_model("2.9-bwry")
 KEY = bytes(range(16, 32))
@@ -88,53 +92,50 @@ def update_for(fb: bytes, base: bytes | None = None) -> ImageUpdate:
 
 
 class Bench:
-    """A store, its radio and the gateway-side check-in tracker, plus the job counters."""
+    """A store, its radio and the gateway-side check-in tracker, plus the server's side of the
+    jobs (`Issuer`: the label key, counter reservations, what the label last said)."""
 
     def __init__(self, store: SimStore, radio: MemoryRadio, tracker: CheckinTracker) -> None:
         self.store = store
         self.radio = radio
         self.tracker = tracker
         self.job_id = 0
-        self.tx = 0
-        self.rx = 0
+        self.gateway_key = GatewayKey.generate()
+        self.issuer = Issuer(store="s1", gateway="gw1", gateway_key=self.gateway_key.public)
 
     @property
     def label(self) -> SimLabel:
         return self.store.label(MAC)
 
     async def run(self, job: JobEnvelope, **kwargs: object) -> Ack | Nack:
-        """Run `job`; keep the counters it reports, as the server does."""
-        result = await run_job(self.radio, job, checkins=self.tracker, settings=FAST, **kwargs)  # type: ignore[arg-type]
-        if isinstance(job, PairJob):
-            if isinstance(result, Ack):  # a new key: both counters start again
-                self.tx, self.rx = result.tx_counter, result.rx_highest
-            return result
-        if result.tx_counter is not None:
-            assert result.tx_counter >= self.tx
-            self.tx = result.tx_counter
-        if result.rx_highest is not None:
-            self.rx = max(self.rx, result.rx_highest)
+        """Run `job` as the gateway would (its job key opened with the gateway's key); keep the
+        counter of the label's final word, as the server does."""
+        key = open_job_key(job, self.gateway_key) if isinstance(job, (ImageJob, CommandJob)) else None
+        result = await run_job(self.radio, job, job_key=key, checkins=self.tracker, settings=FAST,
+                               **kwargs)  # type: ignore[arg-type]
+        self.issuer.heard(result)
         return result
 
     def next_id(self) -> int:
         self.job_id += 1
         return self.job_id
 
-    def pair(self, deadline_s: int = 5) -> PairJob:
-        return PairJob(job_id=self.next_id(), mac=MAC, deadline_s=deadline_s,
-                       factory_key=factory_key(self.store.config.seed, MAC), new_key=KEY)
+    def pair(self, deadline_s: int = 5, counter: int | None = None) -> PairJob:
+        return self.issuer.pair(job_id=self.next_id(), mac=MAC, deadline_s=deadline_s, counter=counter,
+                                factory_key=factory_key(self.store.config.seed, MAC), new_key=KEY)
 
     def image(self, fb: bytes, *, base: bytes | None = None, budget: int = 500,
               deadline_s: int = 5) -> ImageJob:
-        return ImageJob.from_update(update_for(fb, base), job_id=self.next_id(), mac=MAC, label_key=KEY,
-                                    tx_counter=self.tx, budget=budget, rx_highest=self.rx,
-                                    deadline_s=deadline_s)
+        return self.issuer.image(update_for(fb, base), job_id=self.next_id(), mac=MAC, label_key=KEY,
+                                 budget=budget, deadline_s=deadline_s)
+
+    def command(self, name: str, *, budget: int = 20, deadline_s: int = 5, **params: int) -> CommandJob:
+        return self.issuer.command(name, job_id=self.next_id(), mac=MAC, label_key=KEY, budget=budget,
+                                   deadline_s=deadline_s, **params)
 
     def led(self, *, deadline_s: int = 5) -> CommandJob:
-        return CommandJob.make("led_control", job_id=self.next_id(), mac=MAC, label_key=KEY,
-                               tx_counter=self.tx, budget=20, rx_highest=self.rx,
-                               deadline_s=deadline_s, led_index=0, color_brightness=0xC3,
-                               flash_pattern=0xFF00FF, off_period=2, on_period=2, repeat=0xFFFF)
+        return self.command("led_control", deadline_s=deadline_s, led_index=0, color_brightness=0xC3,
+                            flash_pattern=0xFF00FF, off_period=2, on_period=2, repeat=0xFFFF)
 
 
 @asynccontextmanager
@@ -164,19 +165,22 @@ async def test_pair_image_and_led_through_20_percent_loss() -> None:
         assert b.label.paired
         assert paired.displayed_hash == b.label.displayed_hash  # what the label reported
         assert paired.battery_mv == b.label.battery.millivolts or paired.battery_mv is not None
-        assert paired.rssi is not None and paired.temperature_c is not None
-        assert paired.tx_counter == 0 and paired.rx_highest >= 1
+        assert paired.temperature_c is not None and paired.attempt == 0
+        confirm = parse_frame(paired.status or b"")  # the label's own check-in, under its new key, raw
+        assert confirm.auth is not None and confirm.address is not None
 
         fb = picture(1)
         shown = await b.run(b.image(fb))
         assert isinstance(shown, Ack), shown
         assert shown.displayed_hash == image_hash(fb) == b.label.displayed_hash
         assert b.label.framebuffer == fb
-        assert shown.frames > 0 and shown.tx_counter > paired.tx_counter
+        final = parse_frame(shown.status or b"")
+        assert isinstance(final, JobStatus) and (final.job_id, final.result) == (shown.job, 0)
+        assert final.auth is not None and final.auth.counter > confirm.auth.counter and shown.frames > 0
 
         lit = await b.run(b.led())
         assert isinstance(lit, Ack), lit
-        assert lit.displayed_hash is None
+        assert lit.displayed_hash == image_hash(fb)  # a command's final word says what it shows too
         led = b.label.led_at(b.store.now())
         assert led.on and led.flashing
 
@@ -198,8 +202,8 @@ async def test_offline_label_is_nacked_unreachable_then_succeeds_when_back() -> 
         assert (gone.code, gone.retry) == ("unreachable", True)
         assert 0.9 <= loop.time() - t0 < 1.5
         assert "did not answer within 1 s" in gone.reason
-        assert gone.tx_counter is not None and gone.rx_highest is not None
-        # the server retries with the counters the nack reported; the label comes back meanwhile
+        assert gone.status is None
+        # the server retries with fresh counters of its own; the label comes back meanwhile
         back = await b.run(b.image(fb, deadline_s=3))
         assert isinstance(back, Ack), back
         assert b.label.displayed_hash == image_hash(fb)
@@ -225,6 +229,8 @@ async def test_wrong_base_hash_is_nacked_base_mismatch() -> None:
         nack = await b.run(b.image(picture(6), base=picture(5)))
         assert isinstance(nack, Nack)
         assert (nack.code, nack.retry) == ("base_mismatch", False)
+        said = parse_frame(nack.status or b"")  # the label's own word on what it shows instead
+        assert isinstance(said, JobStatus) and said.displayed_hash == b.label.displayed_hash
         full = await b.run(b.image(picture(6)))
         assert isinstance(full, Ack) and b.label.displayed_hash == image_hash(picture(6))
 
@@ -246,8 +252,7 @@ async def test_budget_is_never_exceeded_and_the_transfer_resumes_with_a_new_budg
         nack = await b.run(job)
         assert isinstance(nack, Nack)
         assert (nack.code, nack.retry) == ("budget", True)
-        assert nack.tx_counter == job.tx_counter + job.budget  # every reserved counter, none more
-        assert b.label.flash.rx.highest <= job.counter_limit
+        assert b.label.flash.rx.highest <= job.counter_limit  # no counter past the reservation
         assert b.label.displayed_hash != image_hash(fb)
         # the label kept the parts it got and says so when it checks in
         b.store.wake_now(MAC)
@@ -274,28 +279,32 @@ async def test_a_rerun_after_a_crash_starts_above_every_noted_counter() -> None:
                 raise asyncio.CancelledError  # the process dies here, after the second note
 
         with pytest.raises(asyncio.CancelledError):
-            await run_job(b.radio, job, checkins=b.tracker, settings=JobSettings(
+            await run_job(b.radio, job, job_key=open_job_key(job, b.gateway_key), checkins=b.tracker, settings=JobSettings(
                 reply_timeout_s=0.05, window=4, reserve_chunk=8), reserve=reserve)
         assert noted == sorted(noted) and b.label.flash.rx.highest <= noted[0]
-        result = await run_job(b.radio, job, checkins=b.tracker, settings=FAST, used_through=noted[-1])
+        result = await run_job(b.radio, job, job_key=open_job_key(job, b.gateway_key), checkins=b.tracker,
+                               settings=FAST, used_through=noted[-1])
         assert isinstance(result, Ack), result
-        assert result.tx_counter > noted[-1]
+        assert b.label.flash.rx.highest > noted[-1]
         assert b.label.displayed_hash == image_hash(fb)
 
 
-async def test_pairing_goes_above_the_counter_of_the_labels_unauthenticated_checkin() -> None:
+async def test_a_pairing_must_go_above_the_factory_counter_the_label_reports() -> None:
     async with bench() as b:
         first = await b.run(b.pair())
         assert isinstance(first, Ack)
         # factory reset: the label is unpaired again, its factory counter is past 1
-        reset = await b.run(CommandJob.make("factory_reset", job_id=b.next_id(), mac=MAC, label_key=KEY,
-                                            tx_counter=b.tx, budget=10, rx_highest=b.rx))
+        reset = await b.run(b.command("factory_reset"))
         assert isinstance(reset, Ack) and not b.label.paired
         b.store.wake_now(MAC)
         assert await b.tracker.wait(MAC, 1.0)
         heard = b.tracker.latest(MAC)
-        assert heard is not None and heard.checkin.auth is None and heard.checkin.rx_counter >= 1
-        again = await b.run(b.pair())  # the job's hint is 0: only the check-in gets it above
+        assert heard is not None and heard.checkin.auth is None and heard.checkin.rx_counter == 1
+        # a pair request at a counter the label already used is a replay: refused, never obeyed
+        stale = await b.run(b.pair(deadline_s=1, counter=1))
+        assert isinstance(stale, Nack) and stale.code == "unreachable" and not b.label.paired
+        # the server builds the next one above what the check-in reported
+        again = await b.run(b.pair(counter=heard.checkin.rx_counter + 1))
         assert isinstance(again, Ack), again
         assert b.label.paired
 
@@ -303,9 +312,7 @@ async def test_pairing_goes_above_the_counter_of_the_labels_unauthenticated_chec
 async def test_a_command_the_label_refuses_is_nacked() -> None:
     async with bench() as b:
         assert isinstance(await b.run(b.pair()), Ack)
-        job = CommandJob.make("display_image", job_id=b.next_id(), mac=MAC, label_key=KEY,
-                              tx_counter=b.tx, budget=10, rx_highest=b.rx, display_index=0, image_index=3)
-        nack = await b.run(job)
+        nack = await b.run(b.command("display_image", display_index=0, image_index=3))
         assert isinstance(nack, Nack)
         assert (nack.code, nack.retry) == ("refused", False)
         assert "invalid_image_index" in nack.reason
@@ -313,8 +320,7 @@ async def test_a_command_the_label_refuses_is_nacked() -> None:
 
 async def test_an_unknown_label_is_unreachable_after_one_try_past_the_deadline() -> None:
     async with bench() as b:
-        job = PairJob(job_id=1, mac="02:E5:00:00:00:99", deadline_s=0,
-                      factory_key=bytes(16), new_key=KEY)
+        job = b.issuer.pair(job_id=1, mac="02:E5:00:00:00:99", deadline_s=0, factory_key=bytes(16), new_key=KEY)
         nack = await b.run(job)
         assert isinstance(nack, Nack) and nack.code == "unreachable"
 
@@ -351,9 +357,13 @@ TOPICS = Topics("esl", STORE)
 
 
 class Observer:
-    """The server's side of the broker in these tests: publishes jobs, collects events."""
+    """The server's side of the broker in these tests: publishes jobs (signed by its `Issuer`,
+    for the gateway whose key is in `data_dir`), collects events."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, data_dir: Path | None = None) -> None:
+        key_path = GatewayConfig(store=STORE, gateway_id=GW, data_dir=data_dir or Path("unused")).key_path
+        self.issuer = Issuer(store=STORE, gateway=GW,
+                             gateway_key=load_or_create_key(key_path)[0].public if data_dir else bytes(32))
         self.mqtt = MqttConnection(MqttSettings.from_url(url), client_id="test-observer", clean_session=True)
         self.events: list[Event] = []
         self.status: list[bytes] = []
@@ -377,8 +387,13 @@ class Observer:
     async def __aexit__(self, *exc: object) -> None:
         await self.mqtt.__aexit__(None, None, None)
 
+    def config(self, data_dir: Path, **changes: object) -> GatewayConfig:
+        """The gateway's settings, trusting this observer's signing key."""
+        return GatewayConfig(store=STORE, gateway_id=GW, data_dir=data_dir, server_key=self.issuer.signer.public,
+                             **changes)  # type: ignore[arg-type]
+
     async def publish(self, job: JobEnvelope) -> None:
-        await self.mqtt.publish(TOPICS.gateway_jobs(GW), job.to_bytes(), qos=1, timeout=5)
+        await self.mqtt.publish(TOPICS.gateway_jobs(GW), self.issuer.sign(job), qos=1, timeout=5)
 
     async def until(self, what: str, check: Callable[[], object], timeout: float = 8.0) -> None:
         loop = asyncio.get_running_loop()
@@ -405,58 +420,59 @@ async def sim_radio(faults: FaultConfig | None = None, **config: object) -> Asyn
         yield store, f"sim://{host}:{port}"
 
 
-def jobs_for(store: SimStore) -> tuple[PairJob, ImageJob]:
-    pair = PairJob(job_id=101, mac=MAC, factory_key=factory_key(store.config.seed, MAC), new_key=KEY,
-                   deadline_s=10)
+def jobs_for(store: SimStore, issuer: Issuer) -> tuple[PairJob, ImageJob]:
+    pair = issuer.pair(job_id=101, mac=MAC, factory_key=factory_key(store.config.seed, MAC), new_key=KEY)
     update = plan_update(MODEL, picture(11))
     assert update is not None
-    image = ImageJob.from_update(update, job_id=102, mac=MAC, label_key=KEY, tx_counter=0, budget=400,
-                                 deadline_s=10)
+    image = issuer.image(update, job_id=102, mac=MAC, label_key=KEY, budget=400)
     return pair, image
 
 
 @pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
 async def test_gateway_pairs_and_shows_an_image_from_mqtt_jobs(broker: str, tmp_path: Path) -> None:
     brokers = {"mosquitto": mosquitto, "amqtt": embedded_broker}
-    async with brokers[broker]() as url, sim_radio() as (store, radio_spec), Observer(url) as obs:
-        config = GatewayConfig(store=STORE, gateway_id=GW, data_dir=tmp_path, concurrency=4,
-                               status_interval_s=0.2, job=FAST)
+    async with brokers[broker]() as url, sim_radio() as (store, radio_spec), Observer(url, tmp_path) as obs:
+        config = obs.config(tmp_path, concurrency=4, status_interval_s=0.2, job=FAST)
         async with Gateway(config, open_radio(radio_spec), MqttSettings.from_url(url)) as gw:
             await obs.until("online", lambda: b"online" in obs.status)
-            pair, image = jobs_for(store)
+            pair, image = jobs_for(store, obs.issuer)
             # one job per label at a time, in order: the image waits for the pairing, and a delta
             # on top of that image waits for it (run first, it would be refused: base mismatch)
             delta = update_for(picture(12), picture(11))
             assert delta.base_hash == image_hash(picture(11))
-            then = ImageJob.from_update(delta, job_id=105, mac=MAC, label_key=KEY, tx_counter=400,
-                                        budget=400, deadline_s=10)
+            then = obs.issuer.image(delta, job_id=105, mac=MAC, label_key=KEY, budget=400)
             for job in (pair, image, then):
                 await obs.publish(job)
             await obs.until("three acks", lambda: obs.results(101) and obs.results(102) and obs.results(105))
             paired, shown, changed = obs.results(101)[0], obs.results(102)[0], obs.results(105)[0]
-            assert isinstance(paired, Ack) and paired.tx_counter == 0 and paired.battery_mv is not None
+            assert isinstance(paired, Ack) and paired.status is not None and paired.battery_mv is not None
             assert isinstance(shown, Ack) and shown.displayed_hash == image_hash(picture(11))
             assert isinstance(changed, Ack) and changed.displayed_hash == image_hash(picture(12))
             assert store.label(MAC).displayed_hash == image_hash(picture(12))
-            await obs.publish(pair)  # the same job and attempt again (a redelivery)
-            await obs.until("a status event", lambda: any(isinstance(e, Status) for e in obs.events))
+            await obs.publish(pair)  # the same job and attempt again, after it ran: a replay
+            first = next(e for e in obs.events if isinstance(e, Status))  # published at once on connect
+            assert first.protocol == 2
+            await obs.until("a status event", lambda: any(isinstance(e, Status) and e.labels_heard
+                                                          for e in obs.events))
             status = [e for e in obs.events if isinstance(e, Status)][-1]
-            assert status.gateway == GW and status.labels_heard >= 1
+            assert status.gateway == GW and status.labels_heard >= 1 and status.protocol == 2
             assert any(isinstance(e, Checkin) and e.mac in store.labels for e in obs.events)
-            assert len(obs.results(101)) == 1  # the same job and attempt again: not run twice
+            await obs.until("the replay refused", lambda: len(obs.results(101)) == 2)
+            replayed = obs.results(101)[1]  # not run twice: refused, naming why
+            assert isinstance(replayed, Nack) and (replayed.code, replayed.retry) == ("replayed", False)
             assert gw.status().spooled == 0
         await obs.until("offline", lambda: obs.status[-1:] == [b"offline"])
 
 
 async def test_a_malformed_job_is_nacked_bad_job(tmp_path: Path) -> None:
-    async with embedded_broker() as url, sim_radio() as (_, radio_spec), Observer(url) as obs:
-        config = GatewayConfig(store=STORE, gateway_id=GW, data_dir=tmp_path, job=FAST)
-        async with Gateway(config, open_radio(radio_spec), MqttSettings.from_url(url)):
+    async with embedded_broker() as url, sim_radio() as (_, radio_spec), Observer(url, tmp_path) as obs:
+        async with Gateway(obs.config(tmp_path, job=FAST), open_radio(radio_spec), MqttSettings.from_url(url)):
             await obs.until("online", lambda: b"online" in obs.status)
-            job = CommandJob.make("ping", job_id=102, mac=MAC, label_key=KEY, tx_counter=0, budget=5)
+            job = obs.issuer.command("ping", job_id=102, mac=MAC, label_key=KEY, budget=5)
             frame = job.command.to_bytes()
             other = ImageStatusRequest(transfer_id=1).to_bytes()  # not a command: a bad job
-            body = job.to_bytes()[:-4 - 2 - len(frame)] + len(other).to_bytes(2, "little") + other
+            body = obs.issuer.sign(job)[:-68 - 2 - len(frame)] + len(other).to_bytes(2, "little") + other
+            body += obs.issuer.signer.sign(body)
             bad = body + zlib.crc32(body).to_bytes(4, "little")
             with pytest.raises(EnvelopeError, match="expected a ControlCommand"):
                 parse_envelope(bad)
@@ -467,16 +483,16 @@ async def test_a_malformed_job_is_nacked_bad_job(tmp_path: Path) -> None:
             assert isinstance(nack, Nack) and (nack.code, nack.retry) == ("bad_job", False)
 
 
-def _gateway_cmd(url: str, radio: str, data: Path) -> list[str]:
+def _gateway_cmd(url: str, radio: str, data: Path, server_key: str) -> list[str]:
     return [sys.executable, "-c", "from eslserver.cli import main; main()", "gateway", "--broker", url,
             "--radio", radio, "--store", STORE, "--id", GW, "--data", str(data), "--concurrency", "4",
-            "--status-interval", "60"]
+            "--status-interval", "60", "--server-public-key", server_key]
 
 
 async def test_gateway_killed_mid_job_resumes_from_its_spool_and_acks_once(tmp_path: Path) -> None:
     air = FaultConfig(seed=21, loss=0.25, latency_s=0.02)
-    async with mosquitto() as url, sim_radio(air) as (store, radio_spec), Observer(url) as obs:
-        cmd = _gateway_cmd(url, radio_spec, tmp_path)
+    async with mosquitto() as url, sim_radio(air) as (store, radio_spec), Observer(url, tmp_path) as obs:
+        cmd = _gateway_cmd(url, radio_spec, tmp_path, obs.issuer.signer.public.hex())
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         log_path = tmp_path / "gateway.log"
 
@@ -487,7 +503,7 @@ async def test_gateway_killed_mid_job_resumes_from_its_spool_and_acks_once(tmp_p
         proc = start()
         try:
             await obs.until("online", lambda: b"online" in obs.status)
-            pair, _ = jobs_for(store)
+            pair, _ = jobs_for(store, obs.issuer)
             await obs.publish(pair)
             await obs.until("the pairing", lambda: obs.results(101))
             assert isinstance(obs.results(101)[0], Ack)
@@ -495,8 +511,8 @@ async def test_gateway_killed_mid_job_resumes_from_its_spool_and_acks_once(tmp_p
             fb = noise(12)
             update = plan_update(MODEL, fb)
             assert update is not None
-            image = ImageJob.from_update(update, job_id=103, mac=MAC, label_key=KEY, tx_counter=0,
-                                         budget=2000, deadline_s=20)
+            obs.issuer.heard(obs.results(101)[0])
+            image = obs.issuer.image(update, job_id=103, mac=MAC, label_key=KEY, budget=2000, deadline_s=20)
             await obs.publish(image)
             loop = asyncio.get_running_loop()
             end = loop.time() + 8
@@ -509,8 +525,8 @@ async def test_gateway_killed_mid_job_resumes_from_its_spool_and_acks_once(tmp_p
             await obs.until("the last will", lambda: obs.status[-1:] == [b"offline"])
             assert not obs.results(103) and label.displayed_hash != image_hash(fb)
             # while it is down, the broker keeps new jobs for its persistent session
-            await obs.publish(CommandJob.make("ping", job_id=104, mac=MAC, label_key=KEY, tx_counter=2000,
-                                              budget=10, deadline_s=20))
+            await obs.publish(obs.issuer.command("ping", job_id=104, mac=MAC, label_key=KEY, budget=10,
+                                                 deadline_s=20))
             proc = start()
             await obs.until("the image and ping acks", lambda: obs.results(103) and obs.results(104), timeout=15)
             await asyncio.sleep(0.3)  # time for a duplicate to show up, if there were one
@@ -614,11 +630,14 @@ def test_cli_reports_a_radio_that_is_not_there(tmp_path: Path) -> None:
 
 async def test_spooled_jobs_run_while_the_broker_is_down_and_are_acked_when_it_is_back(tmp_path: Path) -> None:
     async with sim_radio() as (store, radio_spec):
-        pair, image = jobs_for(store)
-        config = GatewayConfig(store=STORE, gateway_id=GW, data_dir=tmp_path, job=FAST)
+        issuer = Issuer(store=STORE, gateway=GW, gateway_key=load_or_create_key(
+            GatewayConfig(store=STORE, gateway_id=GW, data_dir=tmp_path).key_path)[0].public)
+        pair, image = jobs_for(store, issuer)
+        config = GatewayConfig(store=STORE, gateway_id=GW, data_dir=tmp_path, job=FAST,
+                               server_key=issuer.signer.public)
         async with JobSpool(config.spool_path) as spool:  # what a gateway killed earlier left behind
             for job in (pair, image):
-                assert await spool.put(job.job_id, job.attempt, job.to_bytes()) is PutResult.NEW
+                assert await spool.put(job.job_id, job.attempt, issuer.sign(job)) is PutResult.NEW
         port = free_port()
         gateway = Gateway(config, open_radio(radio_spec), MqttSettings.from_url(f"mqtt://127.0.0.1:{port}"),
                           reconnect_max_s=0.5)

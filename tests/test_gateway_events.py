@@ -40,28 +40,42 @@ def checkin_frame(mac: str = MAC, **changes: object) -> bytes:
 
 def test_ack_json_is_the_contract() -> None:
     ack = Ack(job=7, mac=MAC.lower(), at=AT, displayed_hash=bytes.fromhex("00112233445566ff"), frames=12,
-              tx_counter=40, rx_highest=9, battery_mv=2950, rssi=-61, temperature_c=21)
+              status=bytes.fromhex("1341"), attempt=2, battery_mv=2950, rssi=-61, temperature_c=21)
     assert ack.to_json() == (
         b'{"type":"ack","job":7,"mac":"02:E5:00:00:00:01","at":"2026-11-23T17:00:00.123456Z",'
-        b'"displayed_hash":"00112233445566ff","frames":12,"tx_counter":40,"rx_highest":9,'
+        b'"displayed_hash":"00112233445566ff","frames":12,"status":"1341","attempt":2,'
         b'"battery_mv":2950,"rssi":-61,"temperature_c":21}')
-    bare = Ack(job=7, mac=MAC, at=AT, displayed_hash=None, frames=1, tx_counter=1, rx_highest=1)
+    bare = Ack(job=7, mac=MAC, at=AT, displayed_hash=None, frames=1)
     assert json.loads(bare.to_json()) == {"type": "ack", "job": 7, "mac": MAC, "at": "2026-11-23T17:00:00.123456Z",
-                                          "displayed_hash": None, "frames": 1, "tx_counter": 1, "rx_highest": 1}
+                                          "displayed_hash": None, "frames": 1, "status": None}
+
+
+def test_counters_a_gateway_reports_are_not_part_of_an_ack_any_more() -> None:
+    # an older gateway's ack still parses (unknown keys are ignored), but its counters go nowhere
+    old = json.loads(Ack(job=7, mac=MAC, at=AT, displayed_hash=None, frames=1).to_json())
+    ack = parse_event(json.dumps({**old, "tx_counter": 4294967295, "rx_highest": 4294967295}))
+    assert isinstance(ack, Ack) and ack.status is None
+    assert not hasattr(ack, "tx_counter") and not hasattr(ack, "rx_highest")
 
 
 def test_nack_checkin_status_json() -> None:
-    nack = Nack(job=8, mac=MAC, at=AT, code="unreachable", reason="label did not answer", retry=True,
-                tx_counter=None, rx_highest=3)
+    nack = Nack(job=8, mac=MAC, at=AT, code="unreachable", reason="label did not answer", retry=True, attempt=1)
     assert nack.to_json() == (
         b'{"type":"nack","job":8,"mac":"02:E5:00:00:00:01","at":"2026-11-23T17:00:00.123456Z",'
-        b'"code":"unreachable","reason":"label did not answer","retry":true,"tx_counter":null,"rx_highest":3}')
+        b'"code":"unreachable","reason":"label did not answer","retry":true,"attempt":1,"status":null}')
     frame = checkin_frame()
     assert json.loads(Checkin(mac=MAC, at=AT, rssi=-70, frame=frame).to_json()) == {
         "type": "checkin", "mac": MAC, "at": "2026-11-23T17:00:00.123456Z", "rssi": -70, "frame": frame.hex()}
     assert Status(gateway="gw1", at=AT, in_flight=2, spooled=5, labels_heard=100).to_json() == (
         b'{"type":"status","gateway":"gw1","at":"2026-11-23T17:00:00.123456Z","in_flight":2,"spooled":5,'
-        b'"labels_heard":100,"radio":"up","radio_since":null}')
+        b'"labels_heard":100,"radio":"up","radio_since":null,"protocol":2}')
+
+
+def test_a_status_that_names_no_protocol_is_version_1() -> None:
+    old = (b'{"type":"status","gateway":"g","at":"2026-11-23T19:00:00Z","in_flight":0,"spooled":0,'
+           b'"labels_heard":0}')
+    status = parse_event(old)
+    assert isinstance(status, Status) and status.protocol == 1
 
 
 def test_times_with_offsets_are_read_as_utc_and_default_to_now() -> None:
@@ -89,20 +103,21 @@ u32 = st.integers(0, 0xFFFFFFFF)
 jobs = st.integers(0, 2**64 - 1)
 maybe = st.none
 
+frames_ = st.binary(min_size=1, max_size=1024)
 acks = st.builds(Ack, job=jobs, mac=macs, at=utc_times, displayed_hash=maybe() | st.binary(min_size=8, max_size=8),
-                 frames=st.integers(0, 10**9), tx_counter=u32, rx_highest=u32,
+                 frames=st.integers(0, 10**9), status=maybe() | frames_, attempt=maybe() | st.integers(0, 255),
                  battery_mv=maybe() | st.integers(0, 0xFFFF), rssi=maybe() | st.integers(-128, 127),
                  temperature_c=maybe() | st.integers(-40, 85) | st.floats(-40, 85))
 nacks = st.builds(Nack, job=jobs, mac=macs, at=utc_times, code=st.sampled_from(sorted(NACK_CODES)),
-                  reason=st.text(max_size=200), retry=st.booleans(), tx_counter=maybe() | u32,
-                  rx_highest=maybe() | u32)
+                  reason=st.text(max_size=200), retry=st.booleans(), attempt=maybe() | st.integers(0, 255),
+                  status=maybe() | frames_)
 checkins = st.builds(
     lambda mac, at, rssi, flags, battery: Checkin(
         mac=mac, at=at, rssi=rssi, frame=checkin_frame(mac, status_flags=CheckinFlag(flags), battery_mv=battery)),
     macs, utc_times, st.integers(-128, 20), st.integers(0, 15), st.integers(0, 0xFFFF))
 statuses = st.builds(Status, gateway=st.text(min_size=1, max_size=50), at=utc_times,
                      in_flight=st.integers(0, 10**6), spooled=st.integers(0, 10**6),
-                     labels_heard=st.integers(0, 10**6))
+                     labels_heard=st.integers(0, 10**6), protocol=st.integers(1, 255))
 
 
 @settings(max_examples=200)
@@ -115,8 +130,7 @@ def test_round_trip(event: Event) -> None:
 
 # -- bad input ---------------------------------------------------------------------------------------
 
-GOOD_ACK = json.loads(Ack(job=7, mac=MAC, at=AT, displayed_hash=bytes(8), frames=1, tx_counter=1,
-                          rx_highest=1).to_json())
+GOOD_ACK = json.loads(Ack(job=7, mac=MAC, at=AT, displayed_hash=bytes(8), frames=1, status=b"\x13").to_json())
 GOOD_NACK = json.loads(Nack(job=7, mac=MAC, at=AT, code="budget", reason="", retry=True).to_json())
 
 
@@ -136,7 +150,10 @@ GOOD_NACK = json.loads(Nack(job=7, mac=MAC, at=AT, code="budget", reason="", ret
     (json.dumps({**GOOD_ACK, "mac": "02E5000001"}).encode(), "mac: expected AA:BB:CC:DD:EE:FF, got '02E5000001'"),
     (json.dumps({**GOOD_ACK, "displayed_hash": "abc"}).encode(), "displayed_hash: not hex: 'abc'"),
     (json.dumps({**GOOD_ACK, "displayed_hash": "00112233"}).encode(), "displayed_hash: expected 16 hex digits"),
-    (json.dumps({**GOOD_ACK, "tx_counter": 2**32}).encode(), "tx_counter: must be in 0..4294967295, got 4294967296"),
+    (json.dumps({**GOOD_ACK, "status": "zz"}).encode(), "status: not hex: 'zz'"),
+    (json.dumps({**GOOD_ACK, "status": "00" * 1025}).encode(), "status: at most 2048 hex digits, got 2050"),
+    (json.dumps({**GOOD_ACK, "status": ""}).encode(), "status: expected 1..1024 bytes"),
+    (json.dumps({**GOOD_ACK, "attempt": 256}).encode(), "attempt: must be in 0..255, got 256"),
     (json.dumps({**GOOD_ACK, "battery_mv": 70000}).encode(), "battery_mv: must be in 0..65535, got 70000"),
     (json.dumps({**GOOD_ACK, "temperature_c": "warm"}).encode(), "temperature_c: expected a finite number"),
     (json.dumps({**GOOD_NACK, "code": "later"}).encode(), "code: expected one of .*got 'later'"),
@@ -169,7 +186,7 @@ def test_construction_refuses_naive_times_and_other_frames() -> None:
     with pytest.raises(EventError, match="frame: expected a check-in, got ImageStatusRequest"):
         Checkin(mac=MAC, rssi=0, frame=ImageStatusRequest(transfer_id=1).to_bytes())
     with pytest.raises(EventError, match="displayed_hash: expected 8 bytes"):
-        Ack(job=1, mac=MAC, displayed_hash=b"12", frames=0, tx_counter=0, rx_highest=0)
+        Ack(job=1, mac=MAC, displayed_hash=b"12", frames=0)
     assert issubclass(EventError, ValueError)
 
 
@@ -183,8 +200,8 @@ def test_random_input_raises_only_event_error(data: bytes | str) -> None:
 
 
 @settings(max_examples=200)
-@given(st.dictionaries(st.sampled_from(["type", "job", "mac", "at", "displayed_hash", "frames", "tx_counter",
-                                        "rx_highest", "code", "reason", "retry", "rssi", "frame", "gateway",
+@given(st.dictionaries(st.sampled_from(["type", "job", "mac", "at", "displayed_hash", "frames", "status",
+                                        "attempt", "code", "reason", "retry", "rssi", "frame", "gateway", "protocol",
                                         "in_flight", "spooled", "labels_heard", "battery_mv", "temperature_c"]),
                        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
                        | st.sampled_from(["ack", "nack", "checkin", "status", "2026-01-01T00:00:00Z", MAC])))

@@ -22,7 +22,7 @@ from simulator.radio_server import RadioServer
 from simulator.store import SimStore, StoreConfig
 from tests.brokers import mosquitto
 from tests.pipeline_shop import shop_settings
-from tests.processes import GATEWAY_READY, Processes
+from tests.processes import GATEWAY_READY, Processes, trust_gateway
 from tests.test_install_deps import gateway_requirements, runtime_requirements
 
 OURS_NOT_FOR_GATEWAYS = ("render", "simulator")
@@ -91,9 +91,10 @@ async def test_a_gateway_without_the_renderer_brings_every_label_its_image(tmp_p
             radio = RadioServer(store, "127.0.0.1", 0)
             async with store, radio, Processes(tmp_path / "procs") as procs:
                 host, port = radio.address
+                trust = await trust_gateway(tmp_path / "data", tmp_path / "gw", settings.store, "gw1")
                 gateway = procs.spawn("gateway", light_esl(
                     "gateway", "--broker", url, "--radio", f"sim://{host}:{port}", "--store", settings.store,
-                    "--id", "gw1", "--data", str(tmp_path / "gw"), "--status-interval", "1"))
+                    "--id", "gw1", "--data", str(tmp_path / "gw"), "--status-interval", "1", *trust))
                 await gateway.start(ready=GATEWAY_READY)
                 skus = ["A", "B", "C"]
                 result = await server.ingest.submit(

@@ -678,3 +678,47 @@ async def test_transfer_cut_by_the_label_resumes_on_the_next_link(air: VirtualAi
 async def _disconnect_when_deaf(label: RealLabel) -> None:
     await asyncio.wait_for(label.endpoint.went_deaf.wait(), 10)
     await label.peer.disconnect()
+
+
+async def test_jobs_with_job_keys_over_ble_end_with_the_labels_own_word(air: VirtualAir) -> None:
+    """The gateway's job runner over the BLE radio to the bumble label running firmware_proto's
+    label side: the server's pair request and ticket forwarded unchanged, frames under the job
+    key only, and the label's final word (under its own key) forwarded raw in the ack."""
+    from eslserver.gateway.conversation import JobSettings, run_job
+    from eslserver.gateway.events import Ack
+    from firmware_proto.auth import Direction, FrameKey, verify
+    from firmware_proto.envelope import open_job_key
+    from firmware_proto.frames import JobStatus, address_bytes, parse_frame
+    from firmware_proto.transfer import plan_update
+    from firmware_proto.trust import GatewayKey
+    from tests.job_issuer import Issuer
+
+    central = await air.add_device(GATEWAY_ADDR, name="gateway")
+    label = await make_real_label(air, mtu=247)
+    radio = BleRadio(scanner_backend=scanner_backend(central), client_backend=client_backend(central),
+                     connect_timeout=5)
+    gateway = GatewayKey.generate()
+    issuer = Issuer(store="s1", gateway="gw1", gateway_key=gateway.public)
+    key = bytes(range(40, 56))
+    settings = JobSettings(reply_timeout_s=0.5, connect_retry_s=0.2)
+    try:
+        await radio.start()
+        paired = await run_job(radio, issuer.pair(job_id=1, mac=LABEL_ADDR, factory_key=label.factory_key,
+                                                  new_key=key), settings=settings)
+        assert isinstance(paired, Ack), paired
+        issuer.heard(paired)
+        assert label.sim.flash.label_key == key
+        image = striped_image()
+        update = plan_update(get_model("2.9-bwry"), image)
+        assert update is not None
+        job = issuer.image(update, job_id=2, mac=LABEL_ADDR, label_key=key, budget=800)
+        shown = await run_job(radio, job, job_key=open_job_key(job, gateway), settings=settings)
+        assert isinstance(shown, Ack), shown
+        assert label.sim.displayed_hash == image_hash(image)
+        final = parse_frame(shown.status or b"")
+        assert isinstance(final, JobStatus) and final.displayed_hash == image_hash(image)
+        verify(final, FrameKey(key), address_bytes(LABEL_ADDR), Direction.FROM_LABEL)
+        assert label.sim.flash.job is None and label.peer.oversized == []
+    finally:
+        await radio.close()
+        await label.peer.stop()

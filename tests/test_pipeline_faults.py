@@ -48,6 +48,7 @@ from tests.processes import (
     ChildProcess,
     Processes,
     esl_argv,
+    trust_gateway,
 )
 
 STORE = "faults"
@@ -256,9 +257,10 @@ async def store(tmp_path: Path, *, wake_interval: float = 2.0) -> AsyncIterator[
             radio = f"sim://{ready[1]}:{ready[2]}"
             server = procs.spawn("serve", esl_argv("serve"), env=env)
             await server.start(ready=SERVE_READY)
+            trust = await trust_gateway(settings.data_dir, tmp_path / "gw", STORE, GATEWAY)
             gateway = procs.spawn("gateway", esl_argv("gateway", "--broker", broker.url, "--radio", radio,
                                                       "--store", STORE, "--id", GATEWAY, "--data",
-                                                      str(tmp_path / "gw"), "--status-interval", "1"))
+                                                      str(tmp_path / "gw"), "--status-interval", "1", *trust))
             await gateway.start(ready=GATEWAY_READY)
             async with MqttConnection(MqttSettings.from_url(broker.url), client_id="test-faults-pos",
                                       clean_session=False) as pos:

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from firmware_proto import (
     Auth, Checkin, CheckinFlag, ControlCommand, ControlResponse, FrameError, ImageOffer, ImagePart,
-    ImageStatus, ImageStatusRequest, PairRequest, ProtocolError, StreamDecoder, TransferState,
-    encode_stream, parse_frame,
+    ImageStatus, ImageStatusRequest, JobStatus, JobTicket, PairRequest, ProtocolError, StreamDecoder,
+    TransferState, encode_stream, parse_frame,
 )
 from firmware_proto.commands import COMMANDS, RESPONSES, param_length
 from firmware_proto.crc import crc16
@@ -40,6 +40,9 @@ SAMPLES = [
     Checkin(address=ADDR, model_id=3, firmware_version=0x0100, status_flags=CheckinFlag.PAIRED,
             displayed_hash=bytes(range(8)), battery_mv=2950, temperature_c=-5, rssi=-60, rx_counter=42),
     PairRequest(wrapped_key=bytes(24), esl_id=9, auth=AUTH),
+    JobTicket(job_id=2**64 - 1, attempt=255, first=AUTH.counter, last=2**32 - 1, auth=AUTH),
+    JobStatus(address=ADDR, job_id=9, attempt=1, result=0xF1, displayed_hash=bytes(range(8)), battery_mv=2950,
+              temperature_c=-5, rssi=-60, rx_counter=42, auth=AUTH),
 ]
 
 
@@ -66,6 +69,16 @@ def test_every_frame_type_is_sampled() -> None:
     # counter 01020304 LE, tag deadbeef | crc
     (ImagePart(transfer_id=3, offset=0x010203, data=b"\xaa\xbb", seq=1, auth=AUTH),
      "1211010303020183c1aabb04030201deadbeef940b"),
+    # header 12 (AUTH) type 40 ticket seq 01 | job_id 0102030405060708, attempt 02, first 01020304,
+    # last 01020404 | counter (= first), tag | crc
+    (JobTicket(job_id=0x0102030405060708, attempt=2, first=0x01020304, last=0x01020404, auth=AUTH, seq=1),
+     "124001" "0807060504030201" "02" "04030201" "04040201" "04030201deadbeef" "d9ea"),
+    # header 13 (ADDR|AUTH) type 41 final status | address | job_id 9, attempt 1, result 0, hash,
+    # battery 2950, temperature -5, rssi -60, rx_counter 42 | counter, tag | crc
+    (JobStatus(address=ADDR, job_id=9, attempt=1, result=0, displayed_hash=bytes(range(8)), battery_mv=2950,
+               temperature_c=-5, rssi=-60, rx_counter=42, auth=AUTH),
+     "134100" "aabbcc000001" "0900000000000000" "01" "00" "0001020304050607" "860b" "fb" "c4" "2a000000"
+     "04030201deadbeef" "bcaf"),
     # header 11 (ADDR) type 20 | address | model 03, fw 0100, flags 01, hash 0001..07,
     # battery 0b86 (2950), temp fb (-5), rssi c4 (-60), rx counter 0000002a | crc
     (Checkin(address=ADDR, model_id=3, firmware_version=0x0100, status_flags=CheckinFlag.PAIRED,

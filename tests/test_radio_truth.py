@@ -27,6 +27,7 @@ from eslserver.gateway.links.loopback import LoopbackRadio
 from eslserver.gateway.radio_watch import RadioWatch
 from eslserver.mqtt import Message, MqttConnection, MqttSettings
 from eslserver.server import SYSTEM, Server
+from eslserver.trust import register_gateway_key
 from simulator.radio_server import RadioServer
 from simulator.store import SimStore, StoreConfig
 from tests.brokers import mosquitto
@@ -109,10 +110,12 @@ async def rig(tmp_path: Path, url: str, *, wake_interval_s: float = 0.3,
 
             sub = MqttConnection(MqttSettings.from_url(url), client_id="test-radio-truth", clean_session=True)
             sub.subscribe(f"{settings.topic_prefix}/{settings.store}/#", keep, qos=1)
+            assert server.signing_key is not None
             gw = Gateway(GatewayConfig(store=settings.store, gateway_id="gw1", data_dir=tmp_path / "gw",
                                        status_interval_s=0.3, checkin_coalesce_s=0.1, radio_retry_min_s=0.1,
-                                       radio_retry_max_s=0.4),
+                                       radio_retry_max_s=0.4, server_key=server.signing_key.public),
                          LoopbackRadio(host, port), MqttSettings.from_url(url))
+            await register_gateway_key(server.db, settings.store, "gw1", gw.key.public, actor=SYSTEM)
             try:
                 async with sub, gw:
                     token = await create_token(server.db, "admin", "test")

@@ -376,7 +376,7 @@ async def test_no_log_line_or_message_holds_a_key_tag_or_token(tmp_path: Path, b
         assert isinstance(command, ControlCommand)
         tampered = replace(command, params=(0, 0, 0xFF, 0xFFFFFFFFFF, 1, 1, 0xFFFF)).to_bytes()
         secrets.append(_true_tag(tampered, key, mac, Direction.TO_LABEL))
-        assert label.session.receive(tampered) == []
+        label.session.receive(tampered)  # refused (what the label may resend is its last job's final word)
         messages += [str(getattr(e, "reason", "")) for e in label.session.pop_events()]
         assert any("tag" in m for m in messages[1:]), messages
 

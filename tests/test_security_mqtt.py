@@ -144,8 +144,7 @@ async def topic_rules_hold(port: int, ids: dict[str, Credentials]) -> None:
         for peer, topic_filter in ((till, T.filter(Kind.GATEWAY_JOBS)), (till, T.gateway_jobs("gw1")),
                                    (gw1, T.gateway_jobs("gw2")), (gw1, T.filter(Kind.GATEWAY_JOBS)), (till, "#")):
             await peer.client.subscribe(topic_filter, qos=1)  # refused (amqtt) or never served (Mosquitto)
-        forged = Ack(job=1, mac="AA:BB:CC:00:00:01", displayed_hash=bytes(8), frames=1, tx_counter=0xFFFFFFFF,
-                     rx_highest=0xFFFFFFFF).to_json()
+        forged = Ack(job=1, mac="AA:BB:CC:00:00:01", displayed_hash=bytes(8), frames=1).to_json()
         await till.client.publish(T.gateway_events("gw1"), forged, qos=1)
         await till.client.publish(T.gateway_status("gw1"), b"online", qos=1, retain=True)
         await gw1.client.publish(T.gateway_events("gw2"), forged, qos=1)
@@ -310,6 +309,7 @@ async def test_revoking_a_gateway_hands_its_jobs_back_and_is_audited(tmp_path: P
             await server.labels.register(conn, "AA:BB:CC:00:00:01", "2.9-bwry", gateway="gw1")
             await gateway_rows.set_status(conn, STORE, "gw1", "online", now=now, info=None)
             await gateway_rows.set_status(conn, STORE, "gw2", "online", now=now, info=None)
+            await gateway_rows.set_public_key(conn, STORE, "gw1", bytes(range(32)))
             job = await job_rows.insert(conn, {"store": STORE, "mac": "AA:BB:CC:00:00:01", "kind": "command",
                                                "state": "queued", "next_attempt_at": now, "created_at": now,
                                                "command": b"{}"})
@@ -318,7 +318,8 @@ async def test_revoking_a_gateway_hands_its_jobs_back_and_is_audited(tmp_path: P
         assert info.revoked_at is not None
         row = await server.db.read_one("SELECT state FROM jobs WHERE id = ?", (job,))
         assert row is not None and row["state"] == "queued"  # not lost: the next dispatch sends it to gw2
-        assert await gateway_rows.online(server.db, STORE) == ["gw2"]
+        assert await gateway_rows.online_ids(server.db, STORE) == ["gw2"]
+        assert await gateway_rows.public_key(server.db, STORE, "gw1") is None  # its key opens nothing now
         audit = await server.db.read_one("SELECT action, after FROM audit WHERE target = 'identity:gateway/demo/gw1' "
                                          "ORDER BY id DESC LIMIT 1")
         assert audit is not None and audit["action"] == "identity.revoke"
@@ -342,7 +343,7 @@ async def test_a_gateway_recorded_online_but_not_registered_gets_no_jobs_after_a
                                                "command": b"{}"})
             await job_rows.mark_sent(conn, job, "old", now)
     async with Server(settings, mqtt=False, http=False, render_processes=False) as server:
-        assert await gateway_rows.online(server.db, STORE) == []
+        assert await gateway_rows.online_ids(server.db, STORE) == []
         row = await server.db.read_one("SELECT state FROM jobs WHERE id = ?", (job,))
         assert row is not None and row["state"] == "queued"
     settings = load_settings(None, environ={}, overrides={"data_dir": tmp_path / "data",

@@ -54,7 +54,11 @@ async def test_a_rebound_label_is_never_ok_with_the_old_image(tmp_path: Path, br
             after = (await s.converged())[mac]
             bread_hash = expected_hash_for(BREAD, settings=s.settings)
             assert after["expected_hash"] == after["displayed_hash"] == bread_hash
-            await _settle(got, seen + 2)
+            for _ in range(200):  # the retained state of B, ok, follows the label's confirmation
+                last = _states(got[-1:])
+                if last and last[0]["state"] == "ok" and last[0]["displayed_hash"] == bread_hash:
+                    break
+                await asyncio.sleep(0.05)
         published = _states(got[seen:])
         assert published, "no state was published for the rebind"
         for st in published:

@@ -481,3 +481,14 @@ async def _migrated_to(release: Release, monkeypatch: pytest.MonkeyPatch, name: 
         patch.setattr(database, "migrations", lambda: shipped[:version])
         await _open(release.db)
     assert _user_version(release.db) == version
+async def test_migration_0008_adds_gateway_keys_protocols_and_key_loss_empty(release: Release) -> None:
+    """0008 (trust): a gateway's registered public key and announced protocol, and when a keyed
+    label checked in without its key. A release's gateways have neither (they must be registered
+    and announce protocol 2 before jobs go to them again); no label has lost its key."""
+    await _open(release.db)
+    with closing(sqlite3.connect(release.db)) as conn:
+        gateways = conn.execute("SELECT id, public_key, protocol FROM gateways").fetchall()
+        lost = conn.execute("SELECT COUNT(*) FROM labels WHERE key_lost_at IS NOT NULL").fetchone()[0]
+        keyed = conn.execute("SELECT COUNT(*) FROM labels WHERE label_key IS NOT NULL").fetchone()[0]
+    assert gateways and all(key is None and protocol is None for _, key, protocol in gateways)
+    assert lost == 0 and keyed > 0  # the release's keys stay, and nothing says they were lost

@@ -156,8 +156,11 @@ SCHEMAS: Final[dict[str, Schema]] = {
     "ScheduledUpdate": _obj({"id": {"type": "integer"}, "fields": {"type": "object"}, "seq": _null("integer"),
                              "valid_from": _TIME, "received_at": _TIME, "source": {"type": "string"}}),
     "Gateway": _obj({"id": {"type": "string"}, "status": {
-                         "type": "string", "enum": ["online", "degraded", "offline"],
-                         "description": "degraded: connected, but its radio is down (info.radio, info.radio_since)"},
+                         "type": "string", "enum": ["online", "degraded", "offline", "incompatible"],
+                         "description": "degraded: connected, but its radio is down (info.radio, info.radio_since); "
+                                        "incompatible: it speaks a protocol older than the server needs "
+                                        "(info.protocol, info.error). Jobs go only to online gateways whose "
+                                        "public key is registered (info.public_key)"},
                      "last_seen": _TIME_OR_NULL,
                      "labels": {"type": "integer", "minimum": 0}, "info": {"type": "object"}}),
     "GatewayList": _list("Gateway"),
@@ -392,6 +395,15 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "requestBody": _body(_obj({"seconds": {"type": "integer", "minimum": 1, "maximum": 3600}}, ())),
         "responses": {"202": _json("FlashQueued", "command job queued"), **_BODY_ERRORS, "404": _NO_LABEL,
                       "409": _err("the label is not paired yet (`not_paired`)")},
+    },
+    ("POST", "/api/v1/labels/{mac}/reset"): {
+        "summary": "Pair a label again that lost its key (a technician's reset)",
+        "description": "Forgets the label's key and pairs it again with its factory key; its image "
+                       "follows. A label that checks in without its key is never re-paired on its own "
+                       "word (its events show `key_lost`): a technician decides, here or with "
+                       "`esl pair --reset MAC`. Audited.",
+        "parameters": [_MAC],
+        "responses": {"200": _json("Label", "the label, pending its pairing"), "400": _BAD, "404": _NO_LABEL},
     },
     ("GET", "/api/v1/labels/{mac}/image/expected.png"): {
         "summary": "The image the label should show",

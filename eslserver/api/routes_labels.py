@@ -152,6 +152,16 @@ async def post_flash(call: Call) -> web.StreamResponse:
     return json_response({"job": job, "mac": mac, "seconds": seconds}, status=202)
 
 
+async def post_reset(call: Call) -> web.StreamResponse:
+    """A technician re-pairs a label that lost its key (never done on a label's own word)."""
+    mac = _mac(call)
+    try:
+        await call.server.labels.reset(mac, actor=call.who)
+    except LabelError as exc:
+        raise label_error(exc) from None
+    return json_response(label_json(await _label_row(call, mac)))
+
+
 async def _png(call: Call, digest: str | None, what: str) -> web.StreamResponse:
     if digest is None:
         raise not_found("no_image", f"label has no {what} image yet")
@@ -199,6 +209,7 @@ ROUTES: Final = (
     Route("PUT", "/api/v1/labels/{mac}/binding", put_binding, TECH_ROLES, body_limit=_MAX_BODY),
     Route("DELETE", "/api/v1/labels/{mac}/binding", delete_binding, TECH_ROLES),
     Route("POST", "/api/v1/labels/{mac}/flash", post_flash, TECH_ROLES, body_limit=_MAX_BODY),
+    Route("POST", "/api/v1/labels/{mac}/reset", post_reset, TECH_ROLES),
     Route("GET", "/api/v1/labels/{mac}/image/expected.png", expected_png, ANY_ROLE),
     Route("GET", "/api/v1/labels/{mac}/image/displayed.png", displayed_png, ANY_ROLE),
     Route("GET", "/api/v1/labels/{mac}/events", label_events, ANY_ROLE),

@@ -34,7 +34,9 @@ _HEALTH_TIMEOUT_S: Final = 2.0
 async def list_gateways(call: Call) -> web.StreamResponse:
     rows = await gateway_rows.listing(call.server.db, call.server.settings.store)
     items = [{"id": r["id"], "status": r["status"], "last_seen": r["last_seen"], "labels": r["n_labels"],
-              "info": json_column(r["info"]) or {}} for r in rows]
+              "info": {**(json_column(r["info"]) or {}), "protocol": r["protocol"],
+                       "public_key": None if r["public_key"] is None else bytes(r["public_key"]).hex()}}
+             for r in rows]
     return json_response({"items": items})
 
 

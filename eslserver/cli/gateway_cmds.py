@@ -39,12 +39,18 @@ def gateway(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level (default WARNING)."),
     log_format: str | None = typer.Option(None, "--log-format",
                                           help="text, or json: one JSON object per line (log_format)."),
+    server_public_key: str | None = typer.Option(
+        None, "--server-public-key", help="The server's public key, 64 hex digits, as `esl trust server-key` "
+                                          "prints it (server_public_key): only jobs it signed are run."),
+    show_key: bool = typer.Option(False, "--show-key",
+                                  help="Print this gateway's public key (made on first use) and exit: the "
+                                       "server's operator registers it (esl trust gateway STORE/ID KEY)."),
 ) -> None:
     """Bridge the store's MQTT job topic to labels on the radio; runs until Ctrl-C or SIGTERM.
 
     Settings come from esl.toml < ESL_* < these flags, with the server's keys (broker_url,
     mqtt_*, topic_prefix, store, data_dir, log_format) and the gateway's own (gateway_id,
-    radio, gateway_concurrency, gateway_status_interval_s).
+    radio, gateway_concurrency, gateway_status_interval_s, server_public_key).
     """
     from eslserver.cli.errors import how_to_change
     from eslserver.config import ConfigError, load_settings
@@ -55,10 +61,12 @@ def gateway(
         RadioSpecError,
         open_radio,
     )
+    from eslserver.gateway.identity import GatewayKeyError, load_or_create_key
     from eslserver.gateway.spool import SpoolError
     from eslserver.logs import setup_logging
     from eslserver.mqtt import MqttSettings, MqttSettingsError
     from eslserver.private_files import restrict_umask
+    from firmware_proto.trust import VerifyKey
 
     restrict_umask()  # the spool holds job envelopes (label keys): this user's only
     try:
@@ -67,9 +75,22 @@ def gateway(
             "gateway_concurrency": concurrency, "topic_prefix": prefix, "mqtt_username": username,
             "mqtt_password": password, "mqtt_ca_file": None if ca_file is None else str(ca_file),
             "mqtt_insecure": True if insecure else None, "gateway_status_interval_s": status_interval,
-            "log_format": log_format})
+            "log_format": log_format, "server_public_key": server_public_key})
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if show_key:
+        if s.gateway_id is None:
+            raise typer.BadParameter(f"gateway_id is not set: {how_to_change('gateway_id').replace('change', 'set', 1)}")
+        try:
+            key, made = load_or_create_key(GatewayConfig(store=s.store, gateway_id=s.gateway_id,
+                                                         data_dir=s.data_dir).key_path)
+        except (GatewayConfigError, GatewayKeyError) as exc:
+            typer.echo(f"esl gateway: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(key.public.hex())
+        if made:
+            typer.echo(f"(a new key for gateway {s.store}/{s.gateway_id}, kept in {s.data_dir})", err=True)
+        return
     for needed in ("broker_url", "radio", "gateway_id"):
         if getattr(s, needed) is None:
             raise typer.BadParameter(f"{needed} is not set: {how_to_change(needed).replace('change', 'set', 1)}")
@@ -79,7 +100,9 @@ def gateway(
     try:
         settings = MqttSettings.from_settings(s)
         config = GatewayConfig(store=s.store, gateway_id=s.gateway_id, data_dir=s.data_dir, prefix=s.topic_prefix,
-                               concurrency=s.gateway_concurrency, status_interval_s=s.gateway_status_interval_s)
+                               concurrency=s.gateway_concurrency, status_interval_s=s.gateway_status_interval_s,
+                               server_key=None if s.server_public_key is None else VerifyKey.from_hex(
+                                   s.server_public_key))
         the_radio = open_radio(s.radio)
     except (MqttSettingsError, GatewayConfigError, RadioSpecError) as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -92,6 +115,9 @@ def gateway(
         gw = Gateway(config, the_radio, settings)
         async with gw:
             typer.echo(f"gateway {config.gateway_id} of store {config.store}: {settings.url} <-> {s.radio}", err=True)
+            typer.echo(f"gateway public key: {gw.key.public.hex()}"
+                       + ("" if config.server_key is not None else
+                          " (no server_public_key set: every job will be refused)"), err=True)
             await stop.wait()
         typer.echo(f"gateway {config.gateway_id} stopped: {gw.results['ack']} acks, {gw.results['nack']} nacks",
                    err=True)
@@ -101,7 +127,7 @@ def gateway(
     except ConnectionError as exc:  # the radio cannot start (no simulator there, no adapter)
         typer.echo(f"esl gateway: radio {s.radio}: {exc}", err=True)
         raise typer.Exit(1) from None
-    except (OSError, SpoolError) as exc:  # the data directory
+    except (OSError, SpoolError) as exc:  # the data directory (GatewayKeyError is an OSError)
         typer.echo(f"esl gateway: {exc}; choose a writable directory with --data", err=True)
         raise typer.Exit(1) from None
 

@@ -67,6 +67,8 @@ def serve(config: _Config = None, data: _Data = None, http_host: _Host = None, h
             typer.echo(f"eslserver: {server.http_scheme}://{settings.http_host}:{server.http_port}  "
                        f"broker {redact_url(server.broker_url or 'none')}{embedded}  "
                        f"data {settings.data_dir.resolve()}", err=False)
+            if server.signing_key is not None:
+                typer.echo(f"server public key (every gateway's server_public_key): {server.signing_key.public.hex()}")
             await run_until_signal()
 
     from eslserver.broker import BrokerError

@@ -1,4 +1,9 @@
-"""`esl pair` (interactive scanning, or one label and one product) and `esl unpair`.
+"""`esl pair` (interactive scanning, or one label and one product), `esl pair --reset` and `esl unpair`.
+
+``esl pair --reset LABEL`` is the technician's word that a label lost its key (factory reset,
+wiped by a battery change): the server forgets the key and pairs the label again with its
+factory key. The server never does that on a label's own key-less check-in, which anybody
+could send; it records a ``key_lost`` event and waits for this command (audited).
 
 The interactive loop reads one scan a line from stdin — a handheld scanner types like a
 keyboard and presses Enter, and a file piped in reads the same — label, product, label,
@@ -239,10 +244,18 @@ def pair(
         "--model", help="Register labels no gateway has reported yet as this model (e.g. 2.9-bwry).")] = None,
     wait: Annotated[float, typer.Option(
         "--wait", min=0, metavar="SECONDS", help="After each pairing, wait up to this long for the label to show it.")] = 0,
+    reset: Annotated[bool, typer.Option(
+        "--reset", help="LABEL lost its key (reset): forget it and pair the label again with its factory key.")] = False,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Pair labels with products: interactively from a scanner (no arguments), or LABEL PRODUCT."""
+    """Pair labels with products: interactively from a scanner (no arguments), or LABEL PRODUCT;
+    with --reset, pair LABEL again after it lost its key."""
+    if reset:
+        if label is None or product is not None:
+            raise fail("--reset takes one LABEL and no product", 2)
+        _reset(label, wait, server, token)
+        return
     if (label is None) != (product is None):
         raise fail("give both LABEL and PRODUCT, or neither to scan interactively", 2)
     with connect(server, token) as client:
@@ -265,6 +278,21 @@ def pair(
                 if shown["state"] != "ok":
                     raise fail(f"label {after['mac']} is {shown['state']} after {wait:g} s (not showing it yet)")
                 typer.echo(f"label {after['mac']} shows it")
+
+
+def _reset(label: str, wait: float, server: str | None, token: str | None) -> None:
+    with connect(server, token) as client, api_errors():
+        try:
+            target = find_label(client, label)
+        except ScanError as exc:
+            raise fail(str(exc)) from None
+        after = client.reset(target["mac"])
+        typer.echo(f"reset {after['mac']}: its key is forgotten, pairing it again  [{colour_state(after['state'])}]")
+        if wait > 0 and after.get("sku"):
+            shown = wait_until_shown(client, after["mac"], wait)
+            if shown["state"] != "ok":
+                raise fail(f"label {after['mac']} is {shown['state']} after {wait:g} s (not paired and showing yet)")
+            typer.echo(f"label {after['mac']} is paired and shows its product again")
 
 
 def unpair(

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -222,7 +222,7 @@ class Database:
         async with self._lock:
             conn = self.writer
             try:
-                await conn.execute("BEGIN IMMEDIATE")
+                await _finish_even_if_cancelled(conn.execute("BEGIN IMMEDIATE"), conn)
             except sqlite3.Error as exc:
                 self._fault(exc)
                 raise
@@ -236,7 +236,7 @@ class Database:
                     await conn.execute("ROLLBACK")
                 raise
             try:
-                await conn.execute("COMMIT")
+                await _finish_even_if_cancelled(conn.execute("COMMIT"), conn)
                 callbacks = self._after_commit
             except sqlite3.Error as exc:
                 self._fault(exc)
@@ -305,6 +305,24 @@ Reader = aiosqlite.Connection | Database
 """Where a read runs: an open transaction's connection (sees its own writes), or the
 `Database` (`Database.read`: committed data only). Storage operations that both a
 transaction and a plain reader need take either."""
+
+
+async def _finish_even_if_cancelled(statement: Awaitable[Any], conn: aiosqlite.Connection) -> None:
+    """Run a BEGIN or COMMIT to its end even when the task awaiting it is cancelled (a client
+    gone, a shutdown): the statement runs in aiosqlite's thread whatever happens here, and a
+    BEGIN that went through behind a cancelled await would leave the one writer connection
+    inside a transaction, failing every later write with "cannot start a transaction within a
+    transaction". On cancellation: wait for the statement, roll back what it left open, go on
+    with the cancellation."""
+    task = asyncio.ensure_future(statement)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
+        raise
 
 
 async def fetchall(conn: Reader, sql: str,

@@ -4,10 +4,15 @@
 (`firmware_proto.link.Radio`: the loopback simulator radio or BLE, see `open_radio`):
 
 - **Jobs** arrive on ``{prefix}/{store}/gateway/{id}/jobs`` (QoS 1, binary envelopes). Each is
-  written to the spool (`JobSpool`, SQLite) *before* the handler returns, and the broker gets
-  its PUBACK only then, so a kill -9 loses nothing: spooled jobs resume at restart, unspooled
-  ones are redelivered by the broker (persistent session). A redelivery of a job already
-  spooled or finished is recognised by (job id, attempt) and not run twice.
+  checked first: signed by the server (``server_public_key``), addressed to this store and
+  gateway, issued not long ago (its deadline plus ``envelope_skew_s``), its job key sealed to
+  this gateway's own key (`eslserver.gateway.identity`). One that fails is not run: it is
+  nacked with the reason (``unsigned``, ``bad_signature``, ``misaddressed``, ``expired``,
+  ``wrong_key``). A good one is written to the spool (`JobSpool`, SQLite) *before* the handler
+  returns, and the broker gets its PUBACK only then, so a kill -9 loses nothing: spooled jobs
+  resume at restart, unspooled ones are redelivered by the broker (persistent session). A
+  redelivery of a job still running is recognised by (job id, attempt) and not run twice; one
+  of a job already finished is a replay, nacked ``replayed``.
 - Jobs run with at most ``concurrency`` in flight and one at a time per label, in arrival
   order per label (`eslserver.gateway.conversation.run_job`). The counters a job uses are
   noted in the spool before use, so a restarted gateway continues above them.
@@ -17,8 +22,10 @@
 - **Radio**: a radio lost while the gateway runs is reconnected with backoff
   (`eslserver.gateway.radio_watch`); meanwhile the status says ``radio: down`` and the server
   shows the gateway ``degraded``.
-- **Presence**: ``…/status`` is ``online`` (retained) on every connect, ``offline`` (retained) on
-  a clean exit, and the last will ``offline`` when the connection dies.
+- **Presence**: ``…/status`` is ``online`` (retained) on every connect, followed by a status
+  event naming the protocol version it speaks (`PROTOCOL_VERSION`; a server refuses a gateway
+  too old for it); ``offline`` (retained) on a clean exit, and the last will ``offline`` when
+  the connection dies.
 
 A job with an undecodable envelope is nacked ``bad_job`` when its header names the job, and
 otherwise logged and dropped (the server's deadline retries it).
@@ -44,13 +51,23 @@ from eslserver.gateway.conversation import (
     run_job,
 )
 from eslserver.gateway.events import Ack, Checkin, Event, EventError, Nack, Status
+from eslserver.gateway.identity import load_or_create_key
 from eslserver.gateway.radio_watch import RadioWatch
 from eslserver.gateway.spool import JobSpool, PutResult, SpoolError
 from eslserver.logs import FailureLog
 from eslserver.mqtt import Message, MqttConnection, MqttSettings, MqttUnavailable, Will
 from eslserver.topics import TopicError, Topics, check_level
-from firmware_proto.envelope import EnvelopeError, JobEnvelope, parse_envelope
+from firmware_proto.envelope import (
+    CommandJob,
+    EnvelopeError,
+    ImageJob,
+    JobEnvelope,
+    open_job_key,
+    parse_envelope,
+    verify_envelope,
+)
 from firmware_proto.link import Radio
+from firmware_proto.trust import GatewayKey, VerifyKey
 
 __all__ = ["RadioSpecError", "GatewayConfigError", "GatewayConfig", "Gateway", "open_radio"]
 
@@ -99,6 +116,10 @@ class GatewayConfig:
     checkin_coalesce_s: float = 1.0
     max_checkin_backlog: int = 10_000
     job: JobSettings = field(default_factory=JobSettings)
+    server_key: VerifyKey | None = None
+    """The server's Ed25519 public key (``server_public_key``); None refuses every job."""
+    envelope_skew_s: float = 60.0
+    """How far the server's and the gateway's clocks may disagree when judging an envelope's age."""
 
     def __post_init__(self) -> None:
         for name in ("store", "gateway_id", "prefix"):
@@ -114,6 +135,11 @@ class GatewayConfig:
                 raise GatewayConfigError(f"{name} must be a number of seconds in 0..86400, got {value!r}")
         if self.status_interval_s == 0:
             raise GatewayConfigError("status_interval_s must be > 0, got 0")
+        if not isinstance(self.envelope_skew_s, (int, float)) or not 0 <= self.envelope_skew_s <= 86_400:
+            raise GatewayConfigError(f"envelope_skew_s must be a number of seconds in 0..86400, "
+                                     f"got {self.envelope_skew_s!r}")
+        if self.server_key is not None and not isinstance(self.server_key, VerifyKey):
+            raise GatewayConfigError(f"server_key must be a VerifyKey, got {type(self.server_key).__name__}")
         if not 0 < self.radio_retry_min_s <= self.radio_retry_max_s:
             raise GatewayConfigError(f"radio_retry_min_s must be > 0 and <= radio_retry_max_s "
                                      f"({self.radio_retry_max_s!r}), got {self.radio_retry_min_s!r}")
@@ -131,6 +157,11 @@ class GatewayConfig:
     def spool_path(self) -> Path:
         return Path(self.data_dir) / f"gateway-{self.store}-{self.gateway_id}.spool.sqlite3"
 
+    @property
+    def key_path(self) -> Path:
+        """The gateway's own X25519 key (`eslserver.gateway.identity`)."""
+        return Path(self.data_dir) / f"gateway-{self.store}-{self.gateway_id}.key"
+
 
 @dataclass(slots=True)
 class _Job:
@@ -138,6 +169,7 @@ class _Job:
     received_at: datetime
     used_through: int  # a previous run may have used counters up to this (0: never ran)
     reserved: int  # counters noted in the spool so far
+    job_key: bytes | None = field(default=None, repr=False)  # opened with the gateway's key
 
     @property
     def key(self) -> tuple[int, int]:
@@ -157,6 +189,9 @@ class Gateway:
                  reconnect_min_s: float = 0.2, reconnect_max_s: float = 10.0) -> None:
         self.config = config
         self.radio = radio
+        self.key: GatewayKey = load_or_create_key(config.key_path)[0]
+        self.refused: dict[str, int] = {}
+        """Envelopes refused, by nack code (unsigned, bad_signature, replayed, ...)."""
         self.checkins = CheckinTracker(coalesce_s=config.checkin_coalesce_s)
         self.radio_watch = RadioWatch(radio, min_s=config.radio_retry_min_s, max_s=config.radio_retry_max_s,
                                       check_s=min(1.0, config.radio_retry_min_s), on_change=self._radio_changed,
@@ -199,12 +234,14 @@ class Gateway:
             for spooled in await self.spool.pending():
                 try:
                     envelope = parse_envelope(spooled.envelope)
+                    job_key = self._job_key(envelope)
                 except EnvelopeError as exc:  # cannot happen for what we spooled; never loop on it
                     log.error("spooled job %d is unreadable, dropped: %s", spooled.job_id, exc,
                               extra={"gateway": self.config.gateway_id, "job": spooled.job_id})
                     await self.spool.finish(spooled.job_id, spooled.attempt)
                     continue
-                self._schedule(_Job(envelope, spooled.received_at, spooled.used_through, spooled.used_through))
+                self._schedule(_Job(envelope, spooled.received_at, spooled.used_through, spooled.used_through,
+                                    job_key))
             if self._known:
                 log.info("resuming %d spooled jobs", len(self._known))
             await self.mqtt.__aenter__()
@@ -216,8 +253,11 @@ class Gateway:
         self._spawn(self._publish_checkins(), "gateway-checkins")
         self._spawn(self._publish_status(), "gateway-status")
         self._spawn(self.radio_watch.run(), "gateway-radio-watch")
-        log.info("gateway %s for store %s: jobs on %s", self.config.gateway_id, self.config.store,
-                 self.jobs_topic)
+        log.info("gateway %s for store %s: jobs on %s, public key %s", self.config.gateway_id,
+                 self.config.store, self.jobs_topic, self.key.public.hex())
+        if self.config.server_key is None:
+            log.warning("server_public_key is not set: every job will be refused (the server's signature "
+                        "cannot be checked); set it to the key `esl trust server-key` prints")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -265,30 +305,67 @@ class Gateway:
     # -- MQTT side ----------------------------------------------------------------------------
     async def _on_connect(self) -> None:
         await self.mqtt.publish(self.status_topic, b"online", qos=1, retain=True)
-        if not self.radio_watch.up:
-            self._status_now.set()  # "online" alone would hide a radio that is down
+        # at once, not at the next interval: the status names our protocol version (the server
+        # routes no job to a gateway before it knows it), and "online" alone would hide a radio
+        # that is down
+        self._status_now.set()
 
     async def _publish(self, event: Event) -> None:
         await self.mqtt.publish(self.events_topic, event.to_json(), qos=1)
 
     async def _on_job(self, message: Message) -> None:
-        """A job from the broker: spool it (durably) and schedule it; the PUBACK follows."""
+        """A job from the broker: check it, spool it (durably) and schedule it; the PUBACK follows."""
+        received = datetime.now(UTC)
         try:
-            envelope = parse_envelope(message.payload)
+            envelope = self._check_envelope(message.payload, received)
+            job_key = self._job_key(envelope)
         except EnvelopeError as exc:
             await self._bad_job(exc)
             return
-        received = datetime.now(UTC)
         reserved = first_reservation(envelope, self.config.job)
         put = await self._spool_put(envelope, message.payload, received, reserved)
-        job = _Job(envelope, received, 0, reserved)
+        job = _Job(envelope, received, 0, reserved, job_key)
         if put is PutResult.NEW:
             self._schedule(job)
         elif put is PutResult.DUPLICATE and job.key not in self._known:
             self._schedule(await self._respooled(job))
+        elif put is PutResult.DONE:
+            await self._bad_job(EnvelopeError(
+                f"job {envelope.job_id} attempt {envelope.attempt} already ran here: a replay, not run again",
+                job_id=envelope.job_id, mac=envelope.mac, attempt=envelope.attempt, code="replayed"))
         else:
-            log.debug("job %d attempt %d delivered again (%s); ignored", envelope.job_id,
-                      envelope.attempt, put.value)
+            log.debug("job %d attempt %d delivered again while it runs; ignored", envelope.job_id,
+                      envelope.attempt)
+
+    def _check_envelope(self, payload: bytes, received: datetime) -> JobEnvelope:
+        """The envelope if this gateway should run it: signed by the server, addressed here,
+        not stale; `EnvelopeError` with the nack code otherwise."""
+        server_key = self.config.server_key
+        if server_key is None:
+            job = parse_envelope(payload)
+            raise EnvelopeError("no server_public_key is configured: the server's signature cannot be checked",
+                                job_id=job.job_id, mac=job.mac, attempt=job.attempt, code="bad_signature")
+        job = verify_envelope(payload, server_key)
+        ids = {"job_id": job.job_id, "mac": job.mac, "attempt": job.attempt}
+        if (job.store, job.gateway) != (self.config.store, self.config.gateway_id):
+            raise EnvelopeError(f"envelope is for gateway {job.store}/{job.gateway}, this is "
+                                f"{self.config.store}/{self.config.gateway_id}", code="misaddressed", **ids)  # type: ignore[arg-type]
+        now_ms = int(received.timestamp() * 1000)
+        skew_ms = int(self.config.envelope_skew_s * 1000)
+        if now_ms > job.expires_ms + skew_ms:
+            raise EnvelopeError(f"envelope issued {(now_ms - job.issued_ms) / 1000:.0f} s ago, past its "
+                                f"{job.deadline_s} s deadline", code="expired", **ids)  # type: ignore[arg-type]
+        if job.issued_ms > now_ms + skew_ms:
+            raise EnvelopeError(f"envelope issued {(job.issued_ms - now_ms) / 1000:.0f} s in the future "
+                                f"(clocks apart by more than {self.config.envelope_skew_s:g} s?)",
+                                code="expired", **ids)  # type: ignore[arg-type]
+        return job
+
+    def _job_key(self, envelope: JobEnvelope) -> bytes | None:
+        """The job key sealed to this gateway (None for a pairing, which needs none)."""
+        if isinstance(envelope, (ImageJob, CommandJob)):
+            return open_job_key(envelope, self.key)
+        return None
 
     async def _spool_put(self, envelope: JobEnvelope, raw: bytes, received: datetime,
                          reserved: int) -> PutResult:
@@ -310,18 +387,24 @@ class Gateway:
     async def _respooled(self, job: _Job) -> _Job:
         for spooled in await self.spool.pending():
             if (spooled.job_id, spooled.attempt) == job.key:
-                return _Job(job.envelope, spooled.received_at, spooled.used_through, spooled.used_through)
+                return _Job(job.envelope, spooled.received_at, spooled.used_through, spooled.used_through,
+                            job.job_key)
         return job
 
     async def _bad_job(self, exc: EnvelopeError) -> None:
+        """Refuse an envelope: logged (the first of each kind as a warning: anybody who can
+        publish on the job topic can send many) and nacked when it names its job."""
         self._bad_envelopes += 1
+        self.refused[exc.code] = seen = self.refused.get(exc.code, 0) + 1
+        level = logging.WARNING if seen == 1 or exc.code == "bad_job" else logging.DEBUG
         if exc.job_id is None or exc.mac is None:
-            log.warning("dropped an undecodable job envelope: %s", exc)
+            log.log(level, "dropped an undecodable job envelope: %s", exc)
             return
-        log.warning("job %d for %s is malformed: %s", exc.job_id, exc.mac, exc,
-                    extra={"gateway": self.config.gateway_id, "job": exc.job_id, "mac": exc.mac})
+        log.log(level, "refused job %d for %s (%s): %s", exc.job_id, exc.mac, exc.code, exc,
+                extra={"gateway": self.config.gateway_id, "job": exc.job_id, "mac": exc.mac})
         try:
-            nack = Nack(job=exc.job_id, mac=exc.mac, code="bad_job", reason=str(exc)[:1000], retry=False)
+            nack = Nack(job=exc.job_id, mac=exc.mac, code=exc.code, reason=str(exc)[:1000],  # type: ignore[arg-type]
+                        retry=False, attempt=exc.attempt)
         except EventError as err:
             log.warning("cannot nack job %d: %s", exc.job_id, err)
             return
@@ -396,15 +479,15 @@ class Gateway:
         left = env.deadline_s - (datetime.now(UTC) - job.received_at).total_seconds()
         reserve = partial(self.spool.note_used, env.job_id, env.attempt)
         try:
-            result = await run_job(self.radio, env, checkins=self.checkins, settings=self.config.job,
-                                   deadline=loop.time() + left, used_through=job.used_through,
-                                   reserved=job.reserved, reserve=reserve)
+            result = await run_job(self.radio, env, job_key=job.job_key, checkins=self.checkins,
+                                   settings=self.config.job, deadline=loop.time() + left,
+                                   used_through=job.used_through, reserved=job.reserved, reserve=reserve)
         except SpoolError as exc:  # cannot note counters: must not go on; stays spooled
             self._spool_failure.failed(exc, job=env.job_id, mac=env.mac)
             return None
         except Exception as exc:  # a bug: report it (once while it lasts) rather than leave the server waiting
             self._job_failure.failed(exc, job=env.job_id, mac=env.mac)
-            return Nack(job=env.job_id, mac=env.mac, code="refused", retry=True,
+            return Nack(job=env.job_id, mac=env.mac, code="refused", retry=True, attempt=env.attempt,
                         reason=f"gateway error: {type(exc).__name__}: {exc}"[:1000])
         self._job_failure.ok()
         return result

@@ -9,7 +9,10 @@ in-memory link, the loopback TCP radio and BLE alike:
 - `run_job`: one job envelope (`firmware_proto.envelope`) carried out to the end, an `Ack` or a
   `Nack` (`eslserver.gateway.events`): connect when the label listens (retried on each of its
   check-ins until the job's deadline), then pair / transfer / command within the job's counter
-  budget, with every counter noted durably before it is used (``reserve``).
+  budget, with every counter noted durably before it is used (``reserve``). The gateway holds
+  no label key: it forwards the server's pair request or job ticket unchanged, seals with the
+  job key only, and ends the job with the label's final word (its `JobStatus`, or the
+  check-in under its new key), which it forwards raw for the server to verify.
 
 `CheckinTracker` remembers each label's latest check-in (bounded), lets a job wait for the next
 one, and decides which check-ins are news worth forwarding to the server.
@@ -24,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Protocol
 
 from eslserver.gateway.events import Ack, Nack, NackCode, utc_now
 from firmware_proto.ble_gatt import BleGattError, CompactCheckin
@@ -36,12 +40,15 @@ from firmware_proto.envelope import (
     JobSession,
     PairJob,
 )
-from firmware_proto.errors import ProtocolError
+from firmware_proto.errors import AuthError, ProtocolError
 from firmware_proto.frames import (
     Checkin,
     CheckinFlag,
     ControlResponse,
     Frame,
+    ImageStatusRequest,
+    JobStatus,
+    address_bytes,
     address_str,
     parse_frame,
 )
@@ -74,15 +81,24 @@ class TransferOutcome:
     timeouts: int
 
 
+class Opens(Protocol):
+    """What turns the label's bytes into a frame the conversation believes (`ProtocolError`
+    otherwise): a `GatewaySession`, a `JobSession`, or the pairing's `_PairWatch`."""
+
+    def open(self, data: bytes) -> Frame: ...
+
+
 class Conversation:
     """A link plus a queue of the frames that came back on it."""
 
-    def __init__(self, link: Link, session: GatewaySession) -> None:
+    def __init__(self, link: Link, session: Opens) -> None:
         self.link = link
         self.session = session
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
         self.frames_sent = 0
         self.bad_frames = 0
+        self.last_raw = b""
+        """The bytes of the frame `next_frame` returned last (a final word is forwarded raw)."""
         link.set_frame_callback(self.queue.put_nowait)
 
     async def send_all(self, frames: list[bytes]) -> None:
@@ -104,10 +120,13 @@ class Conversation:
             except TimeoutError:
                 return None
             try:
-                return self.session.open(data)
+                frame = self.session.open(data)
             except ProtocolError as exc:
                 self.bad_frames += 1
                 log.debug("dropped a frame from %s: %s", self.link.address, exc)
+                continue
+            self.last_raw = bytes(data)
+            return frame
 
 
 async def pair_label(conv: Conversation, factory_key: bytes, new_key: bytes, *,
@@ -379,12 +398,26 @@ class JobSettings:
 _SILENT = None  # a conversation that ended because the label stopped answering
 
 
+class _PairWatch:
+    """The pairing's "session": the gateway has no key to verify with, so it believes nothing;
+    it picks out this label's check-ins (to forward raw) and drops everything else."""
+
+    def __init__(self, mac: str) -> None:
+        self.address = address_bytes(mac)
+
+    def open(self, data: bytes) -> Frame:
+        frame = parse_frame(data)
+        if not isinstance(frame, Checkin) or frame.address != self.address:
+            raise AuthError(f"{type(frame).__name__}: not this label's check-in")
+        return frame
+
+
 class _JobRun:
     """One job from start to `Ack` / `Nack`. See `run_job`."""
 
-    def __init__(self, radio: Radio, job: JobEnvelope, *, checkins: CheckinTracker | None,
-                 settings: JobSettings, deadline: float, used_through: int, reserved: int,
-                 reserve: Reserve | None) -> None:
+    def __init__(self, radio: Radio, job: JobEnvelope, *, job_key: bytes | None,
+                 checkins: CheckinTracker | None, settings: JobSettings, deadline: float,
+                 used_through: int, reserved: int, reserve: Reserve | None) -> None:
         self.radio = radio
         self.job = job
         self.checkins = checkins
@@ -396,39 +429,59 @@ class _JobRun:
         self.silences = 0
         self.last_error = ""
         self.conv: Conversation | None = None
-        self.pair_session: GatewaySession | None = None
         self.session: JobSession | None = None
+        self.ticket_heard = False  # the label answered under the job key: it has the ticket
+        self.watch: Opens
         if isinstance(job, PairJob):
-            self.pair_session = GatewaySession(job.mac, factory_tx_counter=max(job.factory_counter, used_through))
-            self.factory_reserved = max(used_through, reserved) if reserve is not None else 0xFFFFFFFF
+            self.watch = _PairWatch(job.mac)
         elif isinstance(job, (ImageJob, CommandJob)):
-            self.session = JobSession(job, start=used_through)
+            if job_key is None:
+                raise TypeError(f"job {job.job_id}: an image or command job needs its job key")
+            self.session = JobSession(job, job_key, start=used_through)
             if reserve is not None:
                 self.session.reserved = min(self.session.limit, max(self.session.tx_counter, reserved))
+            self.watch = self.session
         else:
             raise TypeError(f"unknown job type {type(job).__name__}")
-        self.gw_session: GatewaySession = self.session or self.pair_session  # type: ignore[assignment]
 
     # -- results --------------------------------------------------------------------------
-    def _counters(self) -> tuple[int | None, int | None]:
-        if self.session is not None:
-            return self.session.tx_counter, self.session.rx.highest
-        assert self.pair_session is not None
-        return self.pair_session.factory_tx_counter, None
+    def nack(self, code: NackCode, reason: str, *, retry: bool, status: bytes | None = None) -> Nack:
+        return Nack(job=self.job.job_id, mac=self.job.mac, code=code, reason=reason[:1000], retry=retry,
+                    attempt=self.job.attempt, status=status)
 
-    def nack(self, code: NackCode, reason: str, *, retry: bool) -> Nack:
-        tx, rx = self._counters()
-        return Nack(job=self.job.job_id, mac=self.job.mac, code=code, reason=reason[:1000],
-                    retry=retry, tx_counter=tx, rx_highest=rx)
+    def _frames(self) -> int:
+        return self.frames + (self.conv.frames_sent if self.conv is not None else 0)
 
-    def ack(self, displayed_hash: bytes | None, checkin: Checkin | None = None) -> Ack:
-        session = self.gw_session
-        frames = self.frames + (self.conv.frames_sent if self.conv is not None else 0)
-        return Ack(job=self.job.job_id, mac=self.job.mac, displayed_hash=displayed_hash,
-                   frames=frames, tx_counter=session.tx_counter, rx_highest=session.rx.highest,
-                   battery_mv=None if checkin is None else checkin.battery_mv,
-                   rssi=None if checkin is None else checkin.rssi,
-                   temperature_c=None if checkin is None else checkin.temperature_c)
+    def ack(self, final: JobStatus | Checkin, raw: bytes) -> Ack:
+        """The ack carrying the label's final word, raw (the fields beside it are what the
+        gateway read in it, for people; the server reads the frame)."""
+        return Ack(job=self.job.job_id, mac=self.job.mac, attempt=self.job.attempt, status=raw,
+                   displayed_hash=final.displayed_hash, frames=self._frames(), battery_mv=final.battery_mv,
+                   rssi=final.rssi, temperature_c=final.temperature_c)
+
+    def _outcome(self) -> Ack | Nack:
+        """The job's result from the label's `JobStatus` (in ``session.final``)."""
+        assert self.session is not None and self.session.final is not None
+        final, raw = self.session.final
+        if final.result == 0:
+            return self.ack(final, raw)
+        code = final.result
+        if isinstance(self.job, CommandJob):
+            try:
+                name = EslError(code).name.lower()
+            except ValueError:
+                name = f"error {code:#04x}"
+            reason = f"label answered {name} to {self.job.command.name}"
+            if code == EslError.INSUFFICIENT_BATTERY:
+                return self.nack("low_battery", reason, retry=False, status=raw)
+            transient = code in (EslError.RETRY, EslError.QUEUE_FULL, EslError.INSUFFICIENT_RESOURCES)
+            return self.nack("refused", reason, retry=transient, status=raw)
+        reason = f"label refused the image: error {code:#04x}"
+        if code == TransferResult.BASE_MISMATCH:
+            return self.nack("base_mismatch", reason + " (send the whole image)", retry=False, status=raw)
+        if code == TransferResult.INSUFFICIENT_BATTERY:
+            return self.nack("low_battery", reason, retry=False, status=raw)
+        return self.nack("refused", reason, retry=False, status=raw)
 
     # -- counters -------------------------------------------------------------------------
     async def ensure(self, n: int) -> None:
@@ -441,13 +494,6 @@ class _JobRun:
         new = min(s.limit, s.tx_counter + n + self.settings.reserve_chunk)
         await self.reserve(new)
         s.reserved = new
-
-    async def ensure_factory(self, counter: int) -> None:
-        if self.reserve is None or counter <= self.factory_reserved:
-            return
-        new = counter + 8
-        await self.reserve(new)
-        self.factory_reserved = new
 
     # -- the loop -------------------------------------------------------------------------
     async def run(self) -> Ack | Nack:
@@ -480,11 +526,12 @@ class _JobRun:
             self.last_error = f"connect: {exc}"
             await link.close()
             return _SILENT
-        conv = self.conv = Conversation(link, self.gw_session)
+        conv = self.conv = Conversation(link, self.watch)
         try:
             result = await self._converse(conv)
         except BudgetExhausted as exc:
-            return self.nack("budget", str(exc), retry=True)
+            final = self.session.final if self.session is not None else None
+            return self.nack("budget", str(exc), retry=True, status=None if final is None else final[1])
         except ConnectionError as exc:  # the link dropped mid-conversation
             self.last_error = f"link: {exc}"
             result = _SILENT
@@ -511,69 +558,89 @@ class _JobRun:
     async def _converse(self, conv: Conversation) -> Ack | Nack | None:
         if isinstance(self.job, PairJob):
             return await self._pair(conv, self.job)
+        if self.session is not None and self.session.final is not None:
+            return self._outcome()  # the label's final word came on an earlier connection
         if isinstance(self.job, ImageJob):
             return await self._image(conv, self.job)
         assert isinstance(self.job, CommandJob)
         return await self._command(conv, self.job)
 
-    def _verified_checkin(self) -> Checkin | None:
-        """The label's latest check-in if it verifies under the job's key (and is new)."""
+    def _heard_checkin(self) -> Checkin | None:
+        """The label's latest check-in, unverified (the gateway has no label key): used only as
+        a hint (a transfer to resume), never believed."""
         heard = self.checkins.latest(self.job.mac) if self.checkins is not None else None
-        if heard is None or self.session is None or heard.checkin.auth is None:
-            return None
-        try:
-            frame = self.session.open(heard.frame)
-        except ProtocolError:
-            return None  # another key, or already counted: tells nothing new
-        return frame if isinstance(frame, Checkin) else None
+        return None if heard is None else heard.checkin
+
+    async def _send_ticket(self, conv: Conversation) -> None:
+        """The server's ticket, unchanged, until the label has answered under the job key."""
+        if not self.ticket_heard:
+            assert isinstance(self.job, (ImageJob, CommandJob))
+            await conv.send_all([self.job.ticket])
+
+    async def _next(self, conv: Conversation, timeout_s: float) -> Frame | None:
+        frame = await conv.next_frame(timeout_s)
+        if frame is not None and not isinstance(frame, JobStatus):
+            self.ticket_heard = True  # it verified under the job key
+        return frame
+
+    async def _await_final(self, conv: Conversation, ask: Callable[[], Frame]) -> bool:
+        """After the label's last answer, its `JobStatus` (sent with it, or again when asked
+        with a frame that still uses the job's counters); False if it stays silent."""
+        session = self.session
+        assert session is not None
+        for _ in range(self.settings.max_timeouts):
+            if session.final is not None:
+                return True
+            frame = await self._next(conv, self.settings.reply_timeout_s)
+            if frame is None and session.final is None:
+                await self.ensure(1)
+                await conv.send_all([session.seal(ask())])
+        return session.final is not None
 
     # -- the three kinds ------------------------------------------------------------------
     async def _pair(self, conv: Conversation, job: PairJob) -> Ack | None:
-        session = self.pair_session
-        assert session is not None
-        heard = self.checkins.latest(job.mac) if self.checkins is not None else None
-        label_rx = heard.checkin.rx_counter if heard is not None and heard.checkin.auth is None else 0
         loop = asyncio.get_running_loop()
         for _ in range(self.settings.attempts):
-            await self.ensure_factory(max(session.factory_tx_counter, label_rx) + 1)
-            await conv.send_all([session.pair(job.factory_key, job.new_key, esl_id=job.esl_id,
-                                              label_rx_counter=label_rx)])
+            await conv.send_all([job.pair_request])
             until = loop.time() + self.settings.reply_timeout_s
             while (left := until - loop.time()) > 0:
                 frame = await conv.next_frame(left)
                 if (isinstance(frame, Checkin) and frame.auth is not None
                         and frame.status_flags & CheckinFlag.PAIRED):
-                    return self.ack(frame.displayed_hash, frame)
+                    return self.ack(frame, conv.last_raw)
         self.last_error = f"no answer to {self.settings.attempts} pairing requests"
         return _SILENT
 
     async def _image(self, conv: Conversation, job: ImageJob) -> Ack | Nack | None:
         session = self.session
         assert session is not None
-        checkin = self._verified_checkin()
+        checkin = self._heard_checkin()
         resume = self.silences > 0 or (checkin is not None and bool(checkin.status_flags & CheckinFlag.TRANSFER_PENDING))
         headroom = self.settings.window + 2
         await self.ensure(headroom)
         sealed = session.send_update(job.update, max_frame=conv.link.max_frame, window=self.settings.window,
                                      max_timeouts=self.settings.max_timeouts, resume=resume)
         sender = sealed.sender  # frames sealed one by one below, so a budget cut sends all it can
+        await self._send_ticket(conv)
         await self._send(conv, sender.start())
-        while not sender.finished:
-            frame = await conv.next_frame(self.settings.reply_timeout_s)
+        while not sender.finished and session.final is None:
+            frame = await self._next(conv, self.settings.reply_timeout_s)
+            if isinstance(frame, JobStatus):
+                break
             await self.ensure(headroom)
+            if frame is None:
+                await self._send_ticket(conv)  # lost? the label ignores it if it has it
             await self._send(conv, sender.on_timeout() if frame is None else sender.handle(frame))
+        if session.final is None and sender.finished:
+            tid = sender.offer.transfer_id
+            await self._await_final(conv, lambda: ImageStatusRequest(transfer_id=tid))
+        if session.final is not None:
+            return self._outcome()
         if sender.done:
-            return self.ack(job.image_hash)
-        code = sender.error_code
-        reason = sender.error or f"transfer failed with code {code:#04x}"
-        if code == TransferResult.TOO_MANY_ROUNDS:
-            self.last_error = reason
-            return _SILENT
-        if code == TransferResult.BASE_MISMATCH:
-            return self.nack("base_mismatch", reason + " (send the whole image)", retry=False)
-        if code == TransferResult.INSUFFICIENT_BATTERY:
-            return self.nack("low_battery", reason, retry=False)
-        return self.nack("refused", reason, retry=False)
+            self.last_error = "the label displayed the image, but its final word was not heard"
+        else:
+            self.last_error = sender.error or f"transfer failed with code {sender.error_code:#04x}"
+        return _SILENT  # the next connection asks again (the label repeats its final word)
 
     async def _send(self, conv: Conversation, frames: list[Frame]) -> None:
         """Seal and send each frame in turn (`BudgetExhausted` after the last one that fits)."""
@@ -585,49 +652,38 @@ class _JobRun:
     async def _command(self, conv: Conversation, job: CommandJob) -> Ack | Nack | None:
         session = self.session
         assert session is not None
-        self._verified_checkin()  # moves the counters past anything the label reported
         loop = asyncio.get_running_loop()
-        asked: set[int] = set()
         for _ in range(self.settings.attempts):
             await self.ensure(1)
             command = replace(job.command, seq=session.next_seq())
-            asked.add(command.seq)
+            await self._send_ticket(conv)
             await conv.send_all([session.seal(command)])
             until = loop.time() + self.settings.reply_timeout_s
-            while (left := until - loop.time()) > 0:
-                frame = await conv.next_frame(left)
-                if isinstance(frame, ControlResponse) and frame.seq in asked:
-                    return self._command_result(job, frame)
-        self.last_error = f"no answer to {self.settings.attempts} {job.command.name} commands"
+            while (left := until - loop.time()) > 0 and session.final is None:
+                frame = await self._next(conv, left)
+                if isinstance(frame, ControlResponse):
+                    await self._await_final(conv, lambda: replace(job.command, seq=session.next_seq()))
+                    break
+            if session.final is not None:
+                return self._outcome()
+        self.last_error = f"no final word after {self.settings.attempts} {job.command.name} commands"
         return _SILENT
-
-    def _command_result(self, job: CommandJob, response: ControlResponse) -> Ack | Nack:
-        if response.name != "error":
-            return self.ack(None)
-        code = response.get("error_code")
-        try:
-            name = EslError(code).name.lower()
-        except ValueError:
-            name = f"error {code:#04x}"
-        reason = f"label answered {name} to {job.command.name}"
-        if code == EslError.INSUFFICIENT_BATTERY:
-            return self.nack("low_battery", reason, retry=False)
-        transient = code in (EslError.RETRY, EslError.QUEUE_FULL, EslError.INSUFFICIENT_RESOURCES)
-        return self.nack("refused", reason, retry=transient)
 
 
 def first_reservation(job: JobEnvelope, settings: JobSettings) -> int:
     """The counters to note with a job when it is spooled, so that its first protocol steps
-    (the whole of most jobs) need no further durable write: pass it as ``reserved``."""
+    (the whole of most jobs) need no further durable write: pass it as ``reserved``. A
+    pairing uses no counter of the gateway's (the server sealed its one frame)."""
     if isinstance(job, PairJob):
-        return job.factory_counter + 8
+        return 0
     assert isinstance(job, (ImageJob, CommandJob))
-    return min(job.counter_limit, job.tx_counter + settings.window + 2 + settings.reserve_chunk)
+    return min(job.counter_limit, job.first + settings.window + 2 + settings.reserve_chunk)
 
 
-async def run_job(radio: Radio, job: JobEnvelope, *, checkins: CheckinTracker | None = None,
-                  settings: JobSettings = JobSettings(), deadline: float | None = None,
-                  used_through: int = 0, reserved: int = 0, reserve: Reserve | None = None) -> Ack | Nack:
+async def run_job(radio: Radio, job: JobEnvelope, *, job_key: bytes | None = None,
+                  checkins: CheckinTracker | None = None, settings: JobSettings = JobSettings(),
+                  deadline: float | None = None, used_through: int = 0, reserved: int = 0,
+                  reserve: Reserve | None = None) -> Ack | Nack:
     """Carry out `job` on the label it names; return the `Ack` or `Nack` to publish.
 
     Connects when the label listens: a refused connect is retried on the label's next check-in
@@ -637,13 +693,14 @@ async def run_job(radio: Radio, job: JobEnvelope, *, checkins: CheckinTracker | 
     chance. A label that goes silent mid-job is waited for the same way; an image transfer then
     resumes where the label is (as it does when the label's check-in shows TRANSFER_PENDING).
 
-    Counters: an image or command job seals only with counters in its budget (`JobSession`)
-    and nacks "budget" (retry) rather than go past it. With ``reserve`` (the spool's
-    `note_used`), no counter above ``reserved`` is used before ``reserve(n)`` returned for an
-    ``n`` covering it; ``used_through`` is the highest counter a previous run of this job may
-    have used (a restart), and the job starts above it. A pairing starts above the job's
-    factory-counter hint, ``used_through`` and the ``rx_counter`` of the label's latest
-    unauthenticated check-in (its factory-key counters are noted the same way).
+    An image or command job needs ``job_key`` (`firmware_proto.envelope.open_job_key`): it
+    sends the job's ticket first, seals only with counters in the ticket's range (`JobSession`)
+    and nacks "budget" (retry) rather than go past it. The job ends with the label's final word,
+    forwarded raw in the ack (or in the nack of a refused image or command). With ``reserve``
+    (the spool's `note_used`), no counter above ``reserved`` is used before ``reserve(n)``
+    returned for an ``n`` covering it; ``used_through`` is the highest counter a previous run of
+    this job may have used (a restart), and the job starts above it. A pairing forwards the
+    server's pair request as it is and acks with the label's check-in under its new key.
 
     Never raises for anything the label or the radio does (a radio that is down makes the label
     unreachable); cancellation propagates, and so does whatever ``reserve`` raises (a spool that
@@ -651,7 +708,7 @@ async def run_job(radio: Radio, job: JobEnvelope, *, checkins: CheckinTracker | 
     """
     loop = asyncio.get_running_loop()
     end = loop.time() + job.deadline_s if deadline is None else deadline
-    run = _JobRun(radio, job, checkins=checkins, settings=settings, deadline=end,
+    run = _JobRun(radio, job, job_key=job_key, checkins=checkins, settings=settings, deadline=end,
                   used_through=used_through, reserved=reserved, reserve=reserve)
     result = await run.run()
     log.debug("job %d for %s: %s after %d frames", job.job_id, job.mac, type(result).__name__, run.frames)

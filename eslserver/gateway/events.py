@@ -4,12 +4,17 @@ Four kinds, each a frozen dataclass with `to_json()`; `parse_event` turns the JS
 of them or raises `EventError` naming the field and the value. Construction validates too, so a
 gateway cannot publish an event the server would refuse.
 
-- `Ack`: the label confirmed the job (it displays ``displayed_hash``, or answered the command).
+- `Ack`: the job ended and the label said so: ``status`` is the label's final frame, raw (a
+  `JobStatus`, or for a pairing the check-in under the new key), authenticated with a key the
+  gateway does not have. The server believes the frame, never the gateway's own fields.
 - `Nack`: the job ended without that; ``code`` says why, ``retry`` whether the same job (with
-  fresh counters) may succeed later.
+  fresh counters) may succeed later; ``status`` the label's final frame when it sent one (a
+  refused image). Envelopes the gateway refuses to run (unsigned, mis-signed, replayed,
+  expired, for another gateway, sealed to another key) are nacked with that reason too.
 - `Checkin`: a label check-in heard on the radio, raw (the server verifies it with the label key;
   an unauthenticated one is an unpaired label discovered).
-- `Status`: the gateway's periodic health line.
+- `Status`: the gateway's health line (at every connect and then periodically), with the
+  protocol version it speaks (`PROTOCOL_VERSION`).
 
 Times are timezone-aware UTC (ISO 8601; ``Z`` is written, ``Z`` or an offset is read and
 converted to UTC). Bytes travel as lowercase hex. Unknown JSON keys are ignored (a newer
@@ -32,18 +37,26 @@ from firmware_proto.image import HASH_SIZE
 
 __all__ = [
     "EventError", "NackCode", "NACK_CODES", "Ack", "Nack", "Checkin", "Status", "Event",
-    "parse_event", "utc_now", "MAX_EVENT_BYTES", "RADIO_STATES",
+    "parse_event", "utc_now", "MAX_EVENT_BYTES", "RADIO_STATES", "PROTOCOL_VERSION", "REFUSAL_CODES",
 ]
 
-NackCode: TypeAlias = Literal["unreachable", "refused", "budget", "bad_job", "base_mismatch", "low_battery"]
+NackCode: TypeAlias = Literal["unreachable", "refused", "budget", "bad_job", "base_mismatch", "low_battery",
+                              "unsigned", "bad_signature", "replayed", "expired", "misaddressed", "wrong_key",
+                              "unconfirmed"]
 NACK_CODES: Final[frozenset[str]] = frozenset(get_args(NackCode))
+REFUSAL_CODES: Final[frozenset[str]] = frozenset(
+    {"unsigned", "bad_signature", "replayed", "expired", "misaddressed", "wrong_key"})
+"""Nack codes of envelopes the gateway refused to run: anybody who can publish on its job
+topic can cause one, so the server notes them and changes nothing for them."""
+PROTOCOL_VERSION: Final = 2
+"""The server ↔ gateway protocol this gateway speaks: 2 = signed envelopes, job keys, the
+label's final word forwarded in acks. A gateway that says nothing speaks 1."""
 MAX_EVENT_BYTES: Final = 16_384
 """No event is longer (a check-in frame is at most 1024 bytes, 2048 as hex)."""
 MAX_REASON: Final = 1_000
 RADIO_STATES: Final = ("up", "down")
 """A gateway's radio in its status event: working, or not reachable (reconnecting)."""
 _MAC = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
-_U32_MAX: Final = 0xFFFFFFFF
 _U64_MAX: Final = (1 << 64) - 1
 
 
@@ -88,6 +101,12 @@ def _at(value: object) -> datetime:
         raise EventError(f"at: {value.isoformat()} is out of range in UTC") from None
 
 
+def _frame(name: str, value: object) -> bytes:
+    if not isinstance(value, bytes) or not 0 < len(value) <= MAX_FRAME:
+        raise EventError(f"{name}: expected 1..{MAX_FRAME} bytes, got {value!r:.80}")
+    return value
+
+
 def _hash(name: str, value: object) -> bytes:
     if not isinstance(value, bytes) or len(value) != HASH_SIZE:
         raise EventError(f"{name}: expected {HASH_SIZE} bytes, got {value!r:.80}")
@@ -119,12 +138,14 @@ def _dumps(obj: dict[str, Any]) -> bytes:
 
 @dataclass(frozen=True, kw_only=True)
 class Ack:
-    """The label confirmed job ``job``.
+    """Job ``job`` (delivery ``attempt``) ended, and ``status`` is the label's final word, raw.
 
-    For an image: the label verified and displays ``displayed_hash``. For a command:
-    ``displayed_hash`` may be None. For a pairing: the hash and sensors come from the label's
-    check-in authenticated under the new key. ``tx_counter`` / ``rx_highest`` are the session
-    counters after the job (the server stores them with the label).
+    ``status`` is what the server verifies (with the label key, counter above the last it saw)
+    before it believes anything: for an image or command job a `JobStatus` frame, for a
+    pairing the label's check-in under its new key. None (an older gateway) confirms nothing.
+    ``displayed_hash``, ``battery_mv``, ``temperature_c``, ``rssi`` (what the label measured)
+    are what the gateway read in that frame, for people reading the topic; the server reads
+    the frame itself.
     """
 
     type: ClassVar[str] = "ack"
@@ -132,8 +153,8 @@ class Ack:
     mac: str
     displayed_hash: bytes | None
     frames: int
-    tx_counter: int
-    rx_highest: int
+    status: bytes | None = None
+    attempt: int | None = None
     battery_mv: int | None = None
     rssi: int | None = None
     temperature_c: float | None = None
@@ -146,8 +167,9 @@ class Ack:
         if self.displayed_hash is not None:
             _hash("displayed_hash", self.displayed_hash)
         _int("frames", self.frames, 0, _U64_MAX)
-        _int("tx_counter", self.tx_counter, 0, _U32_MAX)
-        _int("rx_highest", self.rx_highest, 0, _U32_MAX)
+        if self.status is not None:
+            _frame("status", self.status)
+        _opt_int("attempt", self.attempt, 0, 255)
         _opt_int("battery_mv", self.battery_mv, 0, 0xFFFF)
         _opt_int("rssi", self.rssi, -32768, 32767)
         t = self.temperature_c
@@ -158,9 +180,9 @@ class Ack:
         out: dict[str, Any] = {
             "type": self.type, "job": self.job, "mac": self.mac, "at": _iso(self.at),
             "displayed_hash": None if self.displayed_hash is None else self.displayed_hash.hex(),
-            "frames": self.frames, "tx_counter": self.tx_counter, "rx_highest": self.rx_highest,
+            "frames": self.frames, "status": None if self.status is None else self.status.hex(),
         }
-        for name in ("battery_mv", "rssi", "temperature_c"):
+        for name in ("attempt", "battery_mv", "rssi", "temperature_c"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -173,8 +195,9 @@ class Nack:
 
     ``retry`` is True when the same job, with fresh counters, may succeed later (unreachable,
     budget); False when it would fail again as it is (refused, bad_job, base_mismatch: send a
-    whole image, low_battery). The counters are the session's after the job, None when the
-    gateway never opened a session (bad_job).
+    whole image, low_battery). A `REFUSAL_CODES` code means the gateway did not run the
+    envelope at all. ``status`` is the label's final frame, raw, when it sent one (an image it
+    refused); ``attempt`` the delivery this is about.
     """
 
     type: ClassVar[str] = "nack"
@@ -183,8 +206,8 @@ class Nack:
     code: NackCode
     reason: str
     retry: bool
-    tx_counter: int | None = None
-    rx_highest: int | None = None
+    attempt: int | None = None
+    status: bytes | None = None
     at: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
@@ -196,14 +219,15 @@ class Nack:
         _str("reason", self.reason, MAX_REASON)
         if not isinstance(self.retry, bool):
             raise EventError(f"retry: expected true or false, got {self.retry!r:.80}")
-        _opt_int("tx_counter", self.tx_counter, 0, _U32_MAX)
-        _opt_int("rx_highest", self.rx_highest, 0, _U32_MAX)
+        _opt_int("attempt", self.attempt, 0, 255)
+        if self.status is not None:
+            _frame("status", self.status)
 
     def to_json(self) -> bytes:
         return _dumps({
             "type": self.type, "job": self.job, "mac": self.mac, "at": _iso(self.at),
-            "code": self.code, "reason": self.reason, "retry": self.retry,
-            "tx_counter": self.tx_counter, "rx_highest": self.rx_highest,
+            "code": self.code, "reason": self.reason, "retry": self.retry, "attempt": self.attempt,
+            "status": None if self.status is None else self.status.hex(),
         })
 
 
@@ -262,6 +286,7 @@ class Status:
     at: datetime = field(default_factory=utc_now)
     radio: str = "up"
     radio_since: datetime | None = None
+    protocol: int = PROTOCOL_VERSION
 
     def __post_init__(self) -> None:
         if not _str("gateway", self.gateway, 200):
@@ -273,12 +298,14 @@ class Status:
             raise EventError(f"radio: expected up or down, got {self.radio!r:.80}")
         if self.radio_since is not None:
             _set(self, "radio_since", _at(self.radio_since))
+        _int("protocol", self.protocol, 1, 255)
 
     def to_json(self) -> bytes:
         return _dumps({"type": self.type, "gateway": self.gateway, "at": _iso(self.at),
                        "in_flight": self.in_flight, "spooled": self.spooled,
                        "labels_heard": self.labels_heard, "radio": self.radio,
-                       "radio_since": None if self.radio_since is None else _iso(self.radio_since)})
+                       "radio_since": None if self.radio_since is None else _iso(self.radio_since),
+                       "protocol": self.protocol})
 
 
 Event: TypeAlias = Ack | Nack | Checkin | Status
@@ -317,6 +344,15 @@ def _parse_hex(name: str, raw: object, *, size: int | None = None) -> bytes:
     return out
 
 
+def _parse_status(obj: dict[str, Any]) -> bytes | None:
+    raw = obj.get("status")
+    if raw is None:
+        return None
+    if isinstance(raw, str) and len(raw) > 2 * MAX_FRAME:
+        raise EventError(f"status: at most {2 * MAX_FRAME} hex digits, got {len(raw)}")
+    return _parse_hex("status", raw)
+
+
 def parse_event(data: bytes | str) -> Event:
     """One event from its JSON; `EventError` naming the field and the value otherwise."""
     if isinstance(data, (bytes, bytearray, str)) and len(data) > MAX_EVENT_BYTES:
@@ -333,13 +369,12 @@ def parse_event(data: bytes | str) -> Event:
         raw_hash = _need(obj, "displayed_hash")
         return Ack(job=_need(obj, "job"), mac=_need(obj, "mac"), at=at,
                    displayed_hash=None if raw_hash is None else _parse_hex("displayed_hash", raw_hash, size=HASH_SIZE),
-                   frames=_need(obj, "frames"), tx_counter=_need(obj, "tx_counter"),
-                   rx_highest=_need(obj, "rx_highest"), battery_mv=obj.get("battery_mv"),
-                   rssi=obj.get("rssi"), temperature_c=obj.get("temperature_c"))
+                   frames=_need(obj, "frames"), status=_parse_status(obj), attempt=obj.get("attempt"),
+                   battery_mv=obj.get("battery_mv"), rssi=obj.get("rssi"), temperature_c=obj.get("temperature_c"))
     if kind == "nack":
         return Nack(job=_need(obj, "job"), mac=_need(obj, "mac"), at=at, code=_need(obj, "code"),
-                    reason=_need(obj, "reason"), retry=_need(obj, "retry"),
-                    tx_counter=obj.get("tx_counter"), rx_highest=obj.get("rx_highest"))
+                    reason=_need(obj, "reason"), retry=_need(obj, "retry"), attempt=obj.get("attempt"),
+                    status=_parse_status(obj))
     if kind == "checkin":
         raw = _need(obj, "frame")
         if isinstance(raw, str) and len(raw) > 2 * MAX_FRAME:
@@ -350,5 +385,6 @@ def parse_event(data: bytes | str) -> Event:
         return Status(gateway=_need(obj, "gateway"), at=at, in_flight=_need(obj, "in_flight"),
                       spooled=_need(obj, "spooled"), labels_heard=_need(obj, "labels_heard"),
                       radio=obj.get("radio", "up"),  # older gateways do not say: up
-                      radio_since=None if obj.get("radio_since") is None else _parse_at(obj, "radio_since"))
+                      radio_since=None if obj.get("radio_since") is None else _parse_at(obj, "radio_since"),
+                      protocol=obj.get("protocol", 1))  # a gateway that does not say speaks version 1
     raise EventError(f"type: expected ack, nack, checkin or status, got {kind!r:.80}")

@@ -1,8 +1,9 @@
 """The ``gateways`` table: every statement on it.
 
 One row per gateway of a store: its last status (``online``/``offline``, from its retained
-status topic or a status event), when it was last heard, and the figures of its last status
-event (``info``, JSON). Writes take the caller's transaction connection and never commit;
+status topic or a status event; ``incompatible`` for one too old for this server), when it
+was last heard, the figures of its last status event (``info``, JSON), the protocol version
+it announced and its registered X25519 public key (job keys are sealed to it). Writes take the caller's transaction connection and never commit;
 reads take a `Reader` (the transaction's connection, or the `Database` for committed data).
 """
 
@@ -16,7 +17,8 @@ import aiosqlite
 
 from eslserver.db.database import Database, Reader, fetchone
 
-__all__ = ["count_by_status", "count_online", "listing", "online", "set_status", "status"]
+__all__ = ["count_by_status", "count_online", "forget_public_key", "listing", "online", "online_ids", "protocol", "public_key", "set_protocol",
+           "set_public_key", "set_status", "status"]
 
 
 async def status(conn: Reader, store: str, gateway: str) -> str | None:
@@ -36,10 +38,49 @@ async def set_status(conn: aiosqlite.Connection, store: str, gateway: str, statu
         (store, gateway, status, now, json.dumps(dict(info or {})), info is not None))
 
 
-async def online(db: Database, store: str) -> list[str]:
-    """The ids of `store`'s online gateways, the most recently heard first."""
-    return [r["id"] for r in await db.read(
-        "SELECT id FROM gateways WHERE store = ? AND status = 'online' ORDER BY last_seen DESC", (store,))]
+async def online(db: Database, store: str, *, min_protocol: int) -> dict[str, bytes]:
+    """`store`'s online gateways that can take jobs: id → registered public key, the most
+    recently heard first. A gateway with no registered key, or that has not announced at least
+    `min_protocol`, is left out (no envelope could be sealed to it or read by it)."""
+    return {r["id"]: bytes(r["public_key"]) for r in await db.read(
+        "SELECT id, public_key FROM gateways WHERE store = ? AND status = 'online' AND public_key IS NOT NULL "
+        "AND protocol >= ? ORDER BY last_seen DESC", (store, min_protocol))}
+
+
+async def online_ids(db: Database, store: str) -> list[str]:
+    """The ids of every gateway of `store` recorded online, able to take jobs or not."""
+    return [r["id"] for r in await db.read("SELECT id FROM gateways WHERE store = ? AND status = 'online' "
+                                           "ORDER BY last_seen DESC", (store,))]
+
+
+async def public_key(conn: Reader, store: str, gateway: str) -> bytes | None:
+    """The gateway's registered X25519 public key; None when none is registered."""
+    row = await fetchone(conn, "SELECT public_key FROM gateways WHERE store = ? AND id = ?", (store, gateway))
+    return None if row is None or row["public_key"] is None else bytes(row["public_key"])
+
+
+async def forget_public_key(conn: aiosqlite.Connection, store: str, gateway: str) -> None:
+    """A revoked gateway's key opens nothing any more: no job is sealed to it again."""
+    await conn.execute("UPDATE gateways SET public_key = NULL WHERE store = ? AND id = ?", (store, gateway))
+
+
+async def set_public_key(conn: aiosqlite.Connection, store: str, gateway: str, key: bytes) -> None:
+    """Register the gateway's public key (the gateway is added, ``offline``, if it is new)."""
+    await conn.execute(
+        "INSERT INTO gateways (store, id, status, public_key) VALUES (?, ?, 'offline', ?) "
+        "ON CONFLICT (store, id) DO UPDATE SET public_key = excluded.public_key", (store, gateway, key))
+
+
+async def protocol(conn: Reader, store: str, gateway: str) -> int | None:
+    """The protocol version the gateway last announced; None before it announced one."""
+    row = await fetchone(conn, "SELECT protocol FROM gateways WHERE store = ? AND id = ?", (store, gateway))
+    return None if row is None or row["protocol"] is None else int(row["protocol"])
+
+
+async def set_protocol(conn: aiosqlite.Connection, store: str, gateway: str, version: int) -> None:
+    """Record the protocol version the gateway announced (added, ``offline``, if it is new)."""
+    await conn.execute("INSERT INTO gateways (store, id, status, protocol) VALUES (?, ?, 'offline', ?) "
+                       "ON CONFLICT (store, id) DO UPDATE SET protocol = excluded.protocol", (store, gateway, version))
 
 
 async def count_online(db: Database) -> int:
@@ -55,9 +96,10 @@ async def count_by_status(db: Database, store: str) -> dict[str, int]:
 
 
 async def listing(db: Database, store: str) -> list[aiosqlite.Row]:
-    """`store`'s gateways by id: ``id, status, last_seen, info`` (JSON text) and ``n_labels``,
-    how many labels it last heard. Counts ``labels`` too; it lives here because it lists gateways."""
+    """`store`'s gateways by id: ``id, status, last_seen, info`` (JSON text), ``protocol``,
+    ``public_key`` and ``n_labels``, how many labels it last heard. Counts ``labels`` too; it
+    lives here because it lists gateways."""
     return await db.read(
-        "SELECT g.id, g.status, g.last_seen, g.info, "
+        "SELECT g.id, g.status, g.last_seen, g.info, g.protocol, g.public_key, "
         "(SELECT COUNT(*) FROM labels l WHERE l.store = g.store AND l.gateway = g.id) AS n_labels "
         "FROM gateways g WHERE g.store = ? ORDER BY g.id", (store,))

@@ -28,8 +28,8 @@ __all__ = [
     "IN_MAX", "STATE_COLUMNS", "LabelFilter", "Pairing", "advance_counters", "bind", "bound_to", "clear_dirty",
     "count_by_state", "count_low_battery", "count_up_to_date", "dirty_batch", "dirty_generation", "dirty_marks",
     "discover", "drawn_with", "for_event", "forget_key", "get", "keys_in_clear", "mark_dirty", "mark_failed",
-    "mark_silent_offline", "macs", "page", "pairing", "record_failure", "record_seen", "record_unkeyed_checkin",
-    "register", "replace_keys", "reserve_counters", "set_expected",
+    "mark_silent_offline", "macs", "note_key_lost", "page", "pairing", "record_failure", "record_seen",
+    "record_unkeyed_checkin", "register", "replace_keys", "reserve_counters", "set_expected",
     "set_key", "set_pending", "set_render_failed", "set_shown", "set_up_to_date", "states", "unbind",
     "use_factory_counter",
 ]
@@ -175,8 +175,8 @@ async def dirty_marks(conn: Reader, macs: Sequence[str]) -> dict[str, int]:
 
 async def for_event(conn: Reader, mac: str) -> aiosqlite.Row | None:
     """What a gateway event about the label is judged by: ``sku, label_key, rx_highest,
-    expected_hash, origin_at, state``; None when the label is not known."""
-    return await fetchone(conn, "SELECT sku, label_key, rx_highest, expected_hash, origin_at, state "
+    expected_hash, origin_at, state, key_lost_at``; None when the label is not known."""
+    return await fetchone(conn, "SELECT sku, label_key, rx_highest, expected_hash, origin_at, state, key_lost_at "
                                 "FROM labels WHERE mac = ?", (mac,))
 
 
@@ -315,13 +315,22 @@ async def use_factory_counter(conn: aiosqlite.Connection, mac: str) -> None:
 
 async def set_key(conn: aiosqlite.Connection, mac: str, key: bytes, *, tx_counter: int, rx_highest: int) -> None:
     """The label's new long-term key, with the counters it starts at."""
-    await conn.execute("UPDATE labels SET label_key = ?, tx_counter = ?, rx_highest = ? WHERE mac = ?",
-                       (key, tx_counter, rx_highest, mac))
+    await conn.execute("UPDATE labels SET label_key = ?, tx_counter = ?, rx_highest = ?, key_lost_at = NULL "
+                       "WHERE mac = ?", (key, tx_counter, rx_highest, mac))
 
 
 async def forget_key(conn: aiosqlite.Connection, mac: str) -> None:
-    """The label lost its key (a factory reset): it must be paired again."""
-    await conn.execute("UPDATE labels SET label_key = NULL WHERE mac = ?", (mac,))
+    """The label lost its key (a technician's reset): it must be paired again."""
+    await conn.execute("UPDATE labels SET label_key = NULL, key_lost_at = NULL WHERE mac = ?", (mac,))
+
+
+async def note_key_lost(conn: aiosqlite.Connection, mac: str, *, now: str) -> bool:
+    """A label holding a key checked in without one: note when (the first time only); True if
+    this is news. Nothing else changes: a key-less check-in proves nothing (anybody can send
+    one), so the key stays until a technician resets the label."""
+    cur = await conn.execute("UPDATE labels SET key_lost_at = ? WHERE mac = ? AND label_key IS NOT NULL "
+                             "AND key_lost_at IS NULL", (now, mac))
+    return cur.rowcount > 0
 
 
 async def keys_in_clear(db: Database) -> list[aiosqlite.Row]:
@@ -349,11 +358,11 @@ async def record_seen(conn: aiosqlite.Connection, mac: str, *, now: str, gateway
                       displayed_hash: str | None, battery_mv: int | None, temperature_c: int | None,
                       rssi: int | None) -> None:
     """The label was heard (authenticated): what it reported (None keeps the stored value),
-    when, through which gateway; its failure count starts again."""
+    when, through which gateway; its failure count starts again, and it has its key after all."""
     await conn.execute(
         "UPDATE labels SET displayed_hash = COALESCE(?, displayed_hash), battery_mv = COALESCE(?, battery_mv), "
         "temperature_c = COALESCE(?, temperature_c), rssi = COALESCE(?, rssi), last_seen = ?, "
-        "gateway = COALESCE(?, gateway), failures = 0, updated_at = ? WHERE mac = ?",
+        "gateway = COALESCE(?, gateway), failures = 0, key_lost_at = NULL, updated_at = ? WHERE mac = ?",
         (displayed_hash, battery_mv, temperature_c, rssi, now, gateway, now, mac))
 
 
