@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from eslserver.cli import app
 from eslserver.gateway.bridge import Gateway, GatewayConfig, open_radio
 from eslserver.gateway.conversation import JobSettings
-from eslserver.gateway.events import Ack, Event, Nack, parse_event
+from eslserver.gateway.events import Ack, Event, Nack, Status, parse_event
 from eslserver.gateway.identity import load_or_create_key
 from eslserver.mqtt import Message, MqttConnection, MqttSettings
 from eslserver.store import gateways as gateway_rows
@@ -99,9 +99,15 @@ async def rig(tmp_path: Path, *, trusted: bool = True) -> AsyncIterator[Rig]:
                                server_key=issuer.signer.public if trusted else None)
         mqtt = MqttConnection(MqttSettings.from_url(url), client_id="test-server-or-attacker", clean_session=True)
         mqtt.subscribe(TOPICS.gateway_events(GW), collect)
-        async with Gateway(config, open_radio(f"sim://{host}:{port}"), MqttSettings.from_url(url)) as gateway, mqtt:
+        async with mqtt:
             await asyncio.wait_for(mqtt.connected.wait(), 5)
-            yield Rig(store, gateway, issuer, mqtt, events)
+            async with Gateway(config, open_radio(f"sim://{host}:{port}"), MqttSettings.from_url(url)) as gateway:
+                # its status at connect comes after its subscription: a job sent from now on is not lost
+                for _ in range(500):
+                    if any(isinstance(e, Status) for e in events):
+                        break
+                    await asyncio.sleep(0.02)
+                yield Rig(store, gateway, issuer, mqtt, events)
 
 
 async def paired_and_showing(r: Rig) -> None:
