@@ -1,4 +1,4 @@
-"""`esl backup` and `esl restore`: the database and the secret key, in one file.
+"""`esl backup` and `esl restore`: the database, the secret key and the signing key, in one file.
 
 The label keys in the database are sealed with the secret key (`eslserver.keyvault`): a
 database without its key restores labels nobody can talk to any more (every one must be
@@ -12,7 +12,11 @@ The file is an uncompressed POSIX tar (``tar tvf`` lists it) of:
 - ``esl.db``: a consistent copy of the database made with SQLite's online backup API through
   `eslserver.db.database.Database.backup_to` (the server may keep running meanwhile: the
   copy is one moment of the database, WAL included, which a copy of the file is not);
-- ``secret.key``: the secret key, 64 hex digits, as in ``{data_dir}/secret.key``.
+- ``secret.key``: the secret key, 64 hex digits, as in ``{data_dir}/secret.key``;
+- ``signing.key`` (and ``signing.key.previous`` during a rotation), when the data directory
+  has them: the server's Ed25519 signing key, which every gateway trusts. Without it a restored
+  server would make a new one, and every gateway would refuse its jobs until given the new
+  public key (format version 2; a version 1 backup has none and restores as before).
 
 `restore` writes them into an empty data directory (or, with ``force``, over an existing
 database and key file: its ``-wal`` and ``-shm`` go too, they belong to the replaced file),
@@ -25,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 import tempfile
 import time
@@ -36,18 +41,22 @@ from eslserver import __version__
 from eslserver.config import SECRET_KEY_ENV, Settings
 from eslserver.db.database import SCHEMA_VERSION, Database, DatabaseError
 from eslserver.keyvault import KeyVault, secret_from_text
-from eslserver.private_files import FILE_MODE, private_dir
+from eslserver.private_files import FILE_MODE, private_dir, write_private
+from eslserver.signing import SIGNING_KEY_FILE
 from eslserver.startup import StartupError
 from eslserver.timeutil import iso, utcnow
 
 __all__ = ["BackupError", "BackupInfo", "FORMAT", "backup", "restore"]
 
 FORMAT: Final = "eslserver-backup"
-VERSION: Final = 1
+VERSION: Final = 2
+_READS: Final = (1, 2)
 _MANIFEST: Final = "MANIFEST.json"
 _DB: Final = "esl.db"
 _KEY: Final = "secret.key"
 _MEMBERS: Final = frozenset({_MANIFEST, _DB, _KEY})
+_SIGNING: Final = (SIGNING_KEY_FILE, f"{SIGNING_KEY_FILE}.previous")
+"""Optional members: the signing key files of the data directory, under their own names."""
 _SMALL: Final = 64 * 1024
 """The most the manifest or the key file may hold (the database has no limit)."""
 
@@ -88,7 +97,9 @@ async def backup(settings: Settings, target: Path) -> BackupInfo:
             created = iso(utcnow())
             manifest = {"format": FORMAT, "version": VERSION, "eslserver": __version__,
                         "schema_version": SCHEMA_VERSION, "created_at": created}
-            _write_tar(target, manifest, copy, (vault.secret_text() + "\n").encode())
+            signing = {name: (settings.data_dir / name).read_bytes() for name in _SIGNING
+                       if (settings.data_dir / name).is_file()}
+            _write_tar(target, manifest, copy, (vault.secret_text() + "\n").encode(), signing)
             size = copy.stat().st_size
     except (DatabaseError, StartupError, OSError) as exc:
         raise BackupError(f"cannot back up {path}: {_reason(exc)}") from exc
@@ -97,7 +108,8 @@ async def backup(settings: Settings, target: Path) -> BackupInfo:
     return BackupInfo(target, __version__, SCHEMA_VERSION, created, size)
 
 
-def _write_tar(target: Path, manifest: dict[str, Any], database: Path, key: bytes) -> None:
+def _write_tar(target: Path, manifest: dict[str, Any], database: Path, key: bytes,
+               signing: dict[str, bytes]) -> None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -107,6 +119,8 @@ def _write_tar(target: Path, manifest: dict[str, Any], database: Path, key: byte
                 with database.open("rb") as f:
                     tar.addfile(info, f)
                 _add(tar, _KEY, key)
+                for name, data in signing.items():
+                    _add(tar, name, data)
             out.flush()
             os.fsync(out.fileno())
     except BaseException:
@@ -158,9 +172,15 @@ async def restore(settings: Settings, source: Path, *, force: bool = False) -> B
         write_key = settings.secret_key is None and not _holds(key_file, secret)
         if write_key and key_file.exists() and not force:
             raise BackupError(f"{key_file} holds another key: add --force to replace it with the backup's")
+        signing = {name: _small(tar, members[name], source) for name in _SIGNING if name in members}
+        for name, key_bytes in signing.items():
+            if not re.fullmatch(rb"[0-9A-Fa-f]{64}\s*", key_bytes):
+                raise BackupError(f"{source}: {name} is not a signing key (64 hex digits)")
         private_dir(data)
         database = settings.database_path
         _extract(tar, members[_DB], database)
+        for name, key_text in signing.items():
+            write_private(data / name, key_text.decode("ascii", "replace"))
     if write_key:
         _write_key(key_file, secret)
     await _check(settings)
@@ -169,12 +189,13 @@ async def restore(settings: Settings, source: Path, *, force: bool = False) -> B
 
 
 def _members(tar: tarfile.TarFile, source: Path) -> dict[str, tarfile.TarInfo]:
-    """The three members by name; anything else (another name, a link, a device, a second
-    copy of a name) makes it not a backup of ours: nothing is written from it."""
+    """The members by name (three, and the signing key files if any); anything else (another
+    name, a link, a device, a second copy of a name) makes it not a backup of ours: nothing is
+    written from it."""
     found: dict[str, tarfile.TarInfo] = {}
     try:
         for member in tar.getmembers():
-            if member.name not in _MEMBERS or not member.isreg() or member.name in found:
+            if member.name not in _MEMBERS | set(_SIGNING) or not member.isreg() or member.name in found:
                 raise BackupError(f"{source} is not an eslserver backup (it holds {member.name!r})")
             found[member.name] = member
     except tarfile.TarError as exc:
@@ -200,9 +221,9 @@ def _manifest(tar: tarfile.TarFile, member: tarfile.TarInfo, source: Path) -> di
         raise BackupError(f"{source}: {_MANIFEST} is not JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BackupError(f"{source} is not an eslserver backup ({_MANIFEST} has no format {FORMAT!r})")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in _READS:
         raise BackupError(f"{source}: backup format version {manifest.get('version')!r}; this eslserver reads "
-                          f"version {VERSION}")
+                          f"versions {', '.join(map(str, _READS))}")
     schema = manifest.get("schema_version")
     if not isinstance(schema, int) or isinstance(schema, bool) or not 1 <= schema <= SCHEMA_VERSION:
         raise BackupError(f"{source}: schema version {schema!r} is not one this eslserver reads "

@@ -95,3 +95,28 @@ def test_careless_input_is_refused_in_one_line_naming_it(tmp_path: Path) -> None
 def test_gateways_alone_still_lists_and_its_help_names_add_and_revoke() -> None:
     code, out, _ = esl("gateways", "--help")
     assert code == 0 and "add" in out and "revoke" in out and "--json" in out
+
+
+def test_gateways_add_with_its_key_registers_both_in_one_step(tmp_path: Path) -> None:
+    """``esl gateways add STORE/ID --key KEY``: the MQTT identity and the public key jobs are
+    sealed to, audited; the printed command names the server's public key; a bad key changes
+    nothing and names the option."""
+    from eslserver.gateway.identity import load_or_create_key
+
+    data = str(tmp_path / "data")
+    assert esl("tokens", "create", "--role", "admin", "--init", "--data", data)[0] == 0
+    key, _ = load_or_create_key(tmp_path / "gw" / "gateway.key")
+    code, _, err = esl("gateways", "add", "demo/gw2", "--key", "zz", "--data", data)
+    assert code == 2 and "--key" in err
+    code, out, err = esl("gateways", "add", "demo/gw2", "--key", key.public.hex(), "--data", data)
+    assert code == 0 and out.splitlines()[0] == "username gateway/demo/gw2"
+    server_key = (tmp_path / "data" / "signing.key").exists()
+    assert server_key and "--server-public-key " in err and "esl trust gateway" not in err
+    with closing(sqlite3.connect(tmp_path / "data" / "esl.db")) as conn:
+        stored = conn.execute("SELECT public_key FROM gateways WHERE store = 'demo' AND id = 'gw2'").fetchone()
+        users = [r[0] for r in conn.execute("SELECT username FROM mqtt_identities")]
+        actions = [r[0] for r in conn.execute("SELECT action FROM audit ORDER BY id")]
+    assert bytes(stored[0]) == key.public and users == ["gateway/demo/gw2"]
+    assert actions[-2:] == ["identity.add", "gateway.key"]
+    code, _, err = esl("gateways", "add", "demo/gw3", "--data", data)  # no key yet: says how to add it
+    assert code == 0 and "esl trust gateway demo/gw3" in err

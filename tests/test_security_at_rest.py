@@ -413,12 +413,14 @@ async def test_backup_and_restore_carry_the_labels_to_a_new_data_directory(tmp_p
         info = await backup(s.settings, target)  # while the server runs
         assert info.schema_version >= 5 and info.database_bytes > 0
         milk = s.macs[0]
+        assert s.server.signing_key is not None
+        trusted = s.server.signing_key.public  # what every gateway of the store was given
     assert _mode(target) == 0o600
     with tarfile.open(target) as tar:
-        assert sorted(tar.getnames()) == ["MANIFEST.json", "esl.db", "secret.key"]
+        assert sorted(tar.getnames()) == ["MANIFEST.json", "esl.db", "secret.key", "signing.key"]
         manifest = json.loads(tar.extractfile("MANIFEST.json").read())  # type: ignore[union-attr]
         database = tar.extractfile("esl.db").read()  # type: ignore[union-attr]
-    assert manifest["format"] == "eslserver-backup" and manifest["version"] == 1
+    assert manifest["format"] == "eslserver-backup" and manifest["version"] == 2
     assert all(key not in database for key in keys.values())
 
     data = tmp_path / "second" / "data"
@@ -426,8 +428,11 @@ async def test_backup_and_restore_carry_the_labels_to_a_new_data_directory(tmp_p
                           capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr
     assert _mode(data) == 0o700 and _mode(data / "esl.db") == 0o600 and _mode(data / "secret.key") == 0o600
+    assert _mode(data / "signing.key") == 0o600
     async with shop(tmp_path / "second", broker, labels=2, sim_state=flash) as s:
         assert sorted(s.macs) == sorted(keys)
+        assert s.server.signing_key is not None
+        assert s.server.signing_key.public == trusted  # the gateways need no new server key
         before = (await s.label(milk))["expected_hash"]
         await s.publish_prices([{"sku": "100100", "price": "2.79", "seq": 5}])
         loop = asyncio.get_running_loop()
@@ -476,6 +481,16 @@ async def test_backup_and_restore_refuse_what_they_must(tmp_path: Path) -> None:
     assert info.schema_version >= 5
     assert (other / "secret.key").read_text() == (data / "secret.key").read_text()
     await _start_once(other)  # the restored database opens under the restored key
+
+    # the signing key the store's gateways trust travels with the backup, and comes back with --force
+    (data / "signing.key").write_text("ab" * 32 + "\n")
+    signed = tmp_path / "signed.tar"
+    await backup(settings, signed)
+    (other / "signing.key").write_text("cd" * 32 + "\n")
+    await restore(_server_settings(other), signed, force=True)
+    assert (other / "signing.key").read_text() == "ab" * 32 + "\n" and _mode(other / "signing.key") == 0o600
+    with tarfile.open(signed) as tar:
+        assert "signing.key" in tar.getnames()
 
 
 async def test_the_broker_password_is_never_printed_or_logged(tmp_path: Path) -> None:

@@ -126,21 +126,49 @@ def _split_gateway(spec: str) -> tuple[str, str]:
 def gateways_add(
     spec: Annotated[str, typer.Argument(metavar="STORE/ID",
                                         help="The store and the gateway's id in it, e.g. demo/gw1.")],
+    key: Annotated[str | None, typer.Option(
+        "--key", metavar="KEY", help="The gateway's public key, as `esl gateway --show-key` prints it: "
+                                     "registered too, so jobs go to it (else: esl trust gateway later).")] = None,
     reset: ResetOpt = False,
     as_json: PrintJson = False,
     data: DataOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Register a gateway: make its MQTT identity and print its user name and password (once)."""
+    """Register a gateway: make its MQTT identity and print its user name and password (once);
+    with --key, register its public key as well (one step for the operator)."""
+    from eslserver.signing import SigningKeyError, load_signing_key
+    from eslserver.trust import TrustSetupError, register_gateway_key
+    from firmware_proto.trust import TrustError, key_from_hex
+
     store, gateway = _split_gateway(spec)
     identity = _identity(Role.GATEWAY, store, gateway)
     settings = _settings(data, config)
+    try:
+        raw = None if key is None else key_from_hex(key, "--key")
+        server_key = load_signing_key(settings).public.hex()
+    except (TrustError, SigningKeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     path = _database_path(data, config)
-    credentials = _run(path, lambda db: add_identity(db, identity, _local_actor(), reset=reset))
+
+    async def add(db: Database) -> Credentials:
+        credentials = await add_identity(db, identity, _local_actor(), reset=reset)
+        if raw is not None:
+            try:
+                await register_gateway_key(db, store, gateway, raw, actor=_local_actor())
+            except TrustSetupError as exc:
+                raise IdentityError(str(exc)) from None
+        return credentials
+
+    credentials = _run(path, add)
     _print_credentials(credentials, as_json)
     typer.echo(_broker_hint(settings), err=True)
+    if raw is None:
+        typer.echo(f"its public key: esl trust gateway {store}/{gateway} \"$(esl gateway --show-key --store {store} "
+                   f"--id {gateway})\" (jobs go to it only then)", err=True)
     typer.echo(f"run it: esl gateway --store {store} --id {gateway} --username {credentials.username} "
-               "--password PASSWORD --broker URL --radio RADIO (or ESL_MQTT_PASSWORD)", err=True)
+               f"--password PASSWORD --server-public-key {server_key} --broker URL --radio RADIO "
+               "(or ESL_MQTT_PASSWORD)", err=True)
 
 
 @gateways_app.command("revoke")
