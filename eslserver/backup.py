@@ -42,7 +42,7 @@ from eslserver.config import SECRET_KEY_ENV, Settings
 from eslserver.db.database import SCHEMA_VERSION, Database, DatabaseError
 from eslserver.keyvault import KeyVault, secret_from_text
 from eslserver.private_files import FILE_MODE, private_dir, write_private
-from eslserver.signing import SIGNING_KEY_FILE
+from eslserver.signing import PREVIOUS_KEY_FILE, SIGNING_KEY_FILE
 from eslserver.startup import StartupError
 from eslserver.timeutil import iso, utcnow
 
@@ -55,7 +55,7 @@ _MANIFEST: Final = "MANIFEST.json"
 _DB: Final = "esl.db"
 _KEY: Final = "secret.key"
 _MEMBERS: Final = frozenset({_MANIFEST, _DB, _KEY})
-_SIGNING: Final = (SIGNING_KEY_FILE, f"{SIGNING_KEY_FILE}.previous")
+_SIGNING: Final = (SIGNING_KEY_FILE, PREVIOUS_KEY_FILE)
 """Optional members: the signing key files of the data directory, under their own names."""
 _SMALL: Final = 64 * 1024
 """The most the manifest or the key file may hold (the database has no limit)."""

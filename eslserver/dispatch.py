@@ -316,7 +316,8 @@ class Dispatcher:
             status = "online" if event.radio == "up" else "degraded"
             await self.set_gateway(gateway, status, protocol=event.protocol, info={
                 "in_flight": event.in_flight, "spooled": event.spooled, "labels_heard": event.labels_heard,
-                "radio": event.radio, "radio_since": None if event.radio_since is None else iso(event.radio_since)})
+                "radio": event.radio, "radio_since": None if event.radio_since is None else iso(event.radio_since),
+                "server_key": event.server_key})
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inbox.append((gateway, event, done))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-__all__ = ["KEY_FILE_MODE", "KeyFileError", "load_or_create"]
+__all__ = ["KEY_FILE_MODE", "KeyFileError", "load_or_create", "load_existing", "replace_key"]
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,20 @@ def load_or_create(path: Path, make: Callable[[], bytes], what: str) -> tuple[by
     """The 32 bytes kept in `path`; when there is no such file, `make()` them and write them
     there first (0600, its directory 0700). Returns them and whether they were made now."""
     path = Path(path)
+    raw = load_existing(path, what)
+    if raw is None:
+        return _create(path, make, what)
+    return raw, False
+
+
+def load_existing(path: Path, what: str) -> bytes | None:
+    """The 32 bytes kept in `path`, or None when there is no such file (a file readable by
+    others is made 0600 first)."""
+    path = Path(path)
     try:
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        return _create(path, make, what)
+        return None
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"{what} {path}: cannot read it: {exc}") from None
     if not _HEX32.fullmatch(text):
@@ -43,7 +53,30 @@ def load_or_create(path: Path, make: Callable[[], bytes], what: str) -> tuple[by
     if mode & 0o077:
         path.chmod(KEY_FILE_MODE)
         log.info("%s %s was readable by others (%o): now 600", what, path, mode)
-    return bytes.fromhex(text), False
+    return bytes.fromhex(text)
+
+
+def replace_key(path: Path, raw: bytes, what: str) -> None:
+    """Write `raw` to `path` (0600) in one step: a temporary file, synced, renamed over it, so a
+    crash leaves the old file or the new one, never half of either."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(raw.hex() + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise KeyFileError(f"{what} {path}: cannot write it: {exc}") from None
 
 
 def _create(path: Path, make: Callable[[], bytes], what: str) -> tuple[bytes, bool]:

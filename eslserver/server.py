@@ -45,7 +45,7 @@ from eslserver.mqtt_access import AccessSnapshot, Identity, Role
 from eslserver.pipeline import Pipeline
 from eslserver.render_worker import warm_up
 from eslserver.retention import Retention
-from eslserver.signing import SigningKeyError, load_signing_key
+from eslserver.signing import SigningKeyError, load_signer
 from eslserver.startup import StartupError, http_tls_context, is_loopback, listen_error, os_reason
 from eslserver.store import gateways as gateway_rows
 from eslserver.store import jobs as job_rows
@@ -99,7 +99,8 @@ class Server:
         """This store's MQTT topics: every topic the server publishes or subscribes to."""
         self.mqtt: MqttConnection | None = None
         self.signing_key: SigningKey | None = None
-        """The key every job envelope is signed with (`eslserver.signing`); loaded at start with MQTT."""
+        """The key every job envelope is signed with (`eslserver.signing.load_signer`: with the previous
+        key's endorsement while a rotation is under way); loaded at start with MQTT."""
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -257,7 +258,7 @@ class Server:
             self.templates.pool = self.uploads.pool = self.preview_pool  # uploads are decoded there too
         if self.use_mqtt:
             try:
-                self.signing_key = self.dispatcher.signer = load_signing_key(s)
+                self.signing_key = self.dispatcher.signer = load_signer(s)
             except SigningKeyError as exc:
                 raise StartupError("data_dir", str(exc)) from exc
             log.info("server public key (every gateway's server_public_key): %s", self.signing_key.public.hex(),

@@ -13,7 +13,7 @@ from firmware_proto.auth import (
 from firmware_proto.commands import BasicState, EslError, SensorIndex, command_spec, response_spec
 from firmware_proto.envelope import (
     BudgetExhausted, CommandJob, EnvelopeError, ImageJob, JobEnvelope, JobKind, JobSession, PairJob,
-    credentials, open_job_key, parse_envelope, verify_envelope,
+    credentials, envelope_endorsement, follow_envelope, open_job_key, parse_envelope, verify_envelope,
 )
 from firmware_proto.errors import (
     AuthError, CommandError, FrameError, ProtocolError, TransferError,
@@ -36,7 +36,7 @@ from firmware_proto.transfer import (
     ImageReceiver, ImageSender, ImageUpdate, TransferResult, best_payload,
     changed_region, framebuffer_size, part_size_for, plan_update,
 )
-from firmware_proto.trust import GatewayKey, SigningKey, TrustError, VerifyKey
+from firmware_proto.trust import Endorsement, GatewayKey, SigningKey, TrustError, VerifyKey
 
 __all__ = [
     # auth
@@ -61,8 +61,9 @@ __all__ = [
     # job envelopes (server -> gateway)
     "BudgetExhausted", "CommandJob", "EnvelopeError", "ImageJob", "JobEnvelope", "JobKind",
     "JobSession", "PairJob", "credentials", "open_job_key", "parse_envelope", "verify_envelope",
+    "envelope_endorsement", "follow_envelope",
     # job keys and trust (server -> gateway -> label)
-    "RESULT_OK", "derive_job_key", "make_ticket", "GatewayKey", "SigningKey", "TrustError", "VerifyKey",
+    "RESULT_OK", "derive_job_key", "make_ticket", "GatewayKey", "SigningKey", "TrustError", "VerifyKey", "Endorsement",
     # models, streams
     "MODELS", "LabelModel", "get_model", "StreamDecoder", "encode_stream",
 ]

@@ -8,10 +8,11 @@ A job is one of three kinds, each a frozen dataclass with `to_bytes(signer)` / `
 - `ImageJob`: send an image (whole, region, delta) to a paired label;
 - `CommandJob`: send one ESL control-point command (LED flash, ping, ...) to a paired label.
 
-Layout, version 2 (integers little-endian, MAC most significant byte first as in frames)::
+Layout, version 2 and 3 (integers little-endian, MAC most significant byte first as in frames)::
 
     magic      E5 4A
-    version    u8   (2; version 1 carried label keys in the clear and was not signed)
+    version    u8   2, or 3 when the envelope carries an endorsement (version 1 carried label
+                    keys in the clear and was not signed)
     kind       u8   1 PAIR, 2 IMAGE, 3 COMMAND
     job_id     u64
     mac        6
@@ -27,6 +28,9 @@ Layout, version 2 (integers little-endian, MAC most significant byte first as in
                [x u16 y u16 w u16 h u16] | [base_hash 8] | payload_len u24 | payload
       COMMAND  ticket_len u8 | job ticket frame | sealed job key 64 | rx_highest u32 |
                frame_len u16 | frame (an unsealed ControlCommand frame)
+    endorsement 128 version 3 only: endorser public key 32 | new public key 32 | signature 64
+                    (`firmware_proto.trust.Endorsement`: the server's previous key vouching
+                    for the key that signs this envelope, while a rotation is under way)
     signature  64   Ed25519, the server's key, over everything before it
     crc32      u32  CRC-32 (zlib) over everything before it
 
@@ -40,7 +44,12 @@ other counter, so no counter is used twice even when a gateway dies mid-job.
 Decoding (`parse_envelope`) checks the length against `MAX_ENVELOPE` and the CRC before reading
 a field, reads every length-prefixed field only after checking it against what is left, and
 raises only `EnvelopeError` (a `ProtocolError`) naming the field. `verify_envelope` also checks
-the signature (`EnvelopeError` with ``code`` ``unsigned`` or ``bad_signature``).
+the signature (`EnvelopeError` with ``code`` ``unsigned`` or ``bad_signature``);
+`follow_envelope` also accepts an envelope signed by a key that the trusted key endorsed in it,
+and says so, so that the gateway can trust that key from then on. A version 2 envelope is what
+every envelope was before rotation existed: an envelope without an endorsement is still written
+as version 2, so a gateway that knows only version 2 notices a rotation only while one is under
+way (it nacks those envelopes ``bad_job``).
 """
 
 from __future__ import annotations
@@ -66,17 +75,30 @@ from firmware_proto.gateway import GatewaySession
 from firmware_proto.image import HASH_SIZE, ImageFormat, Region
 from firmware_proto.jobkeys import derive_job_key, make_ticket
 from firmware_proto.transfer import ImageUpdate
-from firmware_proto.trust import SEALED_KEY_SIZE, SIGNATURE_SIZE, GatewayKey, SigningKey, TrustError, VerifyKey, seal_job_key
+from firmware_proto.trust import (
+    ENDORSEMENT_SIZE,
+    SEALED_KEY_SIZE,
+    SIGNATURE_SIZE,
+    Endorsement,
+    GatewayKey,
+    SigningKey,
+    TrustError,
+    VerifyKey,
+    seal_job_key,
+)
 from firmware_proto.wire import U8, U16, U24, U32, U64, Reader, WireInt, hexs
 
 __all__ = [
     "ENVELOPE_MAGIC", "ENVELOPE_VERSION", "MAX_PAYLOAD", "MAX_ENVELOPE", "MAX_NAME", "EnvelopeError",
     "BudgetExhausted", "JobKind", "ImageFlag", "JobEnvelope", "PairJob", "ImageJob", "CommandJob",
     "parse_envelope", "verify_envelope", "job_key_aad", "credentials", "open_job_key", "JobSession",
+    "ENDORSED_VERSION", "envelope_endorsement", "follow_envelope",
 ]
 
 ENVELOPE_MAGIC = b"\xe5\x4a"
 ENVELOPE_VERSION = 2
+ENDORSED_VERSION: Final = 3
+"""Version 2 plus an endorsement (`Endorsement`) before the signature."""
 MAX_PAYLOAD = 1 << 20
 """Largest image payload an envelope carries (the largest label buffer is 96,000 bytes)."""
 MAX_ENVELOPE = MAX_PAYLOAD + 1024
@@ -229,21 +251,23 @@ class JobEnvelope:
     def _parse_body(cls, r: Reader, common: dict[str, object]) -> Self:
         raise NotImplementedError
 
-    def signed_part(self) -> bytes:
-        """The bytes the signature covers: everything before it."""
+    def signed_part(self, endorsement: Endorsement | None = None) -> bytes:
+        """The bytes the signature covers: everything before it (version 3 with `endorsement`)."""
         store, gateway = _check_name("store", self.store), _check_name("gateway", self.gateway)
-        head = (ENVELOPE_MAGIC + bytes((ENVELOPE_VERSION, int(self.kind))) + _ser(U64, self.job_id)
+        version = ENVELOPE_VERSION if endorsement is None else ENDORSED_VERSION
+        head = (ENVELOPE_MAGIC + bytes((version, int(self.kind))) + _ser(U64, self.job_id)
                 + self.mac_bytes + _ser(U16, self.deadline_s) + _ser(U8, self.attempt)
                 + _ser(U64, self.issued_ms) + _ser(U8, len(store)) + store + _ser(U8, len(gateway)) + gateway)
-        out = head + self._body()
+        out = head + self._body() + (b"" if endorsement is None else endorsement.to_bytes())
         if len(out) + _TRAILER_SIZE > MAX_ENVELOPE:
             raise EnvelopeError(f"envelope: {len(out) + _TRAILER_SIZE} bytes is over MAX_ENVELOPE {MAX_ENVELOPE}")
         return out
 
     def to_bytes(self, signer: SigningKey | None) -> bytes:
-        """The envelope signed by `signer` (the server's key); None leaves the signature all
-        zeros, an unsigned envelope every gateway refuses (for tests of exactly that)."""
-        out = self.signed_part()
+        """The envelope signed by `signer` (the server's key), carrying its endorsement if it
+        has one (version 3); None leaves the signature all zeros, an unsigned envelope every
+        gateway refuses (for tests of exactly that)."""
+        out = self.signed_part(None if signer is None else signer.endorsement)
         out += _UNSIGNED if signer is None else signer.sign(out)
         return out + _ser(U32, zlib.crc32(out))
 
@@ -524,6 +548,15 @@ def parse_envelope(data: bytes) -> JobEnvelope:
     Checks, in order: type and length, CRC, magic, version, kind, then the header fields and
     the body, each read only after its length was checked against what is left.
     """
+    return _parse(data)[0]
+
+
+def envelope_endorsement(data: bytes) -> Endorsement | None:
+    """The endorsement a version 3 envelope carries (decoded, not verified), None in version 2."""
+    return _parse(data)[1]
+
+
+def _parse(data: bytes) -> tuple[JobEnvelope, Endorsement | None]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise EnvelopeError(f"envelope must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -537,16 +570,20 @@ def parse_envelope(data: bytes) -> JobEnvelope:
     if data[:2] != ENVELOPE_MAGIC:
         raise EnvelopeError(f"magic: expected {ENVELOPE_MAGIC.hex()}, got {data[:2].hex()}")
     job_id, mac, attempt = _header_ids(data)
-    if data[2] != ENVELOPE_VERSION:
+    if data[2] not in (ENVELOPE_VERSION, ENDORSED_VERSION):
         code = "unsigned" if data[2] < ENVELOPE_VERSION else "bad_job"
-        raise EnvelopeError(f"version: expected {ENVELOPE_VERSION}, got {data[2]}"
+        raise EnvelopeError(f"version: expected {ENVELOPE_VERSION} or {ENDORSED_VERSION}, got {data[2]}"
                             + (" (unsigned, with keys in the clear: the server is too old)" if code == "unsigned" else ""),
                             job_id=job_id, mac=mac, attempt=attempt, code=code)
     cls = _KINDS.get(data[3])
     if cls is None:
         raise EnvelopeError(f"kind: unknown job kind {data[3]:02x} in {hexs(data[:4])}",
                             job_id=job_id, mac=mac, attempt=attempt)
-    r = Reader(data[4:-_TRAILER_SIZE], cls.__name__)
+    trailer = _TRAILER_SIZE + (ENDORSEMENT_SIZE if data[2] == ENDORSED_VERSION else 0)
+    if len(data) < _HEADER_SIZE + trailer:
+        raise EnvelopeError(f"envelope: version {data[2]} needs at least {_HEADER_SIZE + trailer} bytes, "
+                            f"got {len(data)}", job_id=job_id, mac=mac, attempt=attempt)
+    r = Reader(data[4:-trailer], cls.__name__)
     try:
         common: dict[str, object] = {"job_id": r.int(U64, "job_id"), "mac": address_str(r.take(6, "mac")),
                                      "deadline_s": r.int(U16, "deadline_s"), "attempt": r.int(U8, "attempt"),
@@ -554,7 +591,12 @@ def parse_envelope(data: bytes) -> JobEnvelope:
                                      "gateway": _read_name(r, "gateway")}
         job = cls._parse_body(r, common)
         r.end()
-        return job
+        endorsement = None
+        if trailer > _TRAILER_SIZE:
+            endorsement = Endorsement.from_bytes(data[-trailer:-_TRAILER_SIZE])
+        return job, endorsement
+    except TrustError as exc:
+        raise EnvelopeError(str(exc), job_id=job_id, mac=mac, attempt=attempt) from None
     except EnvelopeError as exc:
         raise EnvelopeError(str(exc), job_id=job_id, mac=mac, attempt=attempt) from None
     except ProtocolError as exc:
@@ -567,16 +609,49 @@ def parse_envelope(data: bytes) -> JobEnvelope:
 def verify_envelope(data: bytes, server_key: VerifyKey) -> JobEnvelope:
     """`parse_envelope`, then the signature under `server_key`: `EnvelopeError` with ``code``
     ``unsigned`` (no signature, or a version 1 envelope) or ``bad_signature``."""
-    job = parse_envelope(data)
+    job, _ = _parse(data)
+    _check_signature(data, job, server_key)
+    return job
+
+
+def _check_signature(data: bytes, job: JobEnvelope, key: VerifyKey, why: str = "") -> None:
     ids = {"job_id": job.job_id, "mac": job.mac, "attempt": job.attempt}
     signature = bytes(data[-_TRAILER_SIZE:-_CRC_SIZE])
     if signature == _UNSIGNED:
         raise EnvelopeError("signature: the envelope is not signed", code="unsigned", **ids)  # type: ignore[arg-type]
     try:
-        server_key.verify(signature, bytes(data[:-_TRAILER_SIZE]))
+        key.verify(signature, bytes(data[:-_TRAILER_SIZE]))
     except TrustError as exc:
-        raise EnvelopeError(str(exc), code="bad_signature", **ids) from None  # type: ignore[arg-type]
-    return job
+        raise EnvelopeError(str(exc) + why, code="bad_signature", **ids) from None  # type: ignore[arg-type]
+
+
+def follow_envelope(data: bytes, trusted: VerifyKey) -> tuple[JobEnvelope, VerifyKey]:
+    """`verify_envelope` for a gateway that follows key rotations: the job and the key that
+    signed it. That is `trusted`, or the key an endorsement in the envelope names when
+    `trusted` made the endorsement (`Endorsement.verify`) and that key signed the envelope: the
+    caller trusts that key from then on. Anything else is ``bad_signature`` (``unsigned`` for
+    an unsigned envelope), as in `verify_envelope`. One step only: an endorsement by any key
+    but `trusted` (an older one, or a key in between) is refused.
+    """
+    job, endorsement = _parse(data)
+    if endorsement is None or endorsement.new_key == trusted:
+        _check_signature(data, job, trusted)
+        return job, trusted
+    try:
+        _check_signature(data, job, trusted)
+        return job, trusted  # the trusted key signed it: what it carries changes nothing
+    except EnvelopeError as exc:
+        if exc.code != "bad_signature":
+            raise
+    try:
+        endorsement.verify(trusted)
+    except TrustError as exc:
+        raise EnvelopeError(f"signature: by key {endorsement.new_key.fingerprint}, not the trusted key "
+                            f"{trusted.fingerprint}, and {exc}", code="bad_signature", job_id=job.job_id,
+                            mac=job.mac, attempt=job.attempt) from None
+    _check_signature(data, job, endorsement.new_key, why=f" (the key {endorsement.new_key.fingerprint} "
+                     f"the trusted key endorsed)")
+    return job, endorsement.new_key
 
 
 def open_job_key(job: ImageJob | CommandJob, key: GatewayKey) -> bytes:

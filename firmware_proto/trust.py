@@ -12,6 +12,11 @@
   job. Sealed = ephemeral public key (32) ‖ ciphertext (16) ‖ tag (16). A subscriber to the job
   topic without the gateway's private key learns nothing of the job key; another gateway cannot
   open it either.
+- **Key endorsements.** When the server's signing key is rotated, the previous key signs the new
+  public key (`Endorsement`: ``Ed25519_previous("esl server key endorsement v1" 00 ‖ previous_pub
+  ‖ new_pub)``), and every envelope carries that endorsement until the previous key is deleted:
+  a gateway that trusts the previous key checks the endorsement and follows (trusts the new key
+  from then on). One step only: an endorsement is honoured only from the key the gateway trusts.
 
 Keys travel as 64 hex digits (32 bytes) in settings and on the command line. Nothing here
 quotes a key or a signature in an error message.
@@ -34,13 +39,16 @@ from firmware_proto.errors import ProtocolError
 
 __all__ = [
     "PUBLIC_KEY_SIZE", "SIGNATURE_SIZE", "SEALED_KEY_SIZE", "TrustError", "SigningKey", "VerifyKey",
-    "GatewayKey", "seal_job_key", "key_from_hex",
+    "GatewayKey", "seal_job_key", "key_from_hex", "ENDORSEMENT_SIZE", "Endorsement",
 ]
 
 PUBLIC_KEY_SIZE: Final = 32
 SIGNATURE_SIZE: Final = 64
 SEALED_KEY_SIZE: Final = PUBLIC_KEY_SIZE + KEY_SIZE + 16
 _SEAL_INFO: Final = b"esl job key seal v1"
+_ENDORSE_CONTEXT: Final = b"esl server key endorsement v1\x00"
+ENDORSEMENT_SIZE: Final = 2 * PUBLIC_KEY_SIZE + SIGNATURE_SIZE
+"""An endorsement on the wire: endorser public key 32 ‖ new public key 32 ‖ signature 64."""
 _NONCE: Final = bytes(12)
 _HEX32: Final = re.compile(r"[0-9A-Fa-f]{64}")
 _RAW = serialization.Encoding.Raw
@@ -89,6 +97,12 @@ class VerifyKey:
     def hex(self) -> str:
         return self.raw.hex()
 
+    @property
+    def fingerprint(self) -> str:
+        """The first 16 hex digits of the key: enough to tell keys apart in logs, status events
+        and listings, and to compare by eye with ``esl trust server-key``."""
+        return self.raw.hex()[:16]
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, VerifyKey) and other.raw == self.raw
 
@@ -100,13 +114,25 @@ class VerifyKey:
 
 
 class SigningKey:
-    """The server's Ed25519 private key (it signs every job envelope)."""
+    """The server's Ed25519 private key (it signs every job envelope).
 
-    __slots__ = ("_key", "public")
+    ``endorsement`` is set on a key made by `endorsed_by`: envelopes it signs carry it, so that
+    gateways still trusting the previous key follow to this one.
+    """
 
-    def __init__(self, key: Ed25519PrivateKey) -> None:
+    __slots__ = ("_key", "public", "endorsement")
+
+    def __init__(self, key: Ed25519PrivateKey, endorsement: Endorsement | None = None) -> None:
         self._key = key
         self.public = VerifyKey(key.public_key().public_bytes(_RAW, _RAW_PUB))
+        if endorsement is not None and endorsement.new_key != self.public:
+            raise TrustError(f"endorsement: endorses key {endorsement.new_key.fingerprint}, "
+                             f"not this key {self.public.fingerprint}")
+        self.endorsement = endorsement
+
+    def endorsed_by(self, previous: SigningKey) -> SigningKey:
+        """This key, carrying `previous`'s endorsement of it (see `Endorsement`)."""
+        return SigningKey(self._key, Endorsement.make(previous, self.public))
 
     @classmethod
     def generate(cls) -> SigningKey:
@@ -127,6 +153,69 @@ class SigningKey:
 
     def __repr__(self) -> str:
         return f"SigningKey(public={self.public.hex()})"
+
+
+class Endorsement:
+    """The previous server key's word that `new_key` is the server's key now.
+
+    Made by the server when its key is rotated (`make`), carried in every envelope while the
+    previous key is kept, checked by a gateway with `verify` against the key it trusts. The
+    signed message names both keys under its own context string, so neither an envelope
+    signature nor anything else the server signs can pass for one.
+    """
+
+    __slots__ = ("endorser", "new_key", "signature")
+
+    def __init__(self, endorser: VerifyKey, new_key: VerifyKey, signature: bytes) -> None:
+        if not isinstance(endorser, VerifyKey) or not isinstance(new_key, VerifyKey):
+            raise TrustError("endorsement: endorser and new_key must be VerifyKeys")
+        if endorser == new_key:
+            raise TrustError(f"endorsement: key {new_key.fingerprint} endorses itself")
+        if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE:
+            raise TrustError(f"endorsement signature: expected {SIGNATURE_SIZE} bytes")
+        self.endorser = endorser
+        self.new_key = new_key
+        self.signature = signature
+
+    @staticmethod
+    def _message(endorser: VerifyKey, new_key: VerifyKey) -> bytes:
+        return _ENDORSE_CONTEXT + endorser.raw + new_key.raw
+
+    @classmethod
+    def make(cls, previous: SigningKey, new_key: VerifyKey) -> Endorsement:
+        return cls(previous.public, new_key, previous.sign(cls._message(previous.public, new_key)))
+
+    def to_bytes(self) -> bytes:
+        return self.endorser.raw + self.new_key.raw + self.signature
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Endorsement:
+        """Decode (not verify) an endorsement; `TrustError` unless it is `ENDORSEMENT_SIZE` bytes."""
+        if not isinstance(data, bytes) or len(data) != ENDORSEMENT_SIZE:
+            raise TrustError(f"endorsement: expected {ENDORSEMENT_SIZE} bytes, got "
+                             f"{len(data) if isinstance(data, bytes) else type(data).__name__}")
+        return cls(VerifyKey(data[:PUBLIC_KEY_SIZE]), VerifyKey(data[PUBLIC_KEY_SIZE:2 * PUBLIC_KEY_SIZE]),
+                   data[2 * PUBLIC_KEY_SIZE:])
+
+    def verify(self, trusted: VerifyKey) -> None:
+        """`TrustError` unless `trusted` made this endorsement (another endorser, or a signature
+        that does not verify, is refused alike: only the trusted key can move a gateway on)."""
+        if self.endorser != trusted:
+            raise TrustError(f"endorsement: by key {self.endorser.fingerprint}, not by the trusted key "
+                             f"{trusted.fingerprint}")
+        try:
+            trusted.verify(self.signature, self._message(self.endorser, self.new_key))
+        except TrustError:
+            raise TrustError(f"endorsement: does not verify under the trusted key {trusted.fingerprint}") from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Endorsement) and other.to_bytes() == self.to_bytes()
+
+    def __hash__(self) -> int:
+        return hash(self.to_bytes())
+
+    def __repr__(self) -> str:
+        return f"Endorsement({self.endorser.fingerprint} -> {self.new_key.fingerprint})"
 
 
 class GatewayKey:

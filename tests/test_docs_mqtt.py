@@ -36,7 +36,14 @@ from eslserver.mqtt import Message
 from eslserver.pricing import CANONICAL_FIELDS, ERROR_CODES
 from eslserver.server import SYSTEM, Server
 from eslserver.topics import Kind, Topic
-from firmware_proto.envelope import ENVELOPE_MAGIC, ENVELOPE_VERSION, MAX_ENVELOPE, JobKind, parse_envelope
+from firmware_proto.envelope import (
+    ENDORSED_VERSION,
+    ENVELOPE_MAGIC,
+    ENVELOPE_VERSION,
+    MAX_ENVELOPE,
+    JobKind,
+    parse_envelope,
+)
 from tests.brokers import mosquitto
 from tests.pipeline_shop import collect, shop
 
@@ -85,7 +92,8 @@ def channel_for(topic: str) -> str:
 
 def _check_envelope(data: bytes, message: Mapping[str, Any]) -> None:
     facts = message["x-envelope"]
-    assert data[:2] == bytes.fromhex(facts["magic"]) and data[2] == facts["version"], data[:4].hex()
+    assert data[:2] == bytes.fromhex(facts["magic"]), data[:4].hex()
+    assert data[2] in (facts["version"], facts["endorsed_version"]), data[:4].hex()
     assert data[3] in facts["kinds"] and len(data) <= facts["max_bytes"]
     parse_envelope(data)  # the gateway's own decoder accepts it
 
@@ -202,8 +210,8 @@ def test_the_schemas_name_what_the_code_knows() -> None:
     assert list(schemas["LabelState"]["properties"]) == list(state_json(row))
     assert schemas["LabelState"]["required"] == list(state_json(row))
     facts = DOC["components"]["messages"]["JobEnvelope"]["x-envelope"]
-    assert (bytes.fromhex(facts["magic"]), facts["version"], facts["max_bytes"]) == (
-        ENVELOPE_MAGIC, ENVELOPE_VERSION, MAX_ENVELOPE)
+    assert (bytes.fromhex(facts["magic"]), facts["version"], facts["endorsed_version"], facts["max_bytes"]) == (
+        ENVELOPE_MAGIC, ENVELOPE_VERSION, ENDORSED_VERSION, MAX_ENVELOPE)
     assert facts["kinds"] == {int(k): k.name.lower() for k in JobKind}
 
 

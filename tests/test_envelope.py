@@ -1,11 +1,13 @@
-"""Job envelopes (firmware_proto.envelope), version 2: byte layout, signatures, round trips,
-bad input, the job key sealed to the gateway, and the counter budget."""
+"""Job envelopes (firmware_proto.envelope), versions 2 and 3 (with the previous server key's
+endorsement): byte layout, signatures, round trips, bad input, the job key sealed to the
+gateway, and the counter budget."""
 
 from __future__ import annotations
 
 import zlib
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +23,8 @@ from firmware_proto import (
     ProtocolError,
     credentials,
     open_job_key,
+    envelope_endorsement,
+    follow_envelope,
     parse_envelope,
     verify_envelope,
 )
@@ -34,7 +38,7 @@ from firmware_proto.frames import (
 )
 from firmware_proto.image import ImageFormat, Region
 from firmware_proto.jobkeys import derive_job_key, make_ticket
-from firmware_proto.trust import GatewayKey, SigningKey
+from firmware_proto.trust import ENDORSEMENT_SIZE, Endorsement, GatewayKey, SigningKey, TrustError
 
 MAC = "02:E5:00:00:00:01"
 SIGNER = SigningKey.from_bytes(bytes(range(32)))
@@ -155,7 +159,7 @@ def test_any_changed_byte_breaks_the_signature_even_with_a_good_crc() -> None:
 
 def test_a_version_1_envelope_is_refused_as_unsigned_naming_its_job() -> None:
     v1 = bytes.fromhex("e54a01030100000000000000" "02e500000001" "1e00" "00") + bytes(100)
-    with pytest.raises(EnvelopeError, match="version: expected 2, got 1 .*server is too old") as info:
+    with pytest.raises(EnvelopeError, match="version: expected 2 or 3, got 1 .*server is too old") as info:
         parse_envelope(reseal(v1))
     assert info.value.code == "unsigned" and (info.value.job_id, info.value.mac) == (1, MAC)
 
@@ -277,6 +281,20 @@ SIG = 64 + 4
 PAIR_BODY = bytes.fromhex(PAIR_HEX)[:-SIG]
 IMAGE_BODY = bytes.fromhex(IMAGE_HEX)[:-SIG]
 COMMAND_BODY = bytes.fromhex(COMMAND_HEX)[:-SIG]
+NEW = SigningKey.from_bytes(bytes(range(32, 64)))
+ENDORSING = NEW.endorsed_by(SIGNER)
+# version 3: the command job signed by NEW, endorsed by SIGNER (the previous key)
+ENDORSED_COMMAND_HEX = (
+    "e54a" "03" "03" + COMMAND_HEX[8:-(2 * SIG)] +  # version 3, then the same header and body as version 2
+    "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"  # endorser: SIGNER's public key
+    "29acbae141bccaf0b22e1a94d34d0bc7361e526d0bfe12c89794bc9322966dd7"  # the new key: NEW's public key
+    "dd2da4b6f3f247a666e4602a627f14ab8dbf3b92be19e7d9aa3891aebc7ad993"  # SIGNER's signature of it
+    "37301a55ec4d45282a16e14597ffca76fb0c29b31268e8356e412e8a415fef0c"
+    "57d4ddb00209c8ff26232cc76d43b2aaf80f1929e86dfe23e56c5b90b6fa8ace"  # the envelope signed by NEW
+    "e9ef07753e17c50c14367e2a2c81cc48a13990871f44827e1751302f3f9fce07"
+    "72454538"                                                          # crc32
+)
+ENDORSED_BODY = bytes.fromhex(ENDORSED_COMMAND_HEX)[:-SIG]
 C = 36 + 1 + 30 + 64  # in COMMAND_BODY: header, ticket_len, ticket, sealed key; then rx_highest
 I = C + 4  # in IMAGE_BODY: image_format
 SEALED_PING = seal(ControlCommand.make("ping", seq=1), FrameKey(bytes(16)), address_bytes(MAC), Direction.TO_LABEL, 9)
@@ -287,7 +305,7 @@ BAD: list[tuple[str, bytes, str]] = [
     ("short", bytes.fromhex(PAIR_HEX)[:20], "length must be"),
     ("crc", bytes.fromhex(PAIR_HEX)[:-4] + b"\x00\x00\x00\x00", "crc32: expected 5b5cf7ed, got 00000000"),
     ("magic", unsigned(b"\xe5\x4b" + PAIR_BODY[2:]), "magic: expected e54a, got e54b"),
-    ("version", unsigned(PAIR_BODY[:2] + b"\x03" + PAIR_BODY[3:]), "version: expected 2, got 3"),
+    ("version", unsigned(PAIR_BODY[:2] + b"\x04" + PAIR_BODY[3:]), "version: expected 2 or 3, got 4"),
     ("kind", unsigned(PAIR_BODY[:3] + b"\x09" + PAIR_BODY[4:]), "kind: unknown job kind 09"),
     ("store empty", unsigned(PAIR_BODY[:29] + b"\x00" + PAIR_BODY[32:]), "store: expected 1..64 UTF-8 bytes"),
     ("store not utf-8", unsigned(PAIR_BODY[:30] + b"\xff\xfe" + PAIR_BODY[32:]), "store: not UTF-8: fffe"),
@@ -390,7 +408,7 @@ def test_random_bytes_raise_only_envelope_error(data: bytes) -> None:
 
 
 @settings(max_examples=300)
-@given(st.sampled_from([PAIR_BODY, IMAGE_BODY, COMMAND_BODY]), st.data())
+@given(st.sampled_from([PAIR_BODY, IMAGE_BODY, COMMAND_BODY, ENDORSED_BODY]), st.data())
 def test_mutated_envelopes_with_a_valid_crc_raise_only_envelope_error(body: bytes, data: st.DataObject) -> None:
     raw = bytearray(body)
     for _ in range(data.draw(u(1, 4))):
@@ -440,3 +458,89 @@ def test_job_session_refuses_replays_of_what_the_server_already_counted() -> Non
         with pytest.raises(ProtocolError, match="replay"):
             session.rx.check(counter)
     session.rx.check(10)
+
+
+# -- version 3: the previous server key's endorsement of the new one ----------------------------------
+
+
+
+def test_an_endorsed_envelope_is_version_3_and_a_gateway_on_the_old_key_follows() -> None:
+    data = COMMAND.to_bytes(ENDORSING)
+    assert data.hex() == ENDORSED_COMMAND_HEX
+    assert parse_envelope(data) == COMMAND
+    assert envelope_endorsement(data) == ENDORSING.endorsement and envelope_endorsement(COMMAND.to_bytes(NEW)) is None
+    assert follow_envelope(data, SIGNER.public) == (COMMAND, NEW.public)  # trusted the old key: follows
+    assert follow_envelope(data, NEW.public) == (COMMAND, NEW.public)  # follows already
+    assert verify_envelope(data, NEW.public) == COMMAND
+    with pytest.raises(EnvelopeError, match="does not verify") as info:
+        verify_envelope(data, SIGNER.public)  # verify_envelope itself never follows
+    assert info.value.code == "bad_signature"
+    assert COMMAND.to_bytes(NEW)[2] == 2  # no endorsement: still version 2, what older gateways read
+
+
+def test_only_the_trusted_key_can_endorse() -> None:
+    third = SigningKey.from_bytes(bytes(range(64, 96)))
+    by_new = COMMAND.to_bytes(third.endorsed_by(NEW))  # C endorsed by B, the gateway trusts A: no chains
+    with pytest.raises(EnvelopeError, match="not the trusted key .*endorsement: by key") as info:
+        follow_envelope(by_new, SIGNER.public)
+    assert info.value.code == "bad_signature" and info.value.job_id == COMMAND.job_id
+    # an attacker's key "endorsed" with a signature they made themselves under the trusted key's name
+    forged = Endorsement(SIGNER.public, third.public, third.sign(b"esl server key endorsement v1\x00"
+                                                                 + SIGNER.public.raw + third.public.raw))
+    with pytest.raises(EnvelopeError, match="endorsement: does not verify under the trusted key") as info:
+        follow_envelope(COMMAND.to_bytes(SigningKey(Ed25519PrivateKey.from_private_bytes(bytes(range(64, 96))),
+                                                    forged)), SIGNER.public)
+    assert info.value.code == "bad_signature"
+    # a good endorsement, but the envelope signed by another key than the one endorsed
+    swapped = ENDORSED_BODY + third.sign(ENDORSED_BODY)
+    with pytest.raises(EnvelopeError, match="does not verify.*the trusted key endorsed") as info:
+        follow_envelope(reseal(swapped), SIGNER.public)
+    assert info.value.code == "bad_signature"
+    with pytest.raises(EnvelopeError, match="not signed") as info:
+        follow_envelope(COMMAND.to_bytes(None), SIGNER.public)
+    assert info.value.code == "unsigned"
+
+
+def test_endorsements_refuse_what_is_not_one() -> None:
+    endorsement = ENDORSING.endorsement
+    assert endorsement is not None and len(endorsement.to_bytes()) == ENDORSEMENT_SIZE == 128
+    assert Endorsement.from_bytes(endorsement.to_bytes()) == endorsement
+    with pytest.raises(TrustError, match="expected 128 bytes, got 127"):
+        Endorsement.from_bytes(endorsement.to_bytes()[:-1])
+    with pytest.raises(TrustError, match="endorses itself"):
+        Endorsement.make(SIGNER, SIGNER.public)
+    with pytest.raises(TrustError, match="endorses key 29acbae141bccaf0, not this key"):
+        SigningKey(Ed25519PrivateKey.from_private_bytes(bytes(range(64, 96))), endorsement)
+    assert SIGNER.public.fingerprint == SIGNER.public.hex()[:16] and "03a107bff3ce10be" in repr(endorsement)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (reseal(ENDORSED_BODY[:40] + bytes(SIG - 4)), "version 3 needs at least"),
+    (unsigned(ENDORSED_BODY[:-128] + ENDORSED_BODY[-96:-64] + ENDORSED_BODY[-96:]), "endorses itself"),
+    (unsigned(ENDORSED_BODY[:-1]), "frame: need 7 bytes at offset"),  # one byte short: the body ends early
+], ids=["short", "self-endorsed", "truncated"])
+def test_bad_version_3_input_is_refused_naming_the_field(data: bytes, message: str) -> None:
+    with pytest.raises(EnvelopeError, match=message):
+        parse_envelope(bytes(data))
+
+
+@settings(max_examples=200)
+@given(st.integers(0, len(ENDORSED_BODY) - 1), st.integers(1, 255))
+def test_no_changed_byte_of_an_endorsed_envelope_is_followed(i: int, flip: int) -> None:
+    raw = bytearray(ENDORSED_BODY)
+    raw[i] ^= flip
+    data = reseal(bytes(raw) + bytes.fromhex(ENDORSED_COMMAND_HEX)[-SIG:-4])
+    try:
+        follow_envelope(data, SIGNER.public)
+    except EnvelopeError as exc:
+        assert exc.code in ("bad_signature", "bad_job", "unsigned"), exc
+    else:
+        raise AssertionError(f"byte {i} changed and the envelope was still followed")
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(pairs(), images(), commands()))
+def test_round_trip_with_an_endorsement(job: JobEnvelope) -> None:
+    data = job.to_bytes(ENDORSING)
+    assert follow_envelope(data, SIGNER.public) == (job, NEW.public)
+    assert envelope_endorsement(data) == ENDORSING.endorsement and parse_envelope(data).to_bytes(ENDORSING) == data

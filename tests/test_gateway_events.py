@@ -68,7 +68,9 @@ def test_nack_checkin_status_json() -> None:
         "type": "checkin", "mac": MAC, "at": "2026-11-23T17:00:00.123456Z", "rssi": -70, "frame": frame.hex()}
     assert Status(gateway="gw1", at=AT, in_flight=2, spooled=5, labels_heard=100).to_json() == (
         b'{"type":"status","gateway":"gw1","at":"2026-11-23T17:00:00.123456Z","in_flight":2,"spooled":5,'
-        b'"labels_heard":100,"radio":"up","radio_since":null,"protocol":2}')
+        b'"labels_heard":100,"radio":"up","radio_since":null,"protocol":2,"server_key":null}')
+    assert json.loads(Status(gateway="gw1", at=AT, in_flight=0, spooled=0, labels_heard=0,
+                             server_key="0123456789abcdef").to_json())["server_key"] == "0123456789abcdef"
 
 
 def test_a_status_that_names_no_protocol_is_version_1() -> None:

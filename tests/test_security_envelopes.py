@@ -84,7 +84,8 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(tmp_path: Path, *, trusted: bool = True) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, *, trusted: bool = True, signer: SigningKey | None = None) -> AsyncIterator[Rig]:
+    """`signer`: the server's key the gateway is configured with (default: a new one)."""
     store = SimStore(StoreConfig(labels=1, seed=4, always_listening=True, wake_interval_s=0.5))
     events: list[Event] = []
 
@@ -92,7 +93,7 @@ async def rig(tmp_path: Path, *, trusted: bool = True) -> AsyncIterator[Rig]:
         events.append(parse_event(message.payload))
 
     key, _ = load_or_create_key(GatewayConfig(store=STORE, gateway_id=GW, data_dir=tmp_path).key_path)
-    issuer = Issuer(store=STORE, gateway=GW, gateway_key=key.public)
+    issuer = Issuer(store=STORE, gateway=GW, gateway_key=key.public, signer=signer or SigningKey.generate())
     async with embedded_broker() as url, store, RadioServer(store, "127.0.0.1", 0) as radio:
         host, port = radio.address
         config = GatewayConfig(store=STORE, gateway_id=GW, data_dir=tmp_path, job=FAST,

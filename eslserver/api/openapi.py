@@ -160,7 +160,9 @@ SCHEMAS: Final[dict[str, Schema]] = {
                          "description": "degraded: connected, but its radio is down (info.radio, info.radio_since); "
                                         "incompatible: it speaks a protocol older than the server needs "
                                         "(info.protocol, info.error). Jobs go only to online gateways whose "
-                                        "public key is registered (info.public_key)"},
+                                        "public key is registered (info.public_key). info.server_key: the "
+                                        "fingerprint of the server key the gateway trusts (after a key "
+                                        "rotation, whether it followed)"},
                      "last_seen": _TIME_OR_NULL,
                      "labels": {"type": "integer", "minimum": 0}, "info": {"type": "object"}}),
     "GatewayList": _list("Gateway"),

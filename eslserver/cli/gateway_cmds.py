@@ -6,12 +6,26 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-__all__ = ["register", "gateway"]
+if TYPE_CHECKING:
+    from firmware_proto.trust import VerifyKey
+
+__all__ = ["register", "gateway", "trusted_line"]
 
 log = logging.getLogger(__name__)
+
+
+def trusted_line(trusted: VerifyKey | None, configured: VerifyKey | None) -> str:
+    """What `esl gateway` says at start about the server key it trusts (fingerprints)."""
+    if trusted is None:
+        return "server key: none (no server_public_key set: every job will be refused)"
+    if trusted == configured or configured is None:
+        return f"server key: {trusted.fingerprint} (server_public_key)"
+    return (f"server key: {trusted.fingerprint} (followed the server's key rotation from the configured "
+            f"{configured.fingerprint})")
 
 
 def gateway(
@@ -115,9 +129,8 @@ def gateway(
         gw = Gateway(config, the_radio, settings)
         async with gw:
             typer.echo(f"gateway {config.gateway_id} of store {config.store}: {settings.url} <-> {s.radio}", err=True)
-            typer.echo(f"gateway public key: {gw.key.public.hex()}"
-                       + ("" if config.server_key is not None else
-                          " (no server_public_key set: every job will be refused)"), err=True)
+            typer.echo(f"gateway public key: {gw.key.public.hex()}", err=True)
+            typer.echo(trusted_line(gw.server_key, config.server_key), err=True)
             await stop.wait()
         typer.echo(f"gateway {config.gateway_id} stopped: {gw.results['ack']} acks, {gw.results['nack']} nacks",
                    err=True)

@@ -170,6 +170,7 @@ def label(
 _GATEWAY_COLUMNS = (
     Column("ID", lambda x: x["id"]), Column("STATUS", lambda x: x["status"], colour=True),
     Column("LABELS", lambda x: x["labels"]), Column("LAST_SEEN", lambda x: _when(x["last_seen"])),
+    Column("SERVER_KEY", lambda x: (x.get("info") or {}).get("server_key") or "-"),
 )
 
 

@@ -44,6 +44,32 @@ def server_key(data: DataOpt = None, config: ConfigOpt = None) -> None:
         typer.echo(f"(a new signing key, kept in {signing_key_path(settings)})", err=True)
 
 
+def rotate_server_key(
+    force: Annotated[bool, typer.Option("--force", help="Rotate although a previous key is still kept: gateways "
+                                                        "that have not followed it yet are stranded.")] = False,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Make a new signing key; the gateways follow it (the old key endorses the new one in every
+    envelope until `signing.key.previous` is removed). Restart every server instance to use it."""
+    from eslserver.signing import SigningKeyError, rotate_signing_key
+
+    try:
+        settings = load_settings(config, overrides={"data_dir": data})
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        old, new = rotate_signing_key(settings, force=force)
+    except SigningKeyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(new.public.hex())
+    typer.echo(f"rotated: {old.public.hex()[:16]}… → {new.public.hex()[:16]}…; restart every server instance (with "
+               "both key files); gateways follow at their next job (esl gateways shows SERVER_KEY); remove "
+               "signing.key.previous once every gateway shows the new key", err=True)
+
+
 def gateway(
     name: Annotated[str, typer.Argument(metavar="STORE/ID", help="The gateway: its store and its id.")],
     public_key: Annotated[str, typer.Argument(metavar="KEY", help="Its public key, as `esl gateway --show-key` "
@@ -88,4 +114,5 @@ def register(app: typer.Typer) -> None:
     """Attach ``esl trust …`` to the `esl` app."""
     trust_app.command("server-key")(server_key)
     trust_app.command("gateway")(gateway)
+    trust_app.command("rotate-server-key")(rotate_server_key)
     app.add_typer(trust_app, name="trust")

@@ -8,9 +8,12 @@
   gateway, issued not long ago (its deadline plus ``envelope_skew_s``), its job key sealed to
   this gateway's own key (`eslserver.gateway.identity`). One that fails is not run: it is
   nacked with the reason (``unsigned``, ``bad_signature``, ``misaddressed``, ``expired``,
-  ``wrong_key``). A good one is written to the spool (`JobSpool`, SQLite) *before* the handler
-  returns, and the broker gets its PUBACK only then, so a kill -9 loses nothing: spooled jobs
-  resume at restart, unspooled ones are redelivered by the broker (persistent session). A
+  ``wrong_key``). When the server has rotated its key, an envelope signed by the new key and
+  carrying the trusted key's endorsement of it is run, and the gateway trusts the new key alone
+  from then on (`eslserver.gateway.server_key`). A good one is written to the spool (`JobSpool`,
+  SQLite) *before* the handler returns, and the broker gets its PUBACK only then, so a kill -9
+  loses nothing: spooled jobs resume at restart, unspooled ones are redelivered by the broker
+  (persistent session). A
   redelivery of a job still running is recognised by (job id, attempt) and not run twice; one
   of a job already finished is a replay, nacked ``replayed``.
 - Jobs run with at most ``concurrency`` in flight and one at a time per label, in arrival
@@ -53,6 +56,7 @@ from eslserver.gateway.conversation import (
 from eslserver.gateway.events import Ack, Checkin, Event, EventError, Nack, Status
 from eslserver.gateway.identity import load_or_create_key
 from eslserver.gateway.radio_watch import RadioWatch
+from eslserver.gateway.server_key import ServerKeyFileError, load_trusted_key, save_followed_key
 from eslserver.gateway.spool import JobSpool, PutResult, SpoolError
 from eslserver.logs import FailureLog
 from eslserver.mqtt import Message, MqttConnection, MqttSettings, MqttUnavailable, Will
@@ -62,9 +66,9 @@ from firmware_proto.envelope import (
     EnvelopeError,
     ImageJob,
     JobEnvelope,
+    follow_envelope,
     open_job_key,
     parse_envelope,
-    verify_envelope,
 )
 from firmware_proto.link import Radio
 from firmware_proto.trust import GatewayKey, VerifyKey
@@ -162,6 +166,11 @@ class GatewayConfig:
         """The gateway's own X25519 key (`eslserver.gateway.identity`)."""
         return Path(self.data_dir) / f"gateway-{self.store}-{self.gateway_id}.key"
 
+    @property
+    def server_key_path(self) -> Path:
+        """The server key this gateway followed to after a rotation (`eslserver.gateway.server_key`)."""
+        return Path(self.data_dir) / f"gateway-{self.store}-{self.gateway_id}.server.key.pub"
+
 
 @dataclass(slots=True)
 class _Job:
@@ -190,6 +199,9 @@ class Gateway:
         self.config = config
         self.radio = radio
         self.key: GatewayKey = load_or_create_key(config.key_path)[0]
+        self.server_key: VerifyKey | None = load_trusted_key(config.server_key_path, config.server_key)
+        """The server key envelopes must be signed by: ``server_public_key``, or the key the
+        gateway followed to when the server rotated its key."""
         self.refused: dict[str, int] = {}
         """Envelopes refused, by nack code (unsigned, bad_signature, replayed, ...)."""
         self.checkins = CheckinTracker(coalesce_s=config.checkin_coalesce_s)
@@ -224,6 +236,7 @@ class Gateway:
         ids = {"store": config.store, "gateway": config.gateway_id}
         self._spool_failure = FailureLog(log, "job spool (jobs are held until it works)", **ids)
         self._job_failure = FailureLog(log, "running jobs inside the gateway", **ids)
+        self._follow_failure = FailureLog(log, "keeping the server's new key (it is trusted once kept)", **ids)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -255,7 +268,12 @@ class Gateway:
         self._spawn(self.radio_watch.run(), "gateway-radio-watch")
         log.info("gateway %s for store %s: jobs on %s, public key %s", self.config.gateway_id,
                  self.config.store, self.jobs_topic, self.key.public.hex())
-        if self.config.server_key is None:
+        if self.server_key is not None:
+            configured = self.config.server_key
+            followed = "" if configured in (None, self.server_key) else (
+                f", followed from the configured {configured.fingerprint}")  # type: ignore[union-attr]
+            log.info("trusting server key %s%s", self.server_key.fingerprint, followed)
+        else:
             log.warning("server_public_key is not set: every job will be refused (the server's signature "
                         "cannot be checked); set it to the key `esl trust server-key` prints")
         return self
@@ -340,12 +358,12 @@ class Gateway:
     def _check_envelope(self, payload: bytes, received: datetime) -> JobEnvelope:
         """The envelope if this gateway should run it: signed by the server, addressed here,
         not stale; `EnvelopeError` with the nack code otherwise."""
-        server_key = self.config.server_key
+        server_key = self.server_key
         if server_key is None:
             job = parse_envelope(payload)
             raise EnvelopeError("no server_public_key is configured: the server's signature cannot be checked",
                                 job_id=job.job_id, mac=job.mac, attempt=job.attempt, code="bad_signature")
-        job = verify_envelope(payload, server_key)
+        job, signer = follow_envelope(payload, server_key)
         ids = {"job_id": job.job_id, "mac": job.mac, "attempt": job.attempt}
         if (job.store, job.gateway) != (self.config.store, self.config.gateway_id):
             raise EnvelopeError(f"envelope is for gateway {job.store}/{job.gateway}, this is "
@@ -359,7 +377,27 @@ class Gateway:
             raise EnvelopeError(f"envelope issued {(job.issued_ms - now_ms) / 1000:.0f} s in the future "
                                 f"(clocks apart by more than {self.config.envelope_skew_s:g} s?)",
                                 code="expired", **ids)  # type: ignore[arg-type]
+        if signer != server_key:
+            self._follow(server_key, signer)
         return job
+
+    def _follow(self, trusted: VerifyKey, new: VerifyKey) -> None:
+        """Trust `new` instead of `trusted` (which endorsed it) from now on, once it is kept on
+        disk: until then the next endorsed envelope tries again (and this one runs anyway)."""
+        configured = self.config.server_key
+        assert configured is not None  # a gateway with no key trusts nothing, so follows nothing
+        try:
+            save_followed_key(self.config.server_key_path, configured, new)
+        except ServerKeyFileError as exc:
+            self._follow_failure.failed(exc)
+            return
+        self._follow_failure.ok()
+        if self.server_key == trusted:
+            self.server_key = new
+            log.info("the server rotated its key: now trusting server key %s, endorsed by %s (no longer trusted)",
+                     new.fingerprint, trusted.fingerprint,
+                     extra={"store": self.config.store, "gateway": self.config.gateway_id})
+            self._status_now.set()  # tell the server at once which key this gateway trusts
 
     def _job_key(self, envelope: JobEnvelope) -> bytes | None:
         """The job key sealed to this gateway (None for a pairing, which needs none)."""
@@ -542,4 +580,5 @@ class Gateway:
         watch = self.radio_watch
         return Status(gateway=self.config.gateway_id, in_flight=self.in_flight,
                       spooled=len(self._known), labels_heard=self.checkins.labels_heard,
-                      radio="up" if watch.up else "down", radio_since=watch.since)
+                      radio="up" if watch.up else "down", radio_since=watch.since,
+                      server_key=None if self.server_key is None else self.server_key.fingerprint)

@@ -276,7 +276,9 @@ class Status:
     """The gateway's health, every few seconds and whenever its radio comes or goes: jobs
     running, jobs spooled, labels heard, and whether its radio works (``radio``: ``up`` or
     ``down``, since ``radio_since``), so the server can show a gateway that is connected but
-    cannot reach a label as degraded rather than online."""
+    cannot reach a label as degraded rather than online. ``server_key`` is the fingerprint (16
+    hex digits) of the server key the gateway trusts, None when it trusts none: after a key
+    rotation it tells which gateways followed (`eslserver.signing`)."""
 
     type: ClassVar[str] = "status"
     gateway: str
@@ -287,10 +289,14 @@ class Status:
     radio: str = "up"
     radio_since: datetime | None = None
     protocol: int = PROTOCOL_VERSION
+    server_key: str | None = None
 
     def __post_init__(self) -> None:
         if not _str("gateway", self.gateway, 200):
             raise EventError("gateway: must not be empty")
+        if self.server_key is not None and not (isinstance(self.server_key, str)
+                                                and re.fullmatch(r"[0-9a-f]{16}", self.server_key)):
+            raise EventError(f"server_key: expected 16 lowercase hex digits, got {self.server_key!r:.80}")
         _set(self, "at", _at(self.at))
         for name in ("in_flight", "spooled", "labels_heard"):
             _int(name, getattr(self, name), 0, _U64_MAX)
@@ -305,7 +311,7 @@ class Status:
                        "in_flight": self.in_flight, "spooled": self.spooled,
                        "labels_heard": self.labels_heard, "radio": self.radio,
                        "radio_since": None if self.radio_since is None else _iso(self.radio_since),
-                       "protocol": self.protocol})
+                       "protocol": self.protocol, "server_key": self.server_key})
 
 
 Event: TypeAlias = Ack | Nack | Checkin | Status
@@ -386,5 +392,6 @@ def parse_event(data: bytes | str) -> Event:
                       spooled=_need(obj, "spooled"), labels_heard=_need(obj, "labels_heard"),
                       radio=obj.get("radio", "up"),  # older gateways do not say: up
                       radio_since=None if obj.get("radio_since") is None else _parse_at(obj, "radio_since"),
-                      protocol=obj.get("protocol", 1))  # a gateway that does not say speaks version 1
+                      protocol=obj.get("protocol", 1),  # a gateway that does not say speaks version 1
+                      server_key=obj.get("server_key"))
     raise EventError(f"type: expected ack, nack, checkin or status, got {kind!r:.80}")
