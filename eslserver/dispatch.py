@@ -650,6 +650,7 @@ class Dispatcher:
             candidates.append((row["label_key"], None))
         for pair in await job_rows.open_pairings(conn, ev.mac):
             candidates.append((pair["command"], pair["id"]))
+        stale = False
         for sealed, pair_job in candidates:
             try:
                 key = self._clear_key(ev.mac, sealed)
@@ -663,12 +664,19 @@ class Dispatcher:
             try:
                 GatewaySession(ev.mac, key, rx=window).open(ev.frame)
             except ProtocolError:
+                if pair_job is None and frame.auth is not None and frame.auth.counter <= row["rx_highest"]:
+                    stale = stale or _authentic(ev.mac, key, ev.frame)
                 continue
             if pair_job is not None:
                 await label_rows.set_key(conn, ev.mac, sealed, tx_counter=frame.rx_counter, rx_highest=0)
                 await self.outbox.finish(conn, pair_job, "done", utcnow())
             return key
-        self._warn_once(ev.mac, "checkin_auth", "check-in from %s failed authentication (forged, replayed or "
+        if stale:  # the label's own, overtaken by newer frames (or replayed): it changes nothing
+            log.debug("check-in from %s is older than frames already seen (counter %d <= %d); ignored", ev.mac,
+                      frame.auth.counter if frame.auth else -1, row["rx_highest"])
+            self.db.after_commit(lambda: self.metrics.events_refused.labels("stale_checkin").inc())
+            return None
+        self._warn_once(ev.mac, "checkin_auth", "check-in from %s failed authentication (forged, or under "
                                                  "another key)", ev.mac)
         return None
 
@@ -688,6 +696,16 @@ class Dispatcher:
             self._warned.add((who, kind))
             log.warning(msg, *args)
 
+
+
+def _authentic(mac: str, key: bytes, raw: bytes) -> bool:
+    """Whether `raw` is a frame of `mac` under `key`, whatever its counter: a stale frame of the
+    label's own, told apart from a forged one so that only forgeries are warned about."""
+    try:
+        GatewaySession(mac, key, rx=ReplayWindow()).open(raw)
+    except ProtocolError:
+        return False
+    return True
 
 
 _WHY_UNCONFIRMED: Final = {

@@ -123,15 +123,18 @@ class FailureLog:
         self.failures = 0
         self._since = 0.0
 
-    def failed(self, exc: BaseException, retry_s: float | None = None, **fields: Any) -> None:
+    def failed(self, exc: BaseException, retry_s: float | None = None, *, trace: bool = True,
+               **fields: Any) -> None:
         """One more failed attempt (`retry_s`: when the next attempt is, for the message;
-        `fields`: this attempt's own, such as the job it was about)."""
+        `trace`: False for a fault whose message says it all, such as a full disk, where a
+        traceback would only bury it; `fields`: this attempt's own, such as the job it was about)."""
         self.failures += 1
         extra = {**self.fields, **fields}
         then = "" if retry_s is None else f"; retrying every {retry_s:g} s"
         if self.failures == 1:
             self._since = time.monotonic()
-            self.logger.error("%s failed: %s%s", self.what, _describe(exc), then, exc_info=exc, extra=extra)
+            self.logger.error("%s failed: %s%s", self.what, _describe(exc), then, exc_info=exc if trace else None,
+                              extra=extra)
         else:
             self.logger.debug("%s failed again (%d): %s", self.what, self.failures, _describe(exc), extra=extra)
 

@@ -502,7 +502,7 @@ class MqttConnection:
             except asyncio.CancelledError:
                 raise
             except Retry as exc:
-                sub.retrying.failed(exc)
+                sub.retrying.failed(exc, trace=False)  # "not now": its reason is the whole story
                 lost = delivery.link.lost
                 await asyncio.wait({lost}, timeout=delay)
                 if lost.done():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -109,7 +110,8 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
 
 
 async def test_a_price_published_on_a_full_disk_is_not_acknowledged_and_applied_once_when_space_is_back(
-        small_disk: Path) -> None:
+        small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="eslserver")
     items = _batch(700, "F")
     async with mosquitto() as url:
         async with Server(_mqtt_settings(small_disk / "data", url), http=False, render_processes=False) as server:
@@ -132,6 +134,10 @@ async def test_a_price_published_on_a_full_disk_is_not_acknowledged_and_applied_
                 (i, item["sku"], item["update_id"], "applied") for i, item in enumerate(items)]
             assert await _history_counts(server, "F") == {item["sku"]: 1 for item in items}  # exactly once
             assert await _scalar(server, "SELECT COUNT(*) FROM audit WHERE action = 'price.update'") == len(items)
+    # the operator reads one line saying why (a full disk) and one saying it recovered, no traceback
+    retried = [r for r in caplog.records if r.name == "eslserver.mqtt" and "left unacknowledged" in r.getMessage()]
+    assert retried and all(r.exc_info is None for r in retried), [r.getMessage() for r in retried]
+    assert any("full" in r.getMessage() for r in retried if r.levelno >= logging.ERROR)
 
 
 async def test_a_message_a_stopped_server_left_unacknowledged_goes_to_the_next_one(small_disk: Path) -> None:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
+
+import pytest
 
 from eslserver.gateway.events import Ack, Nack
 from eslserver.mqtt import MqttConnection, MqttSettings
@@ -76,3 +79,40 @@ async def test_acks_and_nacks_from_another_gateway_change_nothing(tmp_path: Path
         assert states[mac]["expected_hash"] != before["expected_hash"]
         assert states[mac]["displayed_hash"] == states[mac]["expected_hash"]
         assert (await _label_row(s, mac))["gateway"] == "gw1"
+
+
+async def test_a_stale_checkin_is_ignored_quietly_and_a_forged_one_is_warned_about(  # noqa: F811
+        tmp_path: Path, broker_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A label's own check-in overtaken by newer frames (links reorder; a replay looks the same)
+    changes nothing and is only counted; a check-in that does not authenticate is a warning."""
+    from dataclasses import replace
+
+    from eslserver.gateway.events import Checkin
+    from firmware_proto.frames import Checkin as CheckinFrame
+    from firmware_proto.frames import parse_frame
+
+    async with shop(tmp_path, broker_url, labels=1) as s:
+        mac = s.macs[0]
+        await s.seed([MILK])
+        await s.bind({mac: MILK["sku"]})
+        await s.converged()
+        label = s.store.labels[mac]
+        genuine = label.session.checkin()
+        event = Checkin(mac=mac, rssi=-50, frame=genuine).to_json()
+        await s.server.dispatcher.on_event("gw1", event)  # fresh: believed
+        before = await _label_row(s, mac)
+        stale = s.server.metrics.events_refused.labels("stale_checkin")
+        counted = stale._value.get()
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="eslserver.dispatch"):
+            await s.server.dispatcher.on_event("gw1", event)  # the same frame again: older than what was seen
+            assert stale._value.get() == counted + 1
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+            frame = parse_frame(genuine)
+            assert isinstance(frame, CheckinFrame)
+            forged = replace(frame, displayed_hash=bytes(len(frame.displayed_hash))).to_bytes()
+            await s.server.dispatcher.on_event("gw1", Checkin(mac=mac, rssi=-50, frame=forged).to_json())
+            assert any("failed authentication" in r.getMessage() for r in caplog.records
+                       if r.levelno == logging.WARNING)
+        assert stale._value.get() == counted + 1
+        assert await _label_row(s, mac) == before
