@@ -40,8 +40,9 @@ from typing import Any, Final
 from eslserver import __version__
 from eslserver.config import SECRET_KEY_ENV, Settings
 from eslserver.db.database import SCHEMA_VERSION, Database, DatabaseError
+from eslserver.keyfile import replace_key
 from eslserver.keyvault import KeyVault, secret_from_text
-from eslserver.private_files import FILE_MODE, private_dir, write_private
+from eslserver.private_files import FILE_MODE, private_dir
 from eslserver.signing import PREVIOUS_KEY_FILE, SIGNING_KEY_FILE
 from eslserver.startup import StartupError
 from eslserver.timeutil import iso, utcnow
@@ -180,9 +181,10 @@ async def restore(settings: Settings, source: Path, *, force: bool = False) -> B
         database = settings.database_path
         _extract(tar, members[_DB], database)
         for name, key_text in signing.items():
-            write_private(data / name, key_text.decode("ascii", "replace"))
+            replace_key(data / name, bytes.fromhex(key_text.decode("ascii").strip()), "signing key")
     if write_key:
-        _write_key(key_file, secret)
+        private_dir(key_file.parent)
+        replace_key(key_file, secret, "secret key file")
     await _check(settings)
     return BackupInfo(source, str(manifest["eslserver"]), int(manifest["schema_version"]),
                       str(manifest["created_at"]), database.stat().st_size)
@@ -259,20 +261,6 @@ def _holds(path: Path, secret: bytes) -> bool:
         return secret_from_text(path.read_text(encoding="ascii", errors="replace")[:4096], str(path)) == secret
     except (OSError, StartupError):
         return False
-
-
-def _write_key(path: Path, secret: bytes) -> None:
-    private_dir(path.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=".secret.key.restore-", dir=path.parent)  # 0600
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as out:
-            out.write(secret.hex() + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 async def _check(settings: Settings) -> None:
