@@ -329,8 +329,8 @@ async def server_rss(labels: int) -> dict[str, Any]:
             server.line_with("eslserver: http://")
             base.line_with("ready")
             from eslserver.auth import create_token
-            from eslserver.db.database import Database
-            async with Database(data / "esl.db") as db:
+            from eslserver.db.sqlite import SqliteDatabase
+            async with SqliteDatabase(data / "esl.db") as db:
                 token = await create_token(db, "admin", "bench")
             after_start = _rss_mib(server.popen.pid)
             for path in ("/api/v1/labels?limit=100", "/api/v1/summary", "/api/v1/labels?state=ok&limit=500",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from eslserver.db.database import Database
+from eslserver.db.sqlite import SqliteDatabase
 from eslserver.store import images
 
 _CUTOFF = "2026-06-01"
@@ -41,7 +42,7 @@ async def _fill(db: Database, labels: int, unused: int) -> None:
 
 
 async def _pass(path: Path, *, swept: bool) -> dict[str, Any]:
-    async with Database(path) as db:
+    async with SqliteDatabase(path) as db:
         sweep = images.Sweep() if swept else None
         times: list[float] = []
         deleted = 0
@@ -62,7 +63,7 @@ async def main(labels: int, unused: int) -> dict[str, Any]:
         out: dict[str, Any] = {"labels": labels, "unused": unused}
         for name, swept in (("baseline", False), ("sweep", True)):
             path = Path(tmp) / f"{name}.db"
-            async with Database(path) as db:
+            async with SqliteDatabase(path) as db:
                 await _fill(db, labels, unused)
             out[name] = await _pass(path, swept=swept)
         out["longest_ratio"] = out["baseline"]["longest_ms"] / out["sweep"]["longest_ms"]

@@ -10,8 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import aiosqlite
-
+from eslserver.db.database import Connection
 from eslserver.store import audit as store_audit
 from eslserver.timeutil import iso, utcnow
 
@@ -58,7 +57,7 @@ def _dump(value: object) -> str | None:
     return None if value is None else json.dumps(value, default=json_default, ensure_ascii=False, sort_keys=True)
 
 
-async def record_audit(conn: aiosqlite.Connection, who: Who, action: str, target: str,
+async def record_audit(conn: Connection, who: Who, action: str, target: str,
                        before: object = None, after: object = None) -> None:
     """Write one audit row inside the caller's transaction (so it commits with the change)."""
     await store_audit.insert(conn, iso(utcnow()), who.name, who.role, action, target, _dump(before), _dump(after))

@@ -27,10 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-import aiosqlite
-
 from eslserver.audit import record_audit
-from eslserver.db.database import Database
+from eslserver.db.database import Database, Row
 from eslserver.store import tokens
 from eslserver.timeutil import iso, parse_iso, utcnow
 
@@ -155,7 +153,7 @@ async def verify_token(db: Database, token: str) -> Actor | None:
     return Actor(name=str(row["name"]), role=str(row["role"]))
 
 
-def _info(row: aiosqlite.Row) -> TokenInfo:
+def _info(row: Row) -> TokenInfo:
     revoked = row["revoked_at"]
     return TokenInfo(id=str(row["id"]), role=str(row["role"]), name=str(row["name"]),
                      created_at=parse_iso(row["created_at"]),

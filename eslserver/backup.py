@@ -39,7 +39,8 @@ from typing import Any, Final
 
 from eslserver import __version__
 from eslserver.config import SECRET_KEY_ENV, Settings
-from eslserver.db.database import SCHEMA_VERSION, Database, DatabaseError
+from eslserver.db.database import SCHEMA_VERSION, DatabaseError
+from eslserver.db.sqlite import SqliteDatabase
 from eslserver.keyfile import replace_key
 from eslserver.keyvault import KeyVault, secret_from_text
 from eslserver.private_files import FILE_MODE, private_dir
@@ -81,13 +82,16 @@ async def backup(settings: Settings, target: Path) -> BackupInfo:
     """Write the data directory's database and secret key into the new file `target` (0600;
     an existing file is never overwritten). The key must be the database's (checked as the
     server checks it at start), so a backup can always be restored."""
+    if settings.database_url is not None:
+        raise BackupError("the database is on PostgreSQL: back it up with pg_dump (and keep the data "
+                          "directory's secret.key and signing.key with it); esl backup copies SQLite data directories")
     path = settings.database_path
     if not path.is_file():
         raise BackupError(f"no eslserver database in data directory {settings.data_dir} (no {path.name})")
     target = Path(target)
     if target.exists():
         raise BackupError(f"{target} already exists: choose a new file name")
-    db = Database(path)
+    db = SqliteDatabase(path)
     try:
         await db.open()
         vault = KeyVault(settings)
@@ -265,7 +269,7 @@ def _holds(path: Path, secret: bytes) -> bool:
 
 async def _check(settings: Settings) -> None:
     """Open the restored database as the server does (migrations, the key's check value)."""
-    db = Database(settings.database_path)
+    db = SqliteDatabase(settings.database_path)
     try:
         await db.open()
         await KeyVault(settings).load(db)

@@ -90,6 +90,9 @@ class Settings:
     HTTPS only. Without them, bearer tokens cross the network in clear beyond loopback."""
     http_tls_key: Path | None = None
     """The PEM private key of ``http_tls_cert``."""
+    database_url: str | None = field(default=None, repr=False)
+    """``postgresql://user[:password]@host[:port]/database``: the server's data on PostgreSQL (for a
+    chain, and for several server instances on one database). None: SQLite, ``{data_dir}/esl.db``."""
     broker_url: str | None = None
     """``mqtt://[user:pass@]host:port`` or ``mqtts://…``; None runs the embedded broker."""
     mqtt_port: int = 0
@@ -226,6 +229,10 @@ class Settings:
             raise ConfigError(f"topic_prefix: expected 1-32 letters, digits, '_' or '-', got {self.topic_prefix!r}")
         if not (len(self.currency) == 3 and self.currency.isalpha() and self.currency.isupper()):
             raise ConfigError(f"currency: expected an ISO 4217 code such as PLN, got {self.currency!r}")
+        if self.database_url is not None and not re.match(r"^postgres(ql)?://", self.database_url):
+            raise ConfigError(f"database_url: expected postgresql://user@host:port/database, got "
+                              f"{self.database_url.split('://')[0] if '://' in self.database_url else self.database_url!r:.40}"
+                              f"{'://…' if '://' in self.database_url else ''}")
         if self.broker_url is not None and not re.match(r"^mqtts?://", self.broker_url):
             raise ConfigError(f"broker_url: expected mqtt://host:port or mqtts://host:port, got {self.broker_url!r}")
         bounds = {"debounce_ms": (0, 10_000), "render_workers": (0, 64), "render_batch": (1, 10_000),
@@ -280,6 +287,11 @@ class Settings:
     @property
     def database_path(self) -> Path:
         return self.data_dir / "esl.db"
+
+    @property
+    def database(self) -> str | Path:
+        """Where the server's data is: `database_url`, else the SQLite file `database_path`."""
+        return self.database_url if self.database_url is not None else self.database_path
 
     @property
     def key_file(self) -> Path:

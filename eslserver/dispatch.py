@@ -41,10 +41,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-import aiosqlite
-
 from eslserver.config import Settings
-from eslserver.db.database import Database
+from eslserver.db.database import Connection, Database
 from eslserver.gateway.events import (
     PROTOCOL_VERSION,
     REFUSAL_CODES,
@@ -215,7 +213,7 @@ class Dispatcher:
             await asyncio.gather(*(self.publish(self.topics.gateway_jobs(gw), data, 1, False) for gw, data in out))
         return len(out)
 
-    async def _envelope(self, conn: aiosqlite.Connection, row: Any, now: datetime, gateway: str,
+    async def _envelope(self, conn: Connection, row: Any, now: datetime, gateway: str,
                         gateway_key: bytes) -> tuple[JobEnvelope, int] | None:
         """The envelope of a claimed job for `gateway` and the counters it reserves. The
         server builds every frame that needs the label's or the factory's key itself: the
@@ -277,7 +275,7 @@ class Dispatcher:
         sealed for another label or under another secret key raises `SealError`."""
         return self.vault.open_label_key(self.settings.store, mac, sealed)
 
-    async def _fail(self, conn: aiosqlite.Connection, job_id: int, mac: str, reason: str, now: datetime) -> None:
+    async def _fail(self, conn: Connection, job_id: int, mac: str, reason: str, now: datetime) -> None:
         log.error("job %d for %s failed: %s", job_id, mac, reason,
                   extra={"store": self.settings.store, "job": job_id, "mac": mac})
         await self.outbox.finish(conn, job_id, "failed", now, error=reason)
@@ -356,7 +354,7 @@ class Dispatcher:
                     self.on_states(changed)
                 self.poke()
 
-    async def _apply_event(self, conn: aiosqlite.Connection, gateway: str | None,
+    async def _apply_event(self, conn: Connection, gateway: str | None,
                            event: Ack | Nack | Checkin | Status) -> set[str]:
         if isinstance(event, Ack):
             assert gateway is not None
@@ -418,7 +416,7 @@ class Dispatcher:
             self.on_states(set(macs))
         return set(macs)
 
-    async def _ack(self, conn: aiosqlite.Connection, gateway: str, ev: Ack) -> set[str]:
+    async def _ack(self, conn: Connection, gateway: str, ev: Ack) -> set[str]:
         """An ack finishes its job only with the label's own final word (`_final_word`) from
         the gateway the job was sent to; without it nothing changes and the job is retried."""
         now = utcnow()
@@ -488,7 +486,7 @@ class Dispatcher:
             return "bad_tag"
         return frame
 
-    async def _believe(self, conn: aiosqlite.Connection, gateway: str | None, job: Any, label: Any,
+    async def _believe(self, conn: Connection, gateway: str | None, job: Any, label: Any,
                        final: JobStatus | CheckinFrame, *, now: datetime) -> set[str]:
         """Record what the label's verified final word says: its counters, what it shows, its
         sensors (the RSSI it measured too), the gateway that carried it (and for a pairing, its
@@ -507,7 +505,7 @@ class Dispatcher:
     def _unconfirmed(self, reason: str) -> None:
         self.db.after_commit(lambda: self.metrics.acks_unconfirmed.labels(reason).inc())
 
-    async def _seen(self, conn: aiosqlite.Connection, mac: str, gateway: str | None, now: datetime, *,
+    async def _seen(self, conn: Connection, mac: str, gateway: str | None, now: datetime, *,
                     displayed: str | None, battery_mv: int | None, temperature_c: float | None, rssi: int | None,
                     label: Any) -> None:
         """A label was heard (ack or authenticated check-in): its sensors and state."""
@@ -533,7 +531,7 @@ class Dispatcher:
                 await label_rows.mark_dirty(conn, iso(now), mac=mac)
                 self._dirtied = True  # the pipeline is told after the commit
 
-    async def _nack(self, conn: aiosqlite.Connection, gateway: str | None, ev: Nack) -> set[str]:
+    async def _nack(self, conn: Connection, gateway: str | None, ev: Nack) -> set[str]:
         """A job ended without success: retried, or failed. Nacks of envelopes the gateway
         refused to run change nothing (anybody who can publish on its job topic can cause
         one); a nack from another gateway than the job's, or about an earlier delivery, is
@@ -581,7 +579,7 @@ class Dispatcher:
         self._warn_once(gateway or "?", f"refused_{ev.code}", "gateway %s refused job %d of %s (%s): %s%s",
                         gateway, ev.job, ev.mac, ev.code, ev.reason, hint)
 
-    async def _checkin(self, conn: aiosqlite.Connection, gateway: str, ev: Checkin) -> set[str]:
+    async def _checkin(self, conn: Connection, gateway: str, ev: Checkin) -> set[str]:
         try:
             frame = parse_frame(ev.frame)
         except ProtocolError as exc:
@@ -643,7 +641,7 @@ class Dispatcher:
             changed = True
         return {ev.mac} if changed else set()
 
-    async def _verify(self, conn: aiosqlite.Connection, row: Any, ev: Checkin, frame: CheckinFrame) -> bytes | None:
+    async def _verify(self, conn: Connection, row: Any, ev: Checkin, frame: CheckinFrame) -> bytes | None:
         """The key the check-in is authenticated with (adopting a pairing whose ack was lost)."""
         candidates: list[tuple[bytes, int | None]] = []
         if row["label_key"] is not None:

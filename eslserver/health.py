@@ -35,12 +35,34 @@ _FAULTS: Final = {sqlite3.SQLITE_FULL: "disk full", sqlite3.SQLITE_READONLY: "re
 _DISK_FULL: Final = "database: disk full"
 
 
+_PG_FAULTS: Final = {"53": "out of resources", "53100": "disk full", "25006": "read-only", "08": "connection lost",
+                     "57P": "server shutting down", "58": "I/O error", "XX001": "corrupt", "XX002": "corrupt"}
+"""PostgreSQL SQLSTATEs (whole codes, or their leading class) that mean the server or its disk is
+at fault, not the request."""
+
+
+def _pg_fault(exc: BaseException) -> str | None:
+    """What a PostgreSQL driver error says of the database server (None: the request's fault)."""
+    module = type(exc).__module__
+    if not module.startswith("asyncpg"):
+        return "unreachable" if isinstance(exc, OSError) else None
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str):
+        return _PG_FAULTS.get(state) or _PG_FAULTS.get(state[:3]) or _PG_FAULTS.get(state[:2])
+    return "connection lost" if "connection" in type(exc).__name__.lower() else None
+
+
 def database_fault(exc: BaseException) -> tuple[str, str] | None:
     """(component, reason) of a database error that is the machine's or the file's fault
     (``("database", "database: disk full")``), or None for an error of the request itself
     (a constraint, a programming error), which says nothing about health."""
     if not isinstance(exc, sqlite3.Error):
-        return None
+        kind = _pg_fault(exc)
+        if kind is None:
+            return None
+        if kind == "corrupt":
+            return "database_integrity", f"database: corrupt ({exc})"
+        return "database", f"database: {kind} ({exc})"
     code = getattr(exc, "sqlite_errorcode", None)
     kind = _FAULTS.get(code & 0xFF) if isinstance(code, int) else None
     if kind is None and "Could not decode to UTF-8" in str(exc):

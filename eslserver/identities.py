@@ -34,10 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
-import aiosqlite
-
 from eslserver.audit import Who, record_audit
-from eslserver.db.database import Database, Reader
+from eslserver.db.database import Connection, Database, Reader
 from eslserver.mqtt import MqttSettings
 from eslserver.mqtt_access import AccessSnapshot, Identity, IdentityError, Role
 from eslserver.mqtt_passwords import hash_password, new_password, verify_password
@@ -125,7 +123,7 @@ async def add_identity(db: Database, identity: Identity, actor: Who, *, reset: b
     return credentials
 
 
-async def _set_password(conn: aiosqlite.Connection, credentials: Credentials, row: Any, actor: Who) -> None:
+async def _set_password(conn: Connection, credentials: Credentials, row: Any, actor: Who) -> None:
     """Store the hash of `credentials`' password: a new identity when `row` (its current row)
     is None, else a new password (reinstating a revoked one). Audited."""
     identity, now = credentials.identity, iso(utcnow())

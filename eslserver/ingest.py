@@ -30,12 +30,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import aiosqlite
-
 from eslserver import faults, pos_limits, pricing
 from eslserver.audit import Who, changed, record_audit
 from eslserver.config import Settings
-from eslserver.db.database import Database, DatabaseError
+from eslserver.db.database import Connection, Database, DatabaseError
 from eslserver.health import database_fault
 from eslserver.metrics import Metrics
 from eslserver.pos_fields import in_pos_terms, read_update
@@ -79,6 +77,11 @@ class Unavailable(Exception):
             return exc
         if isinstance(exc, DatabaseError):  # ours: the database is not open (the server stops)
             return cls(f"database: {exc}")
+        if getattr(exc, "sqlstate", None) in ("40001", "40P01"):  # PostgreSQL: serialisation, deadlock
+            return cls(f"database: {exc}", retry_after_s=1)
+        if not isinstance(exc, sqlite3.Error):
+            fault = database_fault(exc)  # PostgreSQL: the server unreachable, its disk full…
+            return None if fault is None else cls(fault[1])
         if not (isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError):
             return None
         fault = database_fault(exc)
@@ -253,7 +256,7 @@ class Ingest:
         if count:
             self.metrics.updates_rejected.labels(source, str(body.get("error", "invalid"))).inc()
 
-    async def _accept(self, conn: aiosqlite.Connection, update: PriceUpdate, received: datetime,
+    async def _accept(self, conn: Connection, update: PriceUpdate, received: datetime,
                       source: str, actor: Who) -> str | PriceError:
         """The item's status, or the `PriceError` refusing it against what is stored. An
         ``update_id`` accepted before is a ``duplicate`` (the POS re-sent what it saw no
@@ -266,7 +269,7 @@ class Ingest:
             await pos_updates.remember(conn, store, update.update_id, update.sku, status, iso(received))
         return status
 
-    async def _decide(self, conn: aiosqlite.Connection, update: PriceUpdate, received: datetime,
+    async def _decide(self, conn: Connection, update: PriceUpdate, received: datetime,
                       source: str, actor: Who) -> str | PriceError:
         """`_accept` for an item not seen before: stale, refused, scheduled or applied."""
         store = self.settings.store
@@ -342,7 +345,7 @@ class Ingest:
         return parse_iso(due) if due else None
 
 
-async def apply_update(conn: aiosqlite.Connection, store: str, update: PriceUpdate, effective: datetime,
+async def apply_update(conn: Connection, store: str, update: PriceUpdate, effective: datetime,
                        received: datetime, source: str, actor: Who, *, scheduled: bool = False) -> None:
     """Make `update` the product's current state at `effective`: record, history, labels.
     A product a POS token creates is listed as new (``created_by_pos``) until another role

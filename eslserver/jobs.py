@@ -17,9 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
-import aiosqlite
-
-from eslserver.db.database import Database
+from eslserver.db.database import Connection, Database
 from eslserver.metrics import JOB_OUTCOMES, Metrics
 from eslserver.store import jobs as job_rows
 from eslserver.store import labels as label_rows
@@ -43,7 +41,7 @@ class Outbox:
         self.db = db
         self.metrics = metrics
 
-    async def insert(self, conn: aiosqlite.Connection, *, store: str, mac: str, kind: str, now: datetime,
+    async def insert(self, conn: Connection, *, store: str, mac: str, kind: str, now: datetime,
                      origin_at: str | None = None, **columns: Any) -> int:
         """Queue a job; `columns` are other job columns (image_hash, payload, command, …)."""
         job = await job_rows.insert(conn, {"store": store, "mac": mac, "kind": kind, "state": "queued",
@@ -52,7 +50,7 @@ class Outbox:
         self._created(kind, 1)
         return job
 
-    async def insert_many(self, conn: aiosqlite.Connection, *, store: str, kind: str, now: datetime,
+    async def insert_many(self, conn: Connection, *, store: str, kind: str, now: datetime,
                           columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         """Queue one job of `kind` per row, a row holding the values of `columns` (one
         statement for all: a repricing queues thousands at once)."""
@@ -63,7 +61,7 @@ class Outbox:
                                    [(store, kind, "queued", stamp, stamp, *row) for row in rows])
         self._created(kind, len(rows))
 
-    async def ensure_pair(self, conn: aiosqlite.Connection, *, store: str, mac: str, now: datetime,
+    async def ensure_pair(self, conn: Connection, *, store: str, mac: str, now: datetime,
                           sealed_key: bytes) -> bool:
         """Queue a pairing for `mac` unless it has a key or a pairing is open; True if one was
         queued. Checked here, in the caller's transaction: what the caller read before may be
@@ -76,7 +74,7 @@ class Outbox:
         await self.insert(conn, store=store, mac=mac, kind=JobKind.PAIR, now=now, command=sealed_key)
         return True
 
-    async def finish(self, conn: aiosqlite.Connection, job_id: int, outcome: str, now: datetime, *,
+    async def finish(self, conn: Connection, job_id: int, outcome: str, now: datetime, *,
                      error: str | None = None) -> bool:
         """End an open job as `outcome` (``done``, ``failed``); False if it was not open (a
         duplicate ack, a job already superseded or failed): nothing is changed or counted."""
@@ -88,7 +86,7 @@ class Outbox:
         self._finished(kind, outcome, 1)
         return True
 
-    async def supersede_images(self, conn: aiosqlite.Connection, macs: Iterable[str], now: datetime) -> int:
+    async def supersede_images(self, conn: Connection, macs: Iterable[str], now: datetime) -> int:
         """End the queued image jobs of `macs` as ``superseded`` (a newer image, or none, is
         wanted); returns how many."""
         superseded = await job_rows.supersede_images(conn, list(macs), iso(now))

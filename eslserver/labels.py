@@ -19,11 +19,9 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import aiosqlite
-
 from eslserver.audit import Who, record_audit
 from eslserver.config import Settings
-from eslserver.db.database import Database
+from eslserver.db.database import Connection, Database
 from eslserver.jobs import JobKind, Outbox
 from eslserver.keyvault import KeyVault
 from eslserver.metrics import Metrics
@@ -97,7 +95,7 @@ class Labels:
     async def states(self, macs: Iterable[str]) -> list[dict[str, Any]]:
         return [state_json(r) for r in await label_rows.states(self.db, macs)]
 
-    async def register(self, conn: aiosqlite.Connection, mac: str, model: str, *, gateway: str | None = None,
+    async def register(self, conn: Connection, mac: str, model: str, *, gateway: str | None = None,
                        sku: str | None = None, template: str | None = None, aisle: str | None = None) -> bool:
         """Add a label the server has not seen (discovered, or imported); True if it was new."""
         get_model(model)

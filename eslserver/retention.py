@@ -26,17 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
-import aiosqlite
-
 from eslserver import pricing
 from eslserver.config import Settings
-from eslserver.db.database import Database
+from eslserver.db.database import Connection, Database
 from eslserver.metrics import Metrics
 from eslserver.store import audit as audit_rows
 from eslserver.store import events as event_rows
@@ -44,7 +41,7 @@ from eslserver.store import images as image_rows
 from eslserver.store import jobs as job_rows
 from eslserver.store import pos_updates
 from eslserver.store import products
-from eslserver.store.sizes import table_rows
+from eslserver.store.sizes import database_bytes, table_rows
 from eslserver.timeutil import iso, utcnow
 
 __all__ = ["BATCH", "MAX_BATCHES", "PRUNERS", "Retention", "RoundReport", "history_to_prune"]
@@ -65,7 +62,7 @@ RULE_MARGIN: Final = timedelta(days=1)
 with a reduction that starts later, and a shorter piece of the timeline than this never
 decides a price."""
 
-Prune = Callable[[aiosqlite.Connection, str, int], Awaitable[int]]
+Prune = Callable[[Connection, str, int], Awaitable[int]]
 
 PRUNERS: Final[tuple[tuple[str, str, Prune], ...]] = (
     ("jobs", "retention_jobs_days", job_rows.prune_before),
@@ -193,19 +190,8 @@ class Retention:
         counts = await table_rows(self.db)
         for table, rows in counts.items():
             self.metrics.table_rows.labels(table).set(rows)
-        self.metrics.database_bytes.set(database_bytes(self.db))
+        self.metrics.database_bytes.set(await database_bytes(self.db))
         return counts
-
-
-def database_bytes(db: Database) -> int:
-    """The size of the database file and its write-ahead log (what the disk holds of it)."""
-    total = 0
-    for path in (db.path, db.path.with_name(db.path.name + "-wal")):
-        try:
-            total += os.stat(path).st_size
-        except FileNotFoundError:
-            pass
-    return total
 
 
 def history_to_prune(rows: Sequence[tuple[int, pricing.PricePeriod]], now: datetime,

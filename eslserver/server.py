@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from datetime import datetime, timedelta
@@ -29,11 +28,12 @@ from eslserver import pos_limits
 from eslserver.auth import Actor
 from eslserver.broker import EmbeddedBroker
 from eslserver.config import Settings
-from eslserver.db.database import Database, DatabaseError
+from eslserver.db.database import Database, DatabaseError, open_database
 from eslserver.dispatch import Dispatcher
 from eslserver.health import Health, database_fault
 from eslserver.identities import Credentials, IdentityRegistry, ensure_server_identity, server_password
 from eslserver.ingest import Ingest, Unavailable, ack_message, error_message
+from eslserver.instance_lock import InstanceLock
 from eslserver.jobs import Outbox
 from eslserver.keyvault import KeyVault
 from eslserver.label_templates import Templates
@@ -83,7 +83,8 @@ class Server:
         self.use_mqtt = mqtt
         self.use_http = http
         self.render_processes = render_processes
-        self.db = Database(settings.database_path)
+        self.db: Database = open_database(settings.database)
+        self._instance_lock = InstanceLock(settings.data_dir)
         self.metrics = Metrics()
         self.health = Health(self.metrics.health)
         """Ok, or degraded with the reasons (`/healthz`, ``esl_health``)."""
@@ -213,10 +214,12 @@ class Server:
             else:
                 self.health.fault("database_integrity", f"database: corrupt (quick_check: {problem})")
         if self.health.reason("database") is not None and self._disk_has_room():
-            with contextlib.suppress(sqlite3.Error):  # the fault stays, `on_fault` was told
+            with contextlib.suppress(*self.db.errors):  # the fault stays, `on_fault` was told
                 await self.db.probe_write()
 
     def _disk_has_room(self) -> bool:
+        if self.db.path is None:  # a database server watches its own disk
+            return True
         return shutil.disk_usage(self.db.path.parent).free >= _ROOM_BYTES
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -233,10 +236,17 @@ class Server:
 
     async def start(self) -> None:
         s = self.settings
+        if self.db.path is not None:  # SQLite: one server per data directory
+            try:
+                self._instance_lock.acquire()
+            except OSError as exc:
+                raise StartupError("data_dir", f"cannot use the data directory {s.data_dir}: {os_reason(exc)}") from exc
         try:
             await self.db.open()
         except (OSError, DatabaseError) as exc:
             reason = os_reason(exc) if isinstance(exc, OSError) else str(exc)
+            if self.db.path is None:
+                raise StartupError("database_url", f"cannot use the database: {reason}") from exc
             raise StartupError("data_dir", f"cannot use the data directory {s.data_dir}: {reason}") from exc
         try:
             await self.vault.load(self.db)  # the wrong secret key stops the start here, before any job
@@ -245,8 +255,9 @@ class Server:
             self.credentials = await ensure_server_identity(self.db, s.instance, password)
             await self.identities.refresh()
             await self._stop_unregistered_gateways()
-        except sqlite3.Error as exc:  # locked by another process past busy_timeout, read-only, full
-            raise StartupError("data_dir", f"cannot write the database {self.db.path}: {exc}") from exc
+        except self.db.errors as exc:  # locked by another process past busy_timeout, read-only, full, unreachable
+            raise StartupError("data_dir" if self.db.path is not None else "database_url",
+                               f"cannot write the database {self.db.location}: {exc}") from exc
         await Outbox(self.db, self.metrics).adopt_open()
         if self.render_processes:
             # the pipeline's render processes, and a small pool of its own for previews and
@@ -306,7 +317,7 @@ class Server:
                                    host_setting="http_host") from exc
             sockets = self._runner.addresses
             self.http_port = sockets[0][1] if sockets else s.http_port
-        log.info("eslserver %s/%s started (database %s, broker %s, http %s)", s.store, s.instance, self.db.path,
+        log.info("eslserver %s/%s started (database %s, broker %s, http %s)", s.store, s.instance, self.db.location,
                  redact_url(self.broker_url or "none"), f"{self.http_scheme}://{s.http_host}:{self.http_port}"
                  if self.use_http else "off")
 
@@ -335,6 +346,7 @@ class Server:
                 await asyncio.to_thread(pool.close)
         self.executor = self.preview_pool = self.pipeline.executor = self.templates.pool = self.uploads.pool = None
         await self.db.close()
+        self._instance_lock.release()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=f"eslserver-{name}")

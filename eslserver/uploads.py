@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-import aiosqlite
-
 from eslserver.audit import Who, record_audit
 from eslserver.config import Settings
-from eslserver.db.database import Database
+from eslserver.db.database import Connection, Database
 from eslserver.price_rules import image_values
 from eslserver.pricing import PriceError, PriceUpdate
 from eslserver.store import uploads as rows
@@ -254,7 +251,7 @@ class Uploads:
                     await record_audit(conn, actor, "image.upload", image.src, None, image.audit())
                 else:
                     await record_audit(conn, actor, "image.name", image.src, {"name": None}, {"name": name})
-        except sqlite3.IntegrityError:  # a concurrent upload took the name first
+        except self.db.integrity_error:  # a concurrent upload took the name first
             raise UploadConflict("name_taken", f"name: {name!r} was just given to another image") from None
         self.invalidate()
         self._keep(digest, made.png)
@@ -298,14 +295,14 @@ def parse_name(name: str) -> str:
     return name
 
 
-async def _name_free(conn: aiosqlite.Connection, store: str, name: str, digest: str) -> None:
+async def _name_free(conn: Connection, store: str, name: str, digest: str) -> None:
     taken = await rows.by_name(conn, store, name)
     if taken is not None and taken["digest"] != digest:
         raise UploadConflict("name_taken", f"name: {name!r} already names sha256:{taken['digest']}; "
                              "delete that image first to give the name to another")
 
 
-async def unknown_image(conn: aiosqlite.Connection, store: str, update: PriceUpdate) -> PriceError | None:
+async def unknown_image(conn: Connection, store: str, update: PriceUpdate) -> PriceError | None:
     """The `PriceError` refusing `update` when its ``image`` (or ``attributes.image``) names an
     upload that is not there (a typo, a deleted image); None when every one is there. Read in
     the caller's transaction, so the answer holds for what it commits."""

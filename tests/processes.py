@@ -54,7 +54,7 @@ async def trust_gateway(server_data: Path, gateway_data: Path, store: str, gatew
     public key too (``esl trust gateway``); returns the ``esl gateway`` arguments that give it
     the server's public key. (The test brokers let anyone in: the identity's password is not used.)"""
     from eslserver.config import load_settings
-    from eslserver.db.database import Database
+    from eslserver.db.sqlite import SqliteDatabase
     from eslserver.gateway.bridge import GatewayConfig
     from eslserver.gateway.identity import load_or_create_key
     from eslserver.identities import add_identity
@@ -66,7 +66,7 @@ async def trust_gateway(server_data: Path, gateway_data: Path, store: str, gatew
     settings = load_settings(None, environ={}, overrides={"data_dir": server_data})
     signing = load_signing_key(settings)
     key, _ = load_or_create_key(GatewayConfig(store=store, gateway_id=gateway, data_dir=gateway_data).key_path)
-    async with Database(settings.database_path) as db:
+    async with SqliteDatabase(settings.database_path) as db:
         await add_identity(db, Identity(Role.GATEWAY, gateway, store), SYSTEM, reset=True)
         await register_gateway_key(db, store, gateway, key.public, actor=SYSTEM)
     return ["--server-public-key", signing.public.hex()]

@@ -17,6 +17,7 @@ from eslserver.auth import (
     ROLES, Actor, AuthError, UnknownTokenError, create_token, list_tokens, parse_token, revoke_token, verify_token,
 )
 from eslserver.db.database import Database
+from eslserver.db.sqlite import SqliteDatabase
 from tests.test_api_schema import ApiClient, api  # noqa: F401  (fixture)
 
 TOKEN_RE = re.compile(r"^esl_[0-9a-f]{12}_[a-z2-7]{32}$")
@@ -24,7 +25,7 @@ TOKEN_RE = re.compile(r"^esl_[0-9a-f]{12}_[a-z2-7]{32}$")
 
 @pytest.fixture
 async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
-    async with Database(tmp_path / "esl.db") as database:
+    async with SqliteDatabase(tmp_path / "esl.db") as database:
         yield database
 
 

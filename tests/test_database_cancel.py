@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from eslserver.db.database import Database
+from eslserver.db.sqlite import SqliteDatabase
 
 
 @pytest.mark.parametrize("yields", range(0, 8))
 async def test_a_transaction_cancelled_anywhere_leaves_the_writer_usable(tmp_path: Path, yields: int) -> None:
-    async with Database(tmp_path / "esl.db") as db:
+    async with SqliteDatabase(tmp_path / "esl.db") as db:
         async def write() -> None:
             async with db.transaction() as conn:
                 await conn.execute("INSERT INTO stores (id, name, currency, field_map, created_at) "

@@ -21,7 +21,8 @@ import pytest
 
 from eslserver.auth import create_token
 from eslserver.config import load_settings
-from eslserver.db.database import Database, DatabaseError
+from eslserver.db.database import DatabaseError
+from eslserver.db.sqlite import SqliteDatabase
 from eslserver.health import Health
 from eslserver.server import SYSTEM, Server
 from tests.brokers import MosquittoBroker
@@ -161,7 +162,7 @@ async def test_a_database_with_overwritten_pages_is_refused_at_open(tmp_path: Pa
     assert path.stat().st_size > 10 * PAGE
     _overwrite_pages(path, [3, 5])
     with pytest.raises(DatabaseError, match=r"is corrupt \(quick_check: .+\); restore it from a backup"):
-        await Database(path).open()
+        await SqliteDatabase(path).open()
 
 
 async def test_a_foreign_database_is_refused_and_left_alone(tmp_path: Path) -> None:
@@ -170,7 +171,7 @@ async def test_a_foreign_database_is_refused_and_left_alone(tmp_path: Path) -> N
         conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
     conn.close()
     with pytest.raises(DatabaseError, match="is not an eslserver database .*invoices"):
-        await Database(path).open()
+        await SqliteDatabase(path).open()
     with sqlite3.connect(path) as conn:  # nothing of ours was written into it
         assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["invoices"]
     conn.close()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from eslserver.db.database import SCHEMA_VERSION, Database, DatabaseError
+from eslserver.db.database import SCHEMA_VERSION, DatabaseError
+from eslserver.db.sqlite import SqliteDatabase
 from eslserver.server import SYSTEM, Server
 from eslserver.timeutil import utcnow
 from tests.pipeline_shop import shop_settings
@@ -92,7 +93,7 @@ async def test_promotion_boundaries_redraw_labels(server: Server) -> None:
 
 async def test_migrations_are_ordered_and_refuse_a_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "esl.db"
-    async with Database(path) as db:
+    async with SqliteDatabase(path) as db:
         row = await db.read_one("PRAGMA user_version")
         assert row is not None and row[0] == SCHEMA_VERSION
         tables = {r[0] for r in await db.read("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -100,9 +101,9 @@ async def test_migrations_are_ordered_and_refuse_a_newer_schema(tmp_path: Path) 
                 "audit", "tokens", "images", "scheduled_updates"} <= tables
         mode = await db.read_one("PRAGMA journal_mode")
         assert mode is not None and mode[0] == "wal"
-    async with Database(path):  # reopening applies nothing twice
+    async with SqliteDatabase(path):  # reopening applies nothing twice
         pass
     with sqlite3.connect(path) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(DatabaseError, match="newer than this eslserver"):
-        await Database(path).open()
+        await SqliteDatabase(path).open()

@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eslserver.db.database import Database, DatabaseError
+from eslserver.db.database import DatabaseError
+from eslserver.db.sqlite import SqliteDatabase
 from eslserver.server import SYSTEM, Server
 from eslserver.timeutil import iso, utcnow
 from tests.brokers import broker_url  # noqa: F401  (fixture: mosquitto and amqtt)
@@ -175,7 +176,7 @@ async def test_counts_follow_commits_not_attempts(tmp_path: Path) -> None:
     """What `Outbox` counts is applied after COMMIT: a rolled-back transaction, or a failed
     savepoint inside one (one bad gateway event of a batch), counts nothing."""
     counted: list[str] = []
-    async with Database(tmp_path / "esl.db") as db:
+    async with SqliteDatabase(tmp_path / "esl.db") as db:
         async with db.transaction() as conn:
             db.after_commit(lambda: counted.append("kept"))
             with pytest.raises(ValueError):

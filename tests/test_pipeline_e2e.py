@@ -14,14 +14,15 @@ from pathlib import Path
 
 from eslserver.timeutil import utcnow
 from tests.brokers import broker_url  # noqa: F401  (fixture: mosquitto and amqtt)
+from tests.postgres import database_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
 from tests.pipeline_shop import collect, expected_hash_for, shop
 
 MILK = {"sku": "100100", "name": "Mleko 3,2% 1 l", "price": "3.49", "seq": 1}
 BREAD = {"sku": "100200", "name": "Chleb żytni 500 g", "price": "5.99", "unit": {"size": 500, "measure": "g"}, "seq": 1}
 
 
-async def test_price_on_mqtt_reaches_the_label(tmp_path: Path, broker_url: str) -> None:  # noqa: F811
-    async with shop(tmp_path, broker_url, labels=3) as s:
+async def test_price_on_mqtt_reaches_the_label(tmp_path: Path, broker_url: str, database_url: str | None) -> None:  # noqa: F811
+    async with shop(tmp_path, broker_url, labels=3, database_url=database_url) as s:
         await s.seed([MILK, BREAD])
         a, b, c = s.macs
         await s.bind({a: MILK["sku"], b: MILK["sku"], c: BREAD["sku"]})
@@ -46,8 +47,8 @@ async def test_price_on_mqtt_reaches_the_label(tmp_path: Path, broker_url: str) 
         assert snapshot.startswith(b"\x89PNG")
 
 
-async def test_bad_item_is_answered_and_the_rest_applied(tmp_path: Path, broker_url: str) -> None:  # noqa: F811
-    async with shop(tmp_path, broker_url, labels=1) as s:
+async def test_bad_item_is_answered_and_the_rest_applied(tmp_path: Path, broker_url: str, database_url: str | None) -> None:  # noqa: F811
+    async with shop(tmp_path, broker_url, labels=1, database_url=database_url) as s:
         await s.seed([MILK])
         await s.bind({s.macs[0]: MILK["sku"]})
         await s.converged()
@@ -75,8 +76,8 @@ async def test_bad_item_is_answered_and_the_rest_applied(tmp_path: Path, broker_
         assert stale == 1
 
 
-async def test_promotion_starts_and_ends_on_time(tmp_path: Path, broker_url: str) -> None:  # noqa: F811
-    async with shop(tmp_path, broker_url, labels=1) as s:
+async def test_promotion_starts_and_ends_on_time(tmp_path: Path, broker_url: str, database_url: str | None) -> None:  # noqa: F811
+    async with shop(tmp_path, broker_url, labels=1, database_url=database_url) as s:
         start = utcnow() + timedelta(seconds=2)
         end = start + timedelta(seconds=2)
         promo = {"price": "2.49", "from": start.isoformat(), "to": end.isoformat()}

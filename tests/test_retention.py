@@ -17,14 +17,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eslserver import pricing
 from eslserver.config import MIN_PRICE_HISTORY_DAYS, ConfigError, Settings, load_settings
-from eslserver.db.database import Database
+from eslserver.db.database import Connection, Database
 from eslserver.history_import import import_history
 from eslserver.ingest import price_periods
 from eslserver.metrics import Metrics
@@ -37,6 +37,7 @@ from eslserver.store import jobs as job_rows
 from eslserver.store import products
 from eslserver.timeutil import iso, utcnow
 from tests.pipeline_shop import expected_hash_for
+from tests.postgres import engine_db  # noqa: F401  (fixture: SQLite and PostgreSQL)
 from tests.test_metrics import scrape
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
@@ -47,23 +48,25 @@ def _settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 
 class CountingDatabase(Database):
-    """The real database, counting its write transactions (how many a round takes)."""
+    """The real database (SQLite or PostgreSQL), counting its write transactions (how many a round takes)."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.transactions = 0
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with super().transaction() as conn:
-            self.transactions += 1
-            yield conn
+    transactions: int
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[CountingDatabase]:
-    async with CountingDatabase(tmp_path / "esl.db") as database:
-        yield database  # type: ignore[misc]
+async def db(engine_db: Database) -> AsyncIterator[CountingDatabase]:
+    counting: Any = engine_db
+    counting.transactions = 0
+    plain = engine_db.transaction
+
+    @contextlib.asynccontextmanager
+    async def transaction() -> AsyncIterator[Connection]:
+        async with plain() as conn:
+            counting.transactions += 1
+            yield conn
+
+    counting.transaction = transaction
+    yield counting
 
 
 def _ago(days: float) -> str:
@@ -74,13 +77,13 @@ async def _ids(db: Database, table: str, key: str = "id") -> set[Any]:
     return {r[0] for r in await db.read(f"SELECT {key} FROM {table}")}
 
 
-async def _label(conn: aiosqlite.Connection, mac: str, *, expected: str | None = None,
+async def _label(conn: Connection, mac: str, *, expected: str | None = None,
                  displayed: str | None = None) -> None:
     await conn.execute("INSERT INTO labels (mac, store, model, updated_at, expected_hash, displayed_hash) "
                        "VALUES (?, 'demo', '2.9-bwry', ?, ?, ?)", (mac, _ago(0), expected, displayed))
 
 
-async def _job(conn: aiosqlite.Connection, mac: str, state: str, *, finished_days: float | None,
+async def _job(conn: Connection, mac: str, state: str, *, finished_days: float | None,
                created_days: float = 100, image: str | None = None, base: str | None = None) -> int:
     return await job_rows.insert(conn, {
         "store": "demo", "mac": mac, "kind": "image", "state": state, "image_hash": image, "base_hash": base,
@@ -90,7 +93,7 @@ async def _job(conn: aiosqlite.Connection, mac: str, state: str, *, finished_day
 
 # -- jobs, events, audit, images -----------------------------------------------------------
 
-async def test_old_rows_go_and_what_is_open_or_used_stays(db: CountingDatabase) -> None:
+async def test_old_rows_go_and_what_is_open_or_used_stays(db: CountingDatabase, tmp_path: Path) -> None:
     async with db.transaction() as conn:
         await _label(conn, "AA:00:00:00:00:01", expected="e" * 64, displayed="d" * 64)
         jobs = {
@@ -115,7 +118,7 @@ async def test_old_rows_go_and_what_is_open_or_used_stays(db: CountingDatabase) 
         }
         await image_rows.add_many(conn, [(digest, "2.9-bwry", 1, b"x", _ago(6 if name == "unused_young" else 90))
                                          for name, digest in images.items()])
-    report = await Retention(db, _settings(db.path.parent), Metrics()).run(NOW)
+    report = await Retention(db, _settings(tmp_path), Metrics()).run(NOW)
 
     assert await _ids(db, "jobs") == {jobs[k] for k in ("done_young", "queued_ancient", "sent_ancient")}
     assert sorted(json.loads(r["detail"])["d"] for r in await db.read("SELECT detail FROM events")) == [29]
@@ -126,27 +129,27 @@ async def test_old_rows_go_and_what_is_open_or_used_stays(db: CountingDatabase) 
                               "price_history": 0}
 
 
-async def test_zero_keeps_everything(db: CountingDatabase) -> None:
+async def test_zero_keeps_everything(db: CountingDatabase, tmp_path: Path) -> None:
     async with db.transaction() as conn:
         await event_rows.add_many(conn, [event_rows.Event(_ago(3000), None, None, None, "nack", {})])
         await image_rows.add_many(conn, [("0" * 64, "2.9-bwry", 1, b"x", _ago(3000))])
         await _job(conn, "AA:00:00:00:00:01", "done", finished_days=3000)
         await audit_rows.insert(conn, _ago(3000), "admin", "admin", "label.bind", "x", None, None)
-    forever = _settings(db.path.parent, retention_jobs_days=0, retention_events_days=0, retention_audit_days=0,
+    forever = _settings(tmp_path, retention_jobs_days=0, retention_events_days=0, retention_audit_days=0,
                         retention_images_days=0, retention_price_history_days=0)
     report = await Retention(db, forever, Metrics()).run(NOW)
     assert set(report.batches) == {"pos_update_ids"}  # its own setting has no "forever"
     for table in ("events", "images", "jobs", "audit"):
-        assert len(await _ids(db, table, "rowid" if table != "images" else "hash")) == 1, table
+        assert len(await _ids(db, table, "id" if table != "images" else "hash")) == 1, table
 
 
-async def test_a_prune_of_1200_rows_takes_three_transactions_of_at_most_500(db: CountingDatabase) -> None:
+async def test_a_prune_of_1200_rows_takes_three_transactions_of_at_most_500(db: CountingDatabase, tmp_path: Path) -> None:
     async with db.transaction() as conn:
         await event_rows.add_many(conn, [event_rows.Event(_ago(60 + i / 1000), None, None, None, "nack", {})
                                          for i in range(1200)])
         await event_rows.add(conn, event_rows.Event(_ago(1), None, None, None, "nack", {}))
     metrics = Metrics()
-    keep_others = _settings(db.path.parent, retention_jobs_days=0, retention_audit_days=0, retention_images_days=0,
+    keep_others = _settings(tmp_path, retention_jobs_days=0, retention_audit_days=0, retention_images_days=0,
                             retention_price_history_days=0)
     retention = Retention(db, keep_others, metrics, batch=500)
     before = db.transactions
@@ -157,11 +160,11 @@ async def test_a_prune_of_1200_rows_takes_three_transactions_of_at_most_500(db: 
     assert metrics.registry.get_sample_value("esl_retention_deleted_total", {"table": "events"}) == 1200
 
 
-async def test_a_round_lets_other_writers_in_between_its_batches(db: CountingDatabase) -> None:
+async def test_a_round_lets_other_writers_in_between_its_batches(db: CountingDatabase, tmp_path: Path) -> None:
     async with db.transaction() as conn:
         await event_rows.add_many(conn, [event_rows.Event(_ago(60), None, None, None, "nack", {})
                                          for _ in range(5000)])
-    retention = Retention(db, _settings(db.path.parent), Metrics(), batch=500)
+    retention = Retention(db, _settings(tmp_path), Metrics(), batch=500)
     order: list[str] = []
     waits: list[float] = []
     loop = asyncio.get_running_loop()
@@ -198,7 +201,7 @@ async def test_a_batch_without_a_bound_is_refused(db: CountingDatabase, limit: A
     assert len(await _ids(db, "events")) == 1
 
 
-async def test_images_in_use_do_not_slow_the_sweep_down_or_stop_it(db: CountingDatabase) -> None:
+async def test_images_in_use_do_not_slow_the_sweep_down_or_stop_it(db: CountingDatabase, tmp_path: Path) -> None:
     """Thousands of old images still shown, a few unused ones among and after them: one round
     finds every unused one, looking at each old image once (not once per batch)."""
     async with db.transaction() as conn:
@@ -211,19 +214,19 @@ async def test_images_in_use_do_not_slow_the_sweep_down_or_stop_it(db: CountingD
             else:
                 await _label(conn, f"AA:00:00:00:{i // 256:02X}:{i % 256:02X}", expected=digest)
         await image_rows.add_many(conn, rows)
-    retention = Retention(db, _settings(db.path.parent), Metrics(), batch=2, max_batches=1000)
+    retention = Retention(db, _settings(tmp_path), Metrics(), batch=2, max_batches=1000)
     report = await retention.run(NOW)
     assert report.deleted["images"] == len(unused)
     assert not set(unused) & await _ids(db, "images", "hash")
     assert len(report.batches["images"]) <= 300 // (2 * 4) + 4  # a window of 8 images per batch
 
 
-async def test_a_sweep_cut_short_goes_on_next_round(db: CountingDatabase) -> None:
+async def test_a_sweep_cut_short_goes_on_next_round(db: CountingDatabase, tmp_path: Path) -> None:
     async with db.transaction() as conn:
         await image_rows.add_many(conn, [(f"{i:064x}", "2.9-bwry", 1, b"x", _ago(100 - i / 10)) for i in range(40)])
         for i in range(39):
             await _label(conn, f"AA:00:00:00:00:{i:02X}", displayed=f"{i:064x}")
-    retention = Retention(db, _settings(db.path.parent), Metrics(), batch=1, max_batches=5)
+    retention = Retention(db, _settings(tmp_path), Metrics(), batch=1, max_batches=5)
     rounds = 0
     while f"{39:064x}" in await _ids(db, "images", "hash"):
         await retention.run(NOW)

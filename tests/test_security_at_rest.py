@@ -37,7 +37,7 @@ import pytest
 from eslserver.auth import create_token
 from eslserver.backup import BackupError, backup, restore
 from eslserver.config import ConfigError, Settings, load_settings
-from eslserver.db.database import Database
+from eslserver.db.sqlite import SqliteDatabase
 from eslserver.gateway.events import Checkin
 from eslserver.gateway.spool import JobSpool
 from eslserver.keyvault import KeyMismatchError, KeyVault, SealError
@@ -102,7 +102,7 @@ async def test_a_database_left_readable_by_others_is_tightened_with_one_info_lin
         tmp_path: Path, open_umask: None, caplog: pytest.LogCaptureFixture) -> None:
     data = tmp_path / "data"
     await _start_once(data)
-    async with Database(data / "esl.db") as db:  # leave a WAL behind, as a killed release would
+    async with SqliteDatabase(data / "esl.db") as db:  # leave a WAL behind, as a killed release would
         await create_token(db, "pos", "y")
         for name in ("esl.db", "esl.db-wal", "esl.db-shm"):
             os.chmod(data / name, 0o644)
@@ -224,7 +224,7 @@ async def test_a_sealed_key_copied_onto_another_label_does_not_open(tmp_path: Pa
 
 async def test_a_sealed_value_opens_only_for_its_own_row_and_key(tmp_path: Path) -> None:
     settings = _server_settings(tmp_path / "data")
-    async with Database(settings.database_path) as db:
+    async with SqliteDatabase(settings.database_path) as db:
         vault = KeyVault(settings)
         await vault.load(db)
         key = bytes(range(16))
@@ -239,7 +239,7 @@ async def test_a_sealed_value_opens_only_for_its_own_row_and_key(tmp_path: Path)
                 vault.open_label_key(store, mac, value)
             assert key.hex() not in str(err.value) and sealed.hex() not in str(err.value)
     elsewhere = _server_settings(tmp_path / "elsewhere", ESL_SECRET_KEY=OTHER_KEY)
-    async with Database(elsewhere.database_path) as db:
+    async with SqliteDatabase(elsewhere.database_path) as db:
         other = KeyVault(elsewhere)
         await other.load(db)
         with pytest.raises(SealError):  # the right row, another server's key

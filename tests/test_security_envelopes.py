@@ -342,16 +342,16 @@ def test_keys_are_made_0600_shown_and_registered_audited(tmp_path: Path) -> None
 
 
 async def _init_db(data: Path) -> None:
-    from eslserver.db.database import Database
+    from eslserver.db.sqlite import SqliteDatabase
 
-    async with Database(data / "esl.db"):
+    async with SqliteDatabase(data / "esl.db"):
         pass
 
 
 async def _audit_actions(data: Path) -> list[str]:
-    from eslserver.db.database import Database
+    from eslserver.db.sqlite import SqliteDatabase
 
-    async with Database(data / "esl.db") as db:
+    async with SqliteDatabase(data / "esl.db") as db:
         return [r["action"] for r in await db.read("SELECT action FROM audit")]
 
 

@@ -1,28 +1,28 @@
 """The storage modules of the catalogue and the access tables (products, price history,
-scheduled updates, templates, tokens, audit, stores) on a real SQLite file: what each
+scheduled updates, templates, tokens, audit, stores) on a real SQLite file and a real
+PostgreSQL database: what each
 operation promises, including the edges the domain code relies on."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from eslserver.db.database import Database, escape_like, fetchall, fetchone
 from eslserver.store import audit, products, stores, templates, tokens
+from tests.postgres import engine_db  # noqa: F401  (fixture: SQLite and PostgreSQL)
 
 STORE = "s1"
 T0 = "2026-01-01T00:00:00+00:00"
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    async with Database(tmp_path / "esl.db") as database:
-        async with database.transaction() as conn:
-            await stores.upsert(conn, STORE, "Shop", "PLN", "{}", T0)
-        yield database
+async def db(engine_db: Database) -> AsyncIterator[Database]:
+    async with engine_db.transaction() as conn:
+        await stores.upsert(conn, STORE, "Shop", "PLN", "{}", T0)
+    yield engine_db
 
 
 def _record(name: str, ean: str | None = None) -> str:

@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "eslserver"
 STORE = PACKAGE / "store"
 MIGRATIONS = PACKAGE / "db" / "migrations"
-OWN_SQL = (STORE, MIGRATIONS, PACKAGE / "gateway" / "spool.py")
+# the PostgreSQL engine writes its own schema-version table, as SQLite keeps ``user_version``
+OWN_SQL = (STORE, MIGRATIONS, PACKAGE / "db" / "migrations_postgresql", PACKAGE / "db" / "postgres.py",
+           PACKAGE / "gateway" / "spool.py")
 
 SQL = re.compile(r"\bSELECT\b|\b(?:INSERT|REPLACE)\s+(?:OR\s+\w+\s+)?INTO\b|\bUPDATE\s+\S+\s+SET\b|\bDELETE\s+FROM\b")
 """A statement of SQL (HTTP's ``DELETE`` alone is not one)."""

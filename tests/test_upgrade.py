@@ -43,7 +43,8 @@ import pytest
 
 from eslserver import pricing
 from eslserver.db import database
-from eslserver.db.database import Database
+from eslserver.db import sqlite as sqlite_engine
+from eslserver.db.sqlite import SqliteDatabase
 from eslserver.ingest import price_periods
 from eslserver.server import SYSTEM, Server
 from eslserver.timeutil import parse_iso
@@ -140,7 +141,7 @@ def _user_version(db: Path) -> int:
 
 
 async def _open(db: Path) -> None:
-    async with Database(db):
+    async with SqliteDatabase(db):
         pass
 
 
@@ -153,7 +154,7 @@ async def test_every_later_migration_keeps_every_row_the_release_wrote(release: 
     assert _user_version(release.db) == start
     shipped = database.migrations()
     for version in range(start + 1, len(shipped) + 1):  # one migration at a time: a failure names it
-        monkeypatch.setattr(database, "migrations", lambda upto=version: shipped[:upto])
+        monkeypatch.setattr(sqlite_engine, "migrations", lambda engine="sqlite", upto=version: shipped[:upto])
         await _open(release.db)
         assert _user_version(release.db) == version
         assert not lost(before, release.db), f"migration {shipped[version - 1][1]} lost data"
@@ -180,7 +181,7 @@ async def test_a_migration_that_loses_data_is_caught(release: Release, monkeypat
     shipped = database.migrations()
     version = len(shipped) + 1
     careless = (version, f"{version:04d}_careless.sql", CARELESS[table] + ";")
-    monkeypatch.setattr(database, "migrations", lambda: [*shipped, careless])
+    monkeypatch.setattr(sqlite_engine, "migrations", lambda engine="sqlite": [*shipped, careless])
     await _open(release.db)
     assert _user_version(release.db) == version  # it ran, through the real migration path
     problems = lost(before, release.db)
@@ -315,7 +316,7 @@ async def test_migration_0004_adds_the_pos_update_ids_and_the_release_data_recog
     duplicate, applied once."""
     shipped = database.migrations()
     assert shipped[3][1] == "0004_pos_update_ids.sql"
-    monkeypatch.setattr(database, "migrations", lambda: shipped[:4])
+    monkeypatch.setattr(sqlite_engine, "migrations", lambda engine="sqlite": shipped[:4])
     await _open(release.db)
     assert _user_version(release.db) == 4
     with closing(sqlite3.connect(release.db)) as conn:
@@ -387,7 +388,7 @@ async def test_migration_0006_indexes_what_retention_prunes_by(release: Release)
     assert queued and shown
 
     later = parse_iso(release.expected["lowest_30d_at"]) + timedelta(days=3 * 365)
-    async with Database(release.db) as db:
+    async with SqliteDatabase(release.db) as db:
         before = {sku: pricing.selling_price_at(periods, later)
                   for sku, periods in (await price_periods(db, "demo", list(release.expected["products"]))).items()}
         report = await Retention(db, load_settings(None, environ={}), Metrics()).run(later)
@@ -411,7 +412,7 @@ async def test_migration_0005_adds_the_key_check_and_the_first_start_seals_the_r
     assert clear_labels and all(len(key) == 16 for key in clear_labels.values())
     shipped = database.migrations()
     assert shipped[4][1] == "0005_key_check.sql"
-    monkeypatch.setattr(database, "migrations", lambda: shipped[:5])
+    monkeypatch.setattr(sqlite_engine, "migrations", lambda engine="sqlite": shipped[:5])
     await _open(release.db)
     with closing(sqlite3.connect(release.db)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM secrets_check").fetchone()[0] == 0
@@ -478,7 +479,7 @@ async def _migrated_to(release: Release, monkeypatch: pytest.MonkeyPatch, name: 
     shipped = database.migrations()
     version = next(v for v, file_name, _ in shipped if file_name == name)
     with monkeypatch.context() as patch:
-        patch.setattr(database, "migrations", lambda: shipped[:version])
+        patch.setattr(sqlite_engine, "migrations", lambda engine="sqlite": shipped[:version])
         await _open(release.db)
     assert _user_version(release.db) == version
 async def test_migration_0008_adds_gateway_keys_protocols_and_key_loss_empty(release: Release) -> None:

@@ -64,7 +64,7 @@ def _settings(data: Path | None, config: Path | None) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _run(path: Path, action: Callable[[Database], Awaitable[T]]) -> T:
+def _run(path: Path | str, action: Callable[[Database], Awaitable[T]]) -> T:
     """`token_cmds._run` (the database's errors), with an identity's errors as exit status 2
     and a secret key that does not open the database as 1, each one line."""
     async def checked(db: Database) -> T:

@@ -18,7 +18,7 @@ import typer
 
 from eslserver.auth import ROLES, AuthError, create_token, list_tokens, revoke_token
 from eslserver.config import ConfigError, load_settings
-from eslserver.db.database import Database, DatabaseError
+from eslserver.db.database import Database, DatabaseError, open_database
 
 __all__ = ["register", "tokens_app"]
 
@@ -30,9 +30,10 @@ DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Data directory 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="esl.toml to read (default: ./esl.toml if present).")]
 
 
-def _database_path(data: Path | None, config: Path | None, *, init: bool | None = None) -> Path:
-    """The server's database file; unless `init` is true, exit 1 if it is not there (`init`
-    None: the command has no ``--init``).
+def _database_path(data: Path | None, config: Path | None, *, init: bool | None = None) -> Path | str:
+    """The server's database (`Settings.database`: its ``database_url``, else its file); for a
+    file, unless `init` is true, exit 1 if it is not there (`init` None: the command has no
+    ``--init``).
 
     A token is valid only in the database the server reads: creating a new database in the
     wrong directory would print a token the server rejects, so that takes ``--init``.
@@ -42,6 +43,8 @@ def _database_path(data: Path | None, config: Path | None, *, init: bool | None 
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if settings.database_url is not None:
+        return settings.database_url
     path = settings.database_path
     if not init and not path.exists():
         typer.echo(f"error: no eslserver database in data directory {settings.data_dir.resolve()} (no "
@@ -52,9 +55,9 @@ def _database_path(data: Path | None, config: Path | None, *, init: bool | None 
     return path
 
 
-def _run(path: Path, action: Callable[[Database], Awaitable[T]]) -> T:
+def _run(path: Path | str, action: Callable[[Database], Awaitable[T]]) -> T:
     async def main() -> T:
-        async with Database(path) as db:
+        async with open_database(path) as db:
             return await action(db)
 
     try:

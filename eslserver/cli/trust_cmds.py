@@ -79,7 +79,7 @@ def gateway(
 ) -> None:
     """Register a gateway's public key: jobs go to it, their keys sealed to it."""
     from eslserver.auth import Actor
-    from eslserver.db.database import Database, DatabaseError
+    from eslserver.db.database import DatabaseError, open_database
     from eslserver.trust import TrustSetupError, register_gateway_key
     from firmware_proto.trust import TrustError, key_from_hex
 
@@ -95,7 +95,7 @@ def gateway(
     path = _database_path(data, config)
 
     async def main() -> bool:
-        async with Database(path) as db:
+        async with open_database(path) as db:
             return await register_gateway_key(db, store, gateway_id, raw, actor=Actor("cli", "admin"))
 
     try:

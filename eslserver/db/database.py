@@ -1,208 +1,125 @@
-"""One SQLite file (WAL) through aiosqlite: ordered migrations, serialised write transactions.
+"""The database, whichever engine holds it: what the storage layer (`eslserver.store`) and
+the rest of the server see of it.
 
-Writes go through one connection, one transaction at a time (`transaction`), so coroutines
-never interleave statements inside each other's transactions; reads that do not need to see
-an open transaction use a second connection (`read`), which WAL lets run beside a writer.
-``synchronous=FULL``: a transaction that returned from `transaction` is on disk, so what was
-acknowledged survives a kill -9 and a power cut. Other processes (``esl tokens create``
-while the server runs) open the same file; ``busy_timeout`` makes them wait their turn.
+Two engines sit behind the same interface: SQLite (`eslserver.db.sqlite`, the embedded
+default: one file, one server) and PostgreSQL (`eslserver.db.postgres`, for a chain and for
+several server instances on one database). Statements are written once, with ``?``
+placeholders, in the SQL both engines understand; the PostgreSQL engine numbers the
+placeholders. Where the two really differ (a JSON field, the list of tables) a store module
+asks `Connection.engine` / `Database.engine`, never the type of an object.
+
+A `Database` gives write transactions (`transaction`: one at a time per process, so
+coroutines never interleave statements inside each other's transactions; a transaction that
+returned is durable) and reads of committed data (`read`). A `Connection` is the open
+transaction: `execute` (how many rows changed), `executemany`, `fetchall`, `fetchone`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
+import abc
 import re
-import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Protocol
 
-import aiosqlite
+__all__ = ["ENGINES", "SCHEMA_VERSION", "Connection", "Database", "DatabaseError", "Reader", "Row",
+           "escape_like", "fetchall", "fetchone", "is_database_url", "migrations", "open_database", "placeholders"]
 
-from eslserver.private_files import create_private, tighten
-
-__all__ = ["SCHEMA_VERSION", "Database", "DatabaseError", "migrations"]
-
-log = logging.getLogger(__name__)
+ENGINES: Final = ("sqlite", "postgresql")
 
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_PACKAGES: Final = {"sqlite": "eslserver.db.migrations", "postgresql": "eslserver.db.migrations_postgresql"}
 
 
 class DatabaseError(RuntimeError):
-    """The database cannot be opened or migrated (names the file and the step)."""
+    """The database cannot be opened or migrated (names the file or server and the step)."""
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) for every migration shipped, in order; versions 1, 2, 3…"""
+class Row(Protocol):
+    """A result row: by column name (``row["mac"]``) or position (``row[0]``); ``dict(row)``."""
+
+    def __getitem__(self, key: str | int, /) -> Any: ...
+
+    def keys(self) -> Iterable[str]: ...
+
+
+def migrations(engine: str = "sqlite") -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of every migration shipped for `engine`, in order. SQLite's
+    start at 1; PostgreSQL's start at its baseline (the whole schema of the first release that
+    had the engine) and go on in step with SQLite's: version N is the same schema on both."""
     out: list[tuple[int, str, str]] = []
-    for entry in resources.files("eslserver.db.migrations").iterdir():
+    for entry in resources.files(_PACKAGES[engine]).iterdir():
         match = _MIGRATION_RE.match(entry.name)
         if match:
             out.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
     out.sort()
-    for expected, (version, name, _) in enumerate(out, start=1):
+    first = 1 if engine == "sqlite" else (out[0][0] if out else 1)
+    for expected, (version, name, _) in enumerate(out, start=first):
         if version != expected:
-            raise DatabaseError(f"migration {name}: expected version {expected:04d}")
+            raise DatabaseError(f"{engine} migration {name}: expected version {expected:04d}")
     return out
 
 
-SCHEMA_VERSION = len(migrations())
+SCHEMA_VERSION: Final = len(migrations("sqlite"))
 
 
-class Database:
+class Connection(abc.ABC):
+    """An open write transaction (`Database.transaction`); statements use ``?`` placeholders."""
+
+    engine: str
+    """``sqlite`` or ``postgresql``: for the few statements the engines spell differently."""
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; how many rows it inserted, changed or deleted."""
+
+    @abc.abstractmethod
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement once per row of parameters (one call into the engine)."""
+
+    @abc.abstractmethod
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """The rows of a query (or of a statement's ``RETURNING``), seeing this transaction's writes."""
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        """The first row of `fetchall`, or None."""
+        return next(iter(await self.fetchall(sql, params)), None)
+
+    @property
+    @abc.abstractmethod
+    def in_transaction(self) -> bool:
+        """False once the engine rolled the whole transaction back by itself (SQLite does on a
+        full disk): then nothing of it will commit."""
+
+
+class Database(abc.ABC):
     """The server's database. `open` before use, `close` after (or ``async with``)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+    engine: str
+    """``sqlite`` or ``postgresql``."""
+    integrity_error: type[Exception]
+    """What the engine raises when a constraint refuses a write (a unique name taken)."""
+    errors: tuple[type[Exception], ...]
+    """What the engine raises when the database (not the statement) fails: a full disk, a lock
+    held too long, a lost connection."""
+
+    def __init__(self) -> None:
         self._after_commit: list[Callable[[], None]] | None = None
         self.on_fault: Callable[[BaseException | None], None] | None = None
-        """Told of every SQLite error of a transaction or a read (what it means for health is
+        """Told of every error of a transaction or a read (what it means for health is
         `eslserver.health.database_fault`'s business), and of every commit (None): the server's
         health follows the database without parsing its log."""
 
+    # -- lifecycle ---------------------------------------------------------------------
+    @abc.abstractmethod
     async def open(self) -> Database:
-        """Connect, check the file (`quick_check`; a file that is not an eslserver database is
-        refused) and migrate; `DatabaseError` names the file and what is wrong with it.
+        """Connect, check and migrate; `DatabaseError` names what is wrong."""
 
-        A new file is created 0600 in a 0700 directory (SQLite gives its ``-wal`` and ``-shm``
-        the file's mode); an existing one readable by others is tightened: it holds label
-        keys, sealed, and what anyone needs to find out who may change prices."""
-        if not create_private(self.path):
-            tighten(self.path, also=("-wal", "-shm"))
-        try:
-            self._writer = await self._connect()
-            await self._check_file(self._writer)
-            await self._migrate(self._writer)
-            self._reader = await self._connect()
-            await self._reader.execute("PRAGMA query_only = ON")
-        except Exception:
-            await self.close()
-            raise
-        return self
-
-    async def _connect(self) -> aiosqlite.Connection:
-        try:
-            conn = await aiosqlite.connect(self.path, isolation_level=None)
-        except Exception as exc:
-            raise DatabaseError(f"cannot open database {str(self.path)!r}: {exc}") from exc
-        conn.row_factory = aiosqlite.Row
-        try:
-            await conn.execute("PRAGMA busy_timeout = 10000")
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA synchronous = FULL")
-            await conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as exc:
-            # close it, or its thread keeps the process alive after the error (a garbage
-            # file used to leave `esl serve` hanging after its traceback)
-            await conn.close()
-            raise DatabaseError(f"{self.path}: {exc}") from exc
-        return conn
-
-    async def _check_file(self, conn: aiosqlite.Connection) -> None:
-        """Refuse a damaged file (``quick_check``) or another program's database (tables, but
-        no schema version of ours) before a migration writes into it."""
-        try:
-            problem = await self._quick_check(conn)
-            async with conn.execute("PRAGMA user_version") as cur:
-                row = await cur.fetchone()
-            tables = sorted(r["name"] for r in await conn.execute_fetchall("PRAGMA main.table_list")
-                            if r["type"] == "table" and not r["name"].startswith("sqlite_"))
-        except sqlite3.Error as exc:
-            raise DatabaseError(f"{self.path} is corrupt or not a database: {exc}") from exc
-        if problem is not None:
-            raise DatabaseError(f"{self.path} is corrupt (quick_check: {problem}); restore it from a backup")
-        if (int(row[0]) if row else 0) == 0 and tables:
-            raise DatabaseError(f"{self.path} is not an eslserver database (it has the tables "
-                                f"{', '.join(tables[:5])}{', …' if len(tables) > 5 else ''} and no schema version)")
-
-    @staticmethod
-    async def _quick_check(conn: aiosqlite.Connection) -> str | None:
-        rows = await conn.execute_fetchall("PRAGMA quick_check(5)")
-        found = [line.strip() for r in rows for line in str(r[0]).splitlines()]
-        if found == ["ok"]:
-            return None
-        # one line for a one-line error: without SQLite's "*** in database main ***" headers
-        return "; ".join(line for line in found if line and not line.startswith("***"))
-
-    async def quick_check(self) -> str | None:
-        """SQLite's ``quick_check`` on a connection of its own, so that neither writes nor the
-        API's reads wait for it (it reads the whole file; its page cache starts empty, so it
-        reads the disk, not what an older check cached): None when the file is sound, else
-        the first problems found (raises when it cannot run)."""
-        if self._writer is None:
-            raise DatabaseError(f"database {str(self.path)!r} is not open")
-        conn = await self._connect()
-        try:
-            await conn.execute("PRAGMA query_only = ON")
-            return await self._quick_check(conn)
-        finally:
-            await conn.close()
-
-    async def probe_write(self) -> None:
-        """One small write transaction (the schema version, rewritten as it is), so that
-        health learns that writes work again without waiting for the next real one."""
-        async with self.transaction() as conn:
-            async with conn.execute("PRAGMA user_version") as cur:
-                row = await cur.fetchone()
-            await conn.execute(f"PRAGMA user_version = {int(row[0]) if row else 0}")
-
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        async with conn.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        current = int(row[0]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise DatabaseError(f"{self.path}: schema version {current} is newer than this eslserver "
-                                f"({SCHEMA_VERSION}); upgrade eslserver")
-        for version, name, sql in migrations():
-            if version <= current:
-                continue
-            log.info("applying migration %s to %s", name, self.path)
-            try:
-                # one script = one transaction: all of a migration or none of it
-                await conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;")
-            except Exception as exc:
-                if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
-                raise DatabaseError(f"{self.path}: migration {name} failed: {exc}") from exc
-
-    async def backup_to(self, target: Path) -> None:
-        """A consistent copy of the committed database in the new file `target` (created 0600),
-        through SQLite's online backup API on the read connection: one read transaction, so
-        writers go on meanwhile and the copy is one moment of the database, whatever is in
-        the WAL (a copy of the file alone would miss what the WAL holds)."""
-        if self._reader is None:
-            raise DatabaseError(f"database {str(self.path)!r} is not open")
-        if not create_private(target):
-            raise DatabaseError(f"backup target {str(target)!r} already exists")
-        copy = await aiosqlite.connect(target, isolation_level=None)
-        try:
-            await self._reader.backup(copy)
-            await copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-        finally:
-            await copy.close()
-
-    async def compact(self) -> None:
-        """Rewrite the file without its free pages (``VACUUM``) and fold the WAL into it: after
-        secrets were replaced, their old bytes are gone from the disk file, not merely
-        unlinked. Takes as long as copying the database; meant for a one-time upgrade step."""
-        async with self._lock:
-            await self.writer.execute("VACUUM")
-            await self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
+    @abc.abstractmethod
     async def close(self) -> None:
-        """Close both connections; safe to call twice."""
-        for attr in ("_reader", "_writer"):
-            conn = getattr(self, attr)
-            setattr(self, attr, None)
-            if conn is not None:
-                await conn.close()
+        """Close every connection; safe to call twice."""
 
     async def __aenter__(self) -> Database:
         return await self.open()
@@ -211,64 +128,24 @@ class Database:
         await self.close()
 
     @property
-    def writer(self) -> aiosqlite.Connection:
-        if self._writer is None:
-            raise DatabaseError(f"database {str(self.path)!r} is not open")
-        return self._writer
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the data is, for logs and errors (a file path, or a URL without its password)."""
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction (BEGIN IMMEDIATE … COMMIT); rolled back if the block raises."""
-        async with self._lock:
-            conn = self.writer
-            try:
-                await _finish_even_if_cancelled(conn.execute("BEGIN IMMEDIATE"), conn)
-            except sqlite3.Error as exc:
-                self._fault(exc)
-                raise
-            self._after_commit = []
-            try:
-                yield conn
-            except BaseException as exc:
-                self._after_commit = None
-                self._fault(exc)
-                if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
-                raise
-            try:
-                await _finish_even_if_cancelled(conn.execute("COMMIT"), conn)
-                callbacks = self._after_commit
-            except sqlite3.Error as exc:
-                self._fault(exc)
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        await conn.execute("ROLLBACK")
-                raise
-            finally:
-                self._after_commit = None
-            self._fault(None)
-            for callback in callbacks:
-                callback()
+    @property
+    def path(self) -> Path | None:
+        """The database file (SQLite); None for a database on a server."""
+        return None
 
-    @asynccontextmanager
-    async def savepoint(self, conn: aiosqlite.Connection) -> AsyncIterator[None]:
-        """A part of the open transaction that fails alone: if the block raises, its writes
-        and its `after_commit` callbacks are undone, and the exception goes on. Some errors
-        (a full disk, an I/O error) make SQLite roll back the whole transaction by itself:
-        then there is no savepoint left to undo, and the exception goes on as it was (the
-        caller sees ``conn.in_transaction`` false, and that nothing of it will commit)."""
-        pending = self._pending()
-        mark = len(pending)
-        await conn.execute("SAVEPOINT part")
-        try:
-            yield
-        except BaseException:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK TO part")
-                await conn.execute("RELEASE part")
-            del pending[mark:]
-            raise
-        await conn.execute("RELEASE part")
+    # -- transactions ------------------------------------------------------------------
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """A write transaction, committed when the block ends, rolled back if it raises."""
+
+    @abc.abstractmethod
+    def savepoint(self, conn: Connection) -> AbstractAsyncContextManager[None]:
+        """A part of the open transaction that fails alone: if the block raises, its writes and
+        its `after_commit` callbacks are undone, and the exception goes on."""
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call `callback` once the open transaction has committed, never if it rolls back:
@@ -280,72 +157,91 @@ class Database:
             raise DatabaseError("no transaction is open (use `async with db.transaction()`)")
         return self._after_commit
 
-    async def read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[aiosqlite.Row]:
-        """Rows from a query on the read connection (sees committed data only)."""
-        if self._reader is None:
-            raise DatabaseError(f"database {str(self.path)!r} is not open")
-        # one call into the connection's thread: a statement left open between an execute and
-        # its fetch would let other readers' queries run inside its older snapshot
-        try:
-            return list(await self._reader.execute_fetchall(sql, params))
-        except sqlite3.Error as exc:
-            self._fault(exc)
-            raise
+    def _committed(self, callbacks: list[Callable[[], None]]) -> None:
+        self._fault(None)
+        for callback in callbacks:
+            callback()
 
     def _fault(self, exc: BaseException | None) -> None:
-        if self.on_fault is not None and (exc is None or isinstance(exc, sqlite3.Error)):
+        if self.on_fault is not None:
             self.on_fault(exc)
 
-    async def read_one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> aiosqlite.Row | None:
+    # -- reads -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Rows of a query on committed data (never inside a transaction of this process)."""
+
+    async def read_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.read(sql, params)
         return rows[0] if rows else None
 
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """`read`: a `Database` answers a `Reader`'s questions with committed data."""
+        return await self.read(sql, params)
 
-Reader = aiosqlite.Connection | Database
-"""Where a read runs: an open transaction's connection (sees its own writes), or the
-`Database` (`Database.read`: committed data only). Storage operations that both a
-transaction and a plain reader need take either."""
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return await self.read_one(sql, params)
 
+    # -- housekeeping ------------------------------------------------------------------
+    async def quick_check(self) -> str | None:
+        """None when the stored data is sound, else the first problems found (SQLite's
+        ``quick_check``; a database server checks its own pages, so there: None)."""
+        return None
 
-async def _finish_even_if_cancelled(statement: Awaitable[Any], conn: aiosqlite.Connection) -> None:
-    """Run a BEGIN or COMMIT to its end even when the task awaiting it is cancelled (a client
-    gone, a shutdown): the statement runs in aiosqlite's thread whatever happens here, and a
-    BEGIN that went through behind a cancelled await would leave the one writer connection
-    inside a transaction, failing every later write with "cannot start a transaction within a
-    transaction". On cancellation: wait for the statement, roll back what it left open, go on
-    with the cancellation."""
-    task = asyncio.ensure_future(statement)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await task
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
-        raise
+    @abc.abstractmethod
+    async def probe_write(self) -> None:
+        """One small write transaction, so that health learns that writes work again without
+        waiting for the next real one."""
 
+    async def compact(self) -> None:
+        """Rewrite the stored data without its free space, after secrets were replaced."""
 
-async def fetchall(conn: Reader, sql: str,
-                   params: Sequence[Any] | dict[str, Any] = ()) -> list[aiosqlite.Row]:
-    """Rows from a query inside a transaction (one call into the connection's thread), or
-    from the committed data when `conn` is the `Database`."""
-    if isinstance(conn, Database):
-        return await conn.read(sql, params)
-    return list(await conn.execute_fetchall(sql, params))
+    async def backup_to(self, target: Path) -> None:
+        """A consistent copy of the committed database in the new file `target`."""
+        raise DatabaseError(f"{self.location}: back up a {self.engine} database with its own tools "
+                            "(pg_dump), not `esl backup`")
 
 
-async def fetchone(conn: Reader, sql: str,
-                   params: Sequence[Any] | dict[str, Any] = ()) -> aiosqlite.Row | None:
+Reader = Connection | Database
+"""Where a read runs: an open transaction (sees its own writes), or the `Database` (committed
+data only). Storage operations that both a transaction and a plain reader need take either."""
+
+
+async def fetchall(conn: Reader, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    """Rows from a query inside a transaction, or from the committed data when `conn` is the
+    `Database`."""
+    return await conn.fetchall(sql, params)
+
+
+async def fetchone(conn: Reader, sql: str, params: Sequence[Any] = ()) -> Row | None:
     """The first row of `fetchall`, or None."""
-    return next(iter(await fetchall(conn, sql, params)), None)
+    return await conn.fetchone(sql, params)
 
 
 def placeholders(items: Iterable[object]) -> str:
-    """``?, ?, ?`` for an IN (...) list."""
-    return ", ".join("?" for _ in items)
+    """``?, ?, ?`` for an IN (...) list; ``NULL`` for none (``IN (NULL)`` matches nothing, as an
+    empty list would, and PostgreSQL refuses ``IN ()``)."""
+    return ", ".join("?" for _ in items) or "NULL"
 
 
 def escape_like(text: str) -> str:
     """`text` matched literally by ``LIKE ? ESCAPE '\\'`` (its ``%``, ``_`` and ``\\`` escaped);
     add the wildcards around it."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def is_database_url(target: str | Path) -> bool:
+    """True for a database server's URL (``postgresql://…``, ``postgres://…``)."""
+    return isinstance(target, str) and target.split("://", 1)[0] in ("postgresql", "postgres")
+
+
+def open_database(target: str | Path) -> Database:
+    """The (unopened) database at `target`: a ``postgresql://`` URL, or an SQLite file path."""
+    if is_database_url(target):
+        from eslserver.db.postgres import PostgresDatabase
+        return PostgresDatabase(str(target))
+    if isinstance(target, str) and "://" in target:
+        raise DatabaseError(f"database: expected a postgresql:// URL or a file path, got {target.split('://')[0]}://…")
+    from eslserver.db.sqlite import SqliteDatabase
+    return SqliteDatabase(target)
+

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-import aiosqlite
-
-from eslserver.db.database import Database, escape_like
+from eslserver.db.database import Connection, Database, Row, escape_like
 from eslserver.store import paging
 from eslserver.store._listing import batch_limit, equal_to
 
@@ -20,7 +18,7 @@ __all__ = ["insert", "newest", "count_since", "prune_before"]
 _SELECT: Final = "SELECT id, at, actor, role, action, target, before, after FROM audit"
 
 
-async def insert(conn: aiosqlite.Connection, at: str, actor: str, role: str, action: str, target: str,
+async def insert(conn: Connection, at: str, actor: str, role: str, action: str, target: str,
                  before: str | None, after: str | None) -> None:
     """Append one row inside the caller's transaction (it commits, or not, with the change)."""
     await conn.execute(
@@ -30,7 +28,7 @@ async def insert(conn: aiosqlite.Connection, at: str, actor: str, role: str, act
 
 async def newest(db: Database, *, before: int | None, limit: int, actor: str | None = None,
                  action: str | None = None, target: str | None = None,
-                 action_prefix: str | None = None) -> list[aiosqlite.Row]:
+                 action_prefix: str | None = None) -> list[Row]:
     """One page of committed rows (``id``, ``at``, ``actor``, ``role``, ``action``, ``target``,
     ``before``, ``after``), newest first, matching every filter given: `actor`, `action` and
     `target` exactly, `action_prefix` as the start of the action (``"label."``)."""
@@ -47,10 +45,10 @@ async def count_since(db: Database, action: str, since: str) -> int:
     return int(row[0]) if row else 0
 
 
-async def prune_before(conn: aiosqlite.Connection, cutoff_iso: str, limit: int) -> int:
+async def prune_before(conn: Connection, cutoff_iso: str, limit: int) -> int:
     """Delete at most `limit` rows written before `cutoff_iso`, oldest first; how many
     (index ``audit_at``)."""
     batch_limit(limit)
     cur = await conn.execute("DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ? ORDER BY at LIMIT ?)",
                              (cutoff_iso, limit))
-    return max(0, cur.rowcount)
+    return cur

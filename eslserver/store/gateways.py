@@ -13,9 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import aiosqlite
-
-from eslserver.db.database import Database, Reader, fetchone
+from eslserver.db.database import Connection, Database, Reader, Row, fetchone
 
 __all__ = ["count_by_status", "count_online", "forget_public_key", "listing", "online", "online_ids", "protocol", "public_key", "set_protocol",
            "set_public_key", "set_status", "status"]
@@ -27,7 +25,7 @@ async def status(conn: Reader, store: str, gateway: str) -> str | None:
     return None if row is None else str(row["status"])
 
 
-async def set_status(conn: aiosqlite.Connection, store: str, gateway: str, status: str, *, now: str,
+async def set_status(conn: Connection, store: str, gateway: str, status: str, *, now: str,
                      info: Mapping[str, Any] | None) -> None:
     """Record the gateway's status, heard `now` (added if new); `info` replaces the stored
     figures, None keeps them."""
@@ -59,12 +57,12 @@ async def public_key(conn: Reader, store: str, gateway: str) -> bytes | None:
     return None if row is None or row["public_key"] is None else bytes(row["public_key"])
 
 
-async def forget_public_key(conn: aiosqlite.Connection, store: str, gateway: str) -> None:
+async def forget_public_key(conn: Connection, store: str, gateway: str) -> None:
     """A revoked gateway's key opens nothing any more: no job is sealed to it again."""
     await conn.execute("UPDATE gateways SET public_key = NULL WHERE store = ? AND id = ?", (store, gateway))
 
 
-async def set_public_key(conn: aiosqlite.Connection, store: str, gateway: str, key: bytes) -> None:
+async def set_public_key(conn: Connection, store: str, gateway: str, key: bytes) -> None:
     """Register the gateway's public key (the gateway is added, ``offline``, if it is new)."""
     await conn.execute(
         "INSERT INTO gateways (store, id, status, public_key) VALUES (?, ?, 'offline', ?) "
@@ -77,7 +75,7 @@ async def protocol(conn: Reader, store: str, gateway: str) -> int | None:
     return None if row is None or row["protocol"] is None else int(row["protocol"])
 
 
-async def set_protocol(conn: aiosqlite.Connection, store: str, gateway: str, version: int) -> None:
+async def set_protocol(conn: Connection, store: str, gateway: str, version: int) -> None:
     """Record the protocol version the gateway announced (added, ``offline``, if it is new)."""
     await conn.execute("INSERT INTO gateways (store, id, status, protocol) VALUES (?, ?, 'offline', ?) "
                        "ON CONFLICT (store, id) DO UPDATE SET protocol = excluded.protocol", (store, gateway, version))
@@ -95,7 +93,7 @@ async def count_by_status(db: Database, store: str) -> dict[str, int]:
         "SELECT status, COUNT(*) FROM gateways WHERE store = ? GROUP BY status", (store,))}
 
 
-async def listing(db: Database, store: str) -> list[aiosqlite.Row]:
+async def listing(db: Database, store: str) -> list[Row]:
     """`store`'s gateways by id: ``id, status, last_seen, info`` (JSON text), ``protocol``,
     ``public_key`` and ``n_labels``, how many labels it last heard. Counts ``labels`` too; it
     lives here because it lists gateways."""

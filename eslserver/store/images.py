@@ -14,15 +14,13 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-import aiosqlite
-
-from eslserver.db.database import Database, Reader, fetchall, fetchone, placeholders
+from eslserver.db.database import Connection, Database, Reader, Row, fetchall, fetchone, placeholders
 from eslserver.store._listing import batch_limit
 
 __all__ = ["Sweep", "add_many", "get", "payloads", "prune_before"]
 
 
-async def get(conn: Reader, digest: str) -> aiosqlite.Row | None:
+async def get(conn: Reader, digest: str) -> Row | None:
     """``model, format, payload`` of the image; None when it is not stored."""
     return await fetchone(conn, "SELECT model, format, payload FROM images WHERE hash = ?", (digest,))
 
@@ -36,11 +34,11 @@ async def payloads(db: Database, digests: Collection[str]) -> dict[str, tuple[in
     return {r["hash"]: (r["format"], r["payload"]) for r in rows}
 
 
-async def add_many(conn: aiosqlite.Connection, rows: Iterable[tuple[str, str, int, bytes, str]]) -> None:
+async def add_many(conn: Connection, rows: Iterable[tuple[str, str, int, bytes, str]]) -> None:
     """Store images, ``(hash, model, format, payload, created_at)`` each; one already stored
     is left as it is (one ``executemany``)."""
-    await conn.executemany("INSERT OR IGNORE INTO images (hash, model, format, payload, created_at) "
-                           "VALUES (?, ?, ?, ?, ?)", rows)
+    await conn.executemany("INSERT INTO images (hash, model, format, payload, created_at) "
+                           "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
 
 
 # an image in use: a label shows or expects it, or an open job sends it or was built against
@@ -64,7 +62,7 @@ class Sweep:
     done: bool = False
 
 
-async def prune_before(conn: aiosqlite.Connection, cutoff_iso: str, limit: int, *,
+async def prune_before(conn: Connection, cutoff_iso: str, limit: int, *,
                        sweep: Sweep | None = None) -> int:
     """Delete at most `limit` images stored before `cutoff_iso` that nothing uses any more, the
     oldest first; how many. Never one that a label shows (``displayed_hash``) or expects
@@ -80,7 +78,7 @@ async def prune_before(conn: aiosqlite.Connection, cutoff_iso: str, limit: int, 
         cur = await conn.execute(f"DELETE FROM images WHERE hash IN (SELECT i.hash FROM images i "
                                  f"WHERE i.created_at < ? AND {_UNUSED} ORDER BY i.created_at LIMIT ?)",
                                  (cutoff_iso, limit))
-        return max(0, cur.rowcount)
+        return cur
     if sweep.done:
         return 0
     rows = await fetchall(conn, f"SELECT i.hash, i.created_at, ({_UNUSED}) AS unused FROM images i "
@@ -98,4 +96,4 @@ async def prune_before(conn: aiosqlite.Connection, cutoff_iso: str, limit: int, 
     if not unused:
         return 0
     cur = await conn.execute(f"DELETE FROM images WHERE hash IN ({placeholders(unused)})", unused)
-    return max(0, cur.rowcount)
+    return cur

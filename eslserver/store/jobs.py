@@ -15,9 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import aiosqlite
-
-from eslserver.db.database import Database, Reader, fetchall, fetchone, placeholders
+from eslserver.db.database import Connection, Database, Reader, Row, fetchall, fetchone, placeholders
 from eslserver.store._listing import batch_limit, equal_to
 from eslserver.store.labels import IN_MAX
 
@@ -51,21 +49,21 @@ class JobFilter:
 
 
 # -- creating and ending --------------------------------------------------------------------
-async def insert(conn: aiosqlite.Connection, values: Mapping[str, Any]) -> int:
+async def insert(conn: Connection, values: Mapping[str, Any]) -> int:
     """Add one job with these column values; its id."""
     names = list(values)
-    cur = await conn.execute(f"INSERT INTO jobs ({', '.join(names)}) VALUES ({placeholders(names)})",
-                             list(values.values()))
-    assert cur.lastrowid is not None
-    return cur.lastrowid
+    row = await conn.fetchone(f"INSERT INTO jobs ({', '.join(names)}) VALUES ({placeholders(names)}) RETURNING id",
+                              list(values.values()))
+    assert row is not None
+    return int(row[0])
 
 
-async def insert_many(conn: aiosqlite.Connection, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+async def insert_many(conn: Connection, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Add one job per row, a row holding the values of `columns` (one ``executemany``)."""
     await conn.executemany(f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({placeholders(columns)})", rows)
 
 
-async def finish(conn: aiosqlite.Connection, job_id: int, outcome: str, now: str, error: str | None) -> str | None:
+async def finish(conn: Connection, job_id: int, outcome: str, now: str, error: str | None) -> str | None:
     """End the job as `outcome` if it is open; its kind, or None when it was not open (then
     nothing changed)."""
     row = await fetchone(conn, "UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state IN "
@@ -73,7 +71,7 @@ async def finish(conn: aiosqlite.Connection, job_id: int, outcome: str, now: str
     return None if row is None else str(row["kind"])
 
 
-async def supersede_images(conn: aiosqlite.Connection, macs: Sequence[str], now: str) -> int:
+async def supersede_images(conn: Connection, macs: Sequence[str], now: str) -> int:
     """End the queued image jobs of `macs` as ``superseded``; how many."""
     superseded = 0
     for i in range(0, len(macs), IN_MAX):
@@ -86,7 +84,7 @@ async def supersede_images(conn: aiosqlite.Connection, macs: Sequence[str], now:
 
 
 # -- sending ------------------------------------------------------------------------------
-async def claimable(conn: Reader, store: str, now: str, limit: int) -> list[aiosqlite.Row]:
+async def claimable(conn: Reader, store: str, now: str, limit: int) -> list[Row]:
     """Up to `limit` queued jobs of `store` due by `now`, oldest first, each the oldest open
     job of its label and for a label that is not ``offline``, with what building its
     envelope needs from the label (``gateway, label_key, tx_counter, rx_highest,
@@ -101,19 +99,19 @@ async def claimable(conn: Reader, store: str, now: str, limit: int) -> list[aios
         "ORDER BY j.id LIMIT ?", (store, now, limit))
 
 
-async def mark_sent(conn: aiosqlite.Connection, job_id: int, gateway: str, now: str) -> None:
+async def mark_sent(conn: Connection, job_id: int, gateway: str, now: str) -> None:
     """The queued job goes to `gateway`: ``sent``, one more attempt."""
     await conn.execute("UPDATE jobs SET state = 'sent', gateway = ?, attempts = attempts + 1, sent_at = ? "
                        "WHERE id = ? AND state = 'queued'", (gateway, now, job_id))
 
 
-async def requeue(conn: aiosqlite.Connection, job_id: int, next_attempt_at: str, error: str) -> None:
+async def requeue(conn: Connection, job_id: int, next_attempt_at: str, error: str) -> None:
     """Try the job again at `next_attempt_at` (``queued``), noting why the last try failed."""
     await conn.execute("UPDATE jobs SET state = 'queued', next_attempt_at = ?, error = ? WHERE id = ?",
                        (next_attempt_at, error, job_id))
 
 
-async def requeue_whole_image(conn: aiosqlite.Connection, job_id: int, now: str, error: str) -> None:
+async def requeue_whole_image(conn: Connection, job_id: int, now: str, error: str) -> None:
     """Try the image job again at once with the whole stored image instead of an update
     against the image the label was thought to show. Reads ``images``."""
     await conn.execute("UPDATE jobs SET state = 'queued', base_hash = NULL, region = NULL, delta = 0, "
@@ -122,7 +120,7 @@ async def requeue_whole_image(conn: aiosqlite.Connection, job_id: int, now: str,
                        "next_attempt_at = ?, error = ? WHERE id = ?", (now, error, job_id))
 
 
-async def requeue_sent_by(conn: aiosqlite.Connection, gateway: str, now: str, *, store: str | None = None) -> None:
+async def requeue_sent_by(conn: Connection, gateway: str, now: str, *, store: str | None = None) -> None:
     """Hand every job sent to `gateway` (of `store`, when given: gateway ids are unique only
     within a store) back to the queue, due `now`."""
     if store is None:
@@ -141,7 +139,7 @@ async def count_sent_by(conn: Reader, gateway: str, *, store: str) -> int:
 
 
 # -- reads --------------------------------------------------------------------------------
-async def get(conn: Reader, job_id: int, mac: str) -> aiosqlite.Row | None:
+async def get(conn: Reader, job_id: int, mac: str) -> Row | None:
     """``kind, state, attempts, command, image_hash, gateway`` of job `job_id` if it is for `mac`."""
     return await fetchone(conn, "SELECT kind, state, attempts, command, image_hash, gateway FROM jobs "
                           "WHERE id = ? AND mac = ?", (job_id, mac))
@@ -153,19 +151,19 @@ async def has_open(conn: Reader, mac: str) -> bool:
                           (mac,)) is not None
 
 
-async def open_pairings(conn: Reader, mac: str) -> list[aiosqlite.Row]:
+async def open_pairings(conn: Reader, mac: str) -> list[Row]:
     """``id`` and ``command`` (the new key) of the label's open pairing jobs, newest first."""
     return await fetchall(conn, "SELECT id, command FROM jobs WHERE mac = ? AND kind = 'pair' "
                                 "AND state IN ('queued', 'sent') ORDER BY id DESC", (mac,))
 
 
-async def pair_keys_in_clear(db: Database) -> list[aiosqlite.Row]:
+async def pair_keys_in_clear(db: Database) -> list[Row]:
     """``id, store, mac, command`` of the pairing jobs (open or not) whose new key an older
     release stored in clear (16 bytes; a sealed key is longer: `eslserver.keyvault`)."""
     return await db.read("SELECT id, store, mac, command FROM jobs WHERE kind = 'pair' AND length(command) = 16")
 
 
-async def replace_pair_keys(conn: aiosqlite.Connection, rows: Sequence[tuple[bytes, int]]) -> None:
+async def replace_pair_keys(conn: Connection, rows: Sequence[tuple[bytes, int]]) -> None:
     """``(sealed key, job id)`` each: the pairing job's new key, sealed, in place of the clear one."""
     await conn.executemany("UPDATE jobs SET command = ? WHERE id = ? AND kind = 'pair'", rows)
 
@@ -181,13 +179,13 @@ async def open_images(conn: Reader, macs: Sequence[str]) -> set[tuple[str, str]]
     return out
 
 
-async def open_for_label(db: Database, mac: str) -> list[aiosqlite.Row]:
+async def open_for_label(db: Database, mac: str) -> list[Row]:
     """``id, kind, state, attempts, created_at, error`` of the label's open jobs, oldest first."""
     return await db.read("SELECT id, kind, state, attempts, created_at, error FROM jobs "
                          "WHERE mac = ? AND state IN ('queued', 'sent') ORDER BY id", (mac,))
 
 
-async def overdue(db: Database, sent_before: str) -> list[aiosqlite.Row]:
+async def overdue(db: Database, sent_before: str) -> list[Row]:
     """``id`` and ``mac`` of the jobs still ``sent`` that were sent before `sent_before`."""
     return await db.read("SELECT id, mac FROM jobs WHERE state = 'sent' AND sent_at < ?", (sent_before,))
 
@@ -221,14 +219,14 @@ async def count_open_by_state(db: Database, store: str) -> dict[str, int]:
         "SELECT state, COUNT(*) FROM jobs WHERE store = ? AND state IN ('queued', 'sent') GROUP BY state", (store,))}
 
 
-async def image_waits(db: Database, store: str, finished_since: str) -> list[aiosqlite.Row]:
+async def image_waits(db: Database, store: str, finished_since: str) -> list[Row]:
     """``origin_at`` and ``finished_at`` of `store`'s image jobs done since `finished_since`
     that know when their change arrived (time-to-shelf)."""
     return await db.read("SELECT origin_at, finished_at FROM jobs WHERE store = ? AND kind = 'image' "
                          "AND state = 'done' AND finished_at >= ? AND origin_at IS NOT NULL", (store, finished_since))
 
 
-async def page(db: Database, where: JobFilter, limit: int, offset: int) -> tuple[int, list[aiosqlite.Row]]:
+async def page(db: Database, where: JobFilter, limit: int, offset: int) -> tuple[int, list[Row]]:
     """(how many jobs match, their `JOB_COLUMNS` rows ``offset``…``offset + limit``, newest first)."""
     clause, params = where.where()
     total = await db.read_one(f"SELECT COUNT(*) FROM jobs WHERE {clause}", params)
@@ -238,7 +236,7 @@ async def page(db: Database, where: JobFilter, limit: int, offset: int) -> tuple
 
 
 # -- retention ----------------------------------------------------------------------------
-async def prune_before(conn: aiosqlite.Connection, cutoff_iso: str, limit: int) -> int:
+async def prune_before(conn: Connection, cutoff_iso: str, limit: int) -> int:
     """Delete at most `limit` finished jobs (``done``, ``failed``, ``superseded``) that ended
     before `cutoff_iso`, the longest finished first; how many. An open job (``queued``,
     ``sent``) is never deleted, however old (index ``jobs_finished``)."""
@@ -246,4 +244,4 @@ async def prune_before(conn: aiosqlite.Connection, cutoff_iso: str, limit: int) 
     cur = await conn.execute(
         "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
         "AND state IN ('done', 'failed', 'superseded') ORDER BY finished_at LIMIT ?)", (cutoff_iso, limit))
-    return max(0, cur.rowcount)
+    return cur

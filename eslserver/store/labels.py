@@ -19,9 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import aiosqlite
-
-from eslserver.db.database import Database, Reader, fetchall, fetchone, placeholders
+from eslserver.db.database import Connection, Database, Reader, Row, fetchall, fetchone, placeholders
 from eslserver.store._listing import equal_to
 
 __all__ = [
@@ -87,28 +85,28 @@ class LabelFilter:
         if self.paired is not None:
             clauses.append("label_key IS NOT NULL" if self.paired else "label_key IS NULL")
         if self.stale is not None:
-            shown = "(expected_hash IS NOT NULL AND displayed_hash IS expected_hash)"
+            shown = "(expected_hash IS NOT NULL AND displayed_hash IS NOT DISTINCT FROM expected_hash)"
             clauses.append(f"NOT {shown}" if self.stale else shown)
         return " AND ".join(clauses), params
 
 
 # -- reads --------------------------------------------------------------------------------
-async def get(conn: Reader, mac: str) -> aiosqlite.Row | None:
+async def get(conn: Reader, mac: str) -> Row | None:
     """The label's `STATE_COLUMNS` and ``paired`` (it holds a key); None when it is not known."""
     return await fetchone(conn, f"SELECT {_ROW} FROM labels WHERE mac = ?", (mac,))
 
 
-async def states(db: Database, macs: Iterable[str]) -> list[aiosqlite.Row]:
+async def states(db: Database, macs: Iterable[str]) -> list[Row]:
     """`get`'s rows for every known label of `macs` (committed), in no particular order."""
     keys = list(macs)
-    out: list[aiosqlite.Row] = []
+    out: list[Row] = []
     for i in range(0, len(keys), IN_MAX):
         part = keys[i:i + IN_MAX]
         out.extend(await db.read(f"SELECT {_ROW} FROM labels WHERE mac IN ({placeholders(part)})", part))
     return out
 
 
-async def page(db: Database, where: LabelFilter, limit: int, offset: int) -> tuple[int, list[aiosqlite.Row]]:
+async def page(db: Database, where: LabelFilter, limit: int, offset: int) -> tuple[int, list[Row]]:
     """(how many labels match, `get`'s rows of the page ``offset``…``offset + limit`` by MAC)."""
     clause, params = where.where()
     total = await db.read_one(f"SELECT COUNT(*) FROM labels WHERE {clause}", params)
@@ -122,7 +120,7 @@ async def macs(db: Database, store: str) -> list[str]:
     return [r["mac"] for r in await db.read("SELECT mac FROM labels WHERE store = ?", (store,))]
 
 
-async def bound_to(db: Database, store: str, sku: str, *, limit: int) -> list[aiosqlite.Row]:
+async def bound_to(db: Database, store: str, sku: str, *, limit: int) -> list[Row]:
     """``mac`` and ``state`` of the first `limit` labels (by MAC) bound to product `sku`."""
     return await db.read("SELECT mac, state FROM labels WHERE store = ? AND sku = ? ORDER BY mac LIMIT ?",
                          (store, sku, limit))
@@ -151,7 +149,7 @@ async def count_up_to_date(db: Database, store: str) -> int:
     return row[0] if row else 0
 
 
-async def dirty_batch(db: Database, store: str, limit: int) -> list[aiosqlite.Row]:
+async def dirty_batch(db: Database, store: str, limit: int) -> list[Row]:
     """Up to `limit` dirty labels of `store`, oldest mark first, each with its product's
     ``record`` (None when the label is bound to no product that exists): ``mac, sku, model,
     template, displayed_hash, expected_hash, dirty, paired, origin_at, record``. Reads
@@ -173,7 +171,7 @@ async def dirty_marks(conn: Reader, macs: Sequence[str]) -> dict[str, int]:
     return out
 
 
-async def for_event(conn: Reader, mac: str) -> aiosqlite.Row | None:
+async def for_event(conn: Reader, mac: str) -> Row | None:
     """What a gateway event about the label is judged by: ``sku, label_key, rx_highest,
     expected_hash, origin_at, state, key_lost_at``; None when the label is not known."""
     return await fetchone(conn, "SELECT sku, label_key, rx_highest, expected_hash, origin_at, state, key_lost_at "
@@ -190,20 +188,20 @@ async def pairing(conn: Reader, mac: str) -> Pairing | None:
 
 
 # -- registering and binding ---------------------------------------------------------------
-async def register(conn: aiosqlite.Connection, *, mac: str, store: str, model: str, now: str,
+async def register(conn: Connection, *, mac: str, store: str, model: str, now: str,
                    gateway: str | None = None, sku: str | None = None, template: str | None = None,
                    aisle: str | None = None) -> bool:
     """Add a label unless it is known; True if it was added. A label added with a product is
     ``pending`` and dirty (it must be drawn), one without is ``unpaired``."""
     cur = await conn.execute(
-        "INSERT OR IGNORE INTO labels (mac, store, sku, model, template, gateway, aisle, state, updated_at, dirty) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO labels (mac, store, sku, model, template, gateway, aisle, state, updated_at, dirty) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (mac, store, sku, model, template, gateway, aisle, "unpaired" if sku is None else "pending",
          now, dirty_generation() if sku is not None else 0))
-    return cur.rowcount > 0
+    return cur > 0
 
 
-async def discover(conn: aiosqlite.Connection, *, mac: str, store: str, model: str, gateway: str,
+async def discover(conn: Connection, *, mac: str, store: str, model: str, gateway: str,
                    rssi: int | None, battery_mv: int | None, factory_counter: int, now: str) -> None:
     """Add a label first heard by `gateway` (``unpaired``, not known before)."""
     await conn.execute(
@@ -212,21 +210,22 @@ async def discover(conn: aiosqlite.Connection, *, mac: str, store: str, model: s
         (mac, store, model, gateway, rssi, battery_mv, now, now, factory_counter))
 
 
-async def bind(conn: aiosqlite.Connection, mac: str, sku: str, *, template: str | None, now: str) -> None:
+async def bind(conn: Connection, mac: str, sku: str, *, template: str | None, now: str) -> None:
     """Show product `sku` on the known label `mac` (and `template`, unless None keeps its
     own): it is marked dirty and is ``pending`` (an ``offline`` label stays offline) until
     the pipeline has drawn the new image and the label's own word says it shows it. When the
     product or the template changes, the old ``expected_hash`` is forgotten: it was the
     image of the old binding, and a label showing it is not up to date with the new one."""
     await conn.execute(
-        "UPDATE labels SET expected_hash = CASE WHEN sku IS ? AND (? IS NULL OR template IS ?) "
+        "UPDATE labels SET expected_hash = CASE WHEN sku IS NOT DISTINCT FROM ? AND (CAST(? AS TEXT) IS NULL "
+        "OR template IS NOT DISTINCT FROM ?) "
         "THEN expected_hash END, sku = ?, template = COALESCE(?, template), dirty = ?, "
         "origin_at = COALESCE(origin_at, ?), state = CASE WHEN state = 'offline' THEN state "
         "ELSE 'pending' END, updated_at = ? WHERE mac = ?",
         (sku, template, template, sku, template, dirty_generation(), now, now, mac))
 
 
-async def unbind(conn: aiosqlite.Connection, mac: str, *, now: str) -> None:
+async def unbind(conn: Connection, mac: str, *, now: str) -> None:
     """The label shows no product: ``unpaired``, with no dirty mark and nothing waiting."""
     await conn.execute("UPDATE labels SET sku = NULL, state = 'unpaired', dirty = 0, origin_at = NULL, "
                        "updated_at = ? WHERE mac = ?", (now, mac))
@@ -240,13 +239,13 @@ def _drawn_with(template: str, models: Sequence[str]) -> tuple[str, tuple[Any, .
             (template, *models))
 
 
-async def drawn_with(conn: Reader, template: str, models: Sequence[str]) -> list[aiosqlite.Row]:
+async def drawn_with(conn: Reader, template: str, models: Sequence[str]) -> list[Row]:
     """``mac`` and ``model`` of the bound labels drawn with `template` (`_drawn_with`), by MAC."""
     where, params = _drawn_with(template, models)
     return await fetchall(conn, f"SELECT mac, model FROM labels WHERE {where} ORDER BY mac", params)
 
 
-async def mark_dirty(conn: aiosqlite.Connection, origin_at: str, *, mac: str | None = None,
+async def mark_dirty(conn: Connection, origin_at: str, *, mac: str | None = None,
                      store: str | None = None, sku: str | None = None, template: str | None = None,
                      models: Sequence[str] = (), pending: bool = False, reopen: bool = False) -> None:
     """Ask the pipeline to draw labels again, with a new `dirty_generation`; ``origin_at``
@@ -276,85 +275,86 @@ async def mark_dirty(conn: aiosqlite.Connection, origin_at: str, *, mac: str | N
                        (dirty_generation(), origin_at, *params))
 
 
-async def set_shown(conn: aiosqlite.Connection, rows: Iterable[tuple[str, str, str]]) -> None:
+async def set_shown(conn: Connection, rows: Iterable[tuple[str, str, str]]) -> None:
     """Rendered labels that already show their image: ``(expected_hash, now, mac)`` each;
     state ``ok``, nothing waiting, mark cleared."""
     await conn.executemany("UPDATE labels SET expected_hash = ?, state = 'ok', origin_at = NULL, "
                            "updated_at = ?, dirty = 0 WHERE mac = ?", rows)
 
 
-async def set_expected(conn: aiosqlite.Connection, rows: Iterable[tuple[str, str, str]]) -> None:
+async def set_expected(conn: Connection, rows: Iterable[tuple[str, str, str]]) -> None:
     """Rendered labels whose new image is on its way: ``(expected_hash, now, mac)`` each;
     state ``pending`` (an ``offline`` label stays offline), mark cleared."""
     await conn.executemany("UPDATE labels SET expected_hash = ?, state = CASE WHEN state = 'offline' "
                            "THEN state ELSE 'pending' END, updated_at = ?, dirty = 0 WHERE mac = ?", rows)
 
 
-async def set_render_failed(conn: aiosqlite.Connection, rows: Iterable[tuple[str, str]]) -> None:
+async def set_render_failed(conn: Connection, rows: Iterable[tuple[str, str]]) -> None:
     """Labels whose render failed: ``(now, mac)`` each; state ``failed``, mark cleared (they
     keep their last good image)."""
     await conn.executemany("UPDATE labels SET state = 'failed', updated_at = ?, dirty = 0 WHERE mac = ?", rows)
 
 
-async def clear_dirty(conn: aiosqlite.Connection, rows: Iterable[tuple[str, int]]) -> None:
+async def clear_dirty(conn: Connection, rows: Iterable[tuple[str, int]]) -> None:
     """``(mac, generation)`` each: clear the mark only where it still holds that generation
     (a newer change is drawn again)."""
     await conn.executemany("UPDATE labels SET dirty = 0 WHERE mac = ? AND dirty = ?", rows)
 
 
 # -- keys and counters ---------------------------------------------------------------------
-async def reserve_counters(conn: aiosqlite.Connection, mac: str, budget: int) -> None:
+async def reserve_counters(conn: Connection, mac: str, budget: int) -> None:
     """Move the label's transmit counter past the `budget` a job may use."""
     await conn.execute("UPDATE labels SET tx_counter = tx_counter + ? WHERE mac = ?", (budget, mac))
 
 
-async def use_factory_counter(conn: aiosqlite.Connection, mac: str) -> None:
+async def use_factory_counter(conn: Connection, mac: str) -> None:
     """A pairing job used the factory counter once more."""
     await conn.execute("UPDATE labels SET factory_counter = factory_counter + 1 WHERE mac = ?", (mac,))
 
 
-async def set_key(conn: aiosqlite.Connection, mac: str, key: bytes, *, tx_counter: int, rx_highest: int) -> None:
+async def set_key(conn: Connection, mac: str, key: bytes, *, tx_counter: int, rx_highest: int) -> None:
     """The label's new long-term key, with the counters it starts at."""
     await conn.execute("UPDATE labels SET label_key = ?, tx_counter = ?, rx_highest = ?, key_lost_at = NULL "
                        "WHERE mac = ?", (key, tx_counter, rx_highest, mac))
 
 
-async def forget_key(conn: aiosqlite.Connection, mac: str) -> None:
+async def forget_key(conn: Connection, mac: str) -> None:
     """The label lost its key (a technician's reset): it must be paired again."""
     await conn.execute("UPDATE labels SET label_key = NULL, key_lost_at = NULL WHERE mac = ?", (mac,))
 
 
-async def note_key_lost(conn: aiosqlite.Connection, mac: str, *, now: str) -> bool:
+async def note_key_lost(conn: Connection, mac: str, *, now: str) -> bool:
     """A label holding a key checked in without one: note when (the first time only); True if
     this is news. Nothing else changes: a key-less check-in proves nothing (anybody can send
     one), so the key stays until a technician resets the label."""
     cur = await conn.execute("UPDATE labels SET key_lost_at = ? WHERE mac = ? AND label_key IS NOT NULL "
                              "AND key_lost_at IS NULL", (now, mac))
-    return cur.rowcount > 0
+    return cur > 0
 
 
-async def keys_in_clear(db: Database) -> list[aiosqlite.Row]:
+async def keys_in_clear(db: Database) -> list[Row]:
     """``mac, store, label_key`` of the labels whose key an older release stored in clear (16
     bytes; a sealed key is longer: `eslserver.keyvault`)."""
     return await db.read("SELECT mac, store, label_key FROM labels WHERE length(label_key) = 16")
 
 
-async def replace_keys(conn: aiosqlite.Connection, rows: Iterable[tuple[bytes, str]]) -> None:
+async def replace_keys(conn: Connection, rows: Iterable[tuple[bytes, str]]) -> None:
     """``(sealed key, mac)`` each: the label's key, sealed, in place of the clear one (the
     counters stay: it is the same key)."""
     await conn.executemany("UPDATE labels SET label_key = ? WHERE mac = ?", rows)
 
 
-async def advance_counters(conn: aiosqlite.Connection, mac: str, *, tx_counter: int,
+async def advance_counters(conn: Connection, mac: str, *, tx_counter: int,
                            rx_highest: int | None) -> None:
     """Counters only move forward: each becomes the larger of the stored and the given one
     (None: leave ``rx_highest`` as it is)."""
-    await conn.execute("UPDATE labels SET tx_counter = MAX(tx_counter, ?), "
-                       "rx_highest = MAX(rx_highest, COALESCE(?, 0)) WHERE mac = ?", (tx_counter, rx_highest, mac))
+    await conn.execute("UPDATE labels SET tx_counter = CASE WHEN tx_counter < ? THEN ? ELSE tx_counter END, "
+                       "rx_highest = CASE WHEN rx_highest < COALESCE(?, 0) THEN ? ELSE rx_highest END WHERE mac = ?",
+                       (tx_counter, tx_counter, rx_highest, rx_highest, mac))
 
 
 # -- what the label reported ----------------------------------------------------------------
-async def record_seen(conn: aiosqlite.Connection, mac: str, *, now: str, gateway: str | None,
+async def record_seen(conn: Connection, mac: str, *, now: str, gateway: str | None,
                       displayed_hash: str | None, battery_mv: int | None, temperature_c: int | None,
                       rssi: int | None) -> None:
     """The label was heard (authenticated): what it reported (None keeps the stored value),
@@ -366,42 +366,43 @@ async def record_seen(conn: aiosqlite.Connection, mac: str, *, now: str, gateway
         (displayed_hash, battery_mv, temperature_c, rssi, now, gateway, now, mac))
 
 
-async def record_unkeyed_checkin(conn: aiosqlite.Connection, mac: str, *, factory_counter: int, gateway: str,
+async def record_unkeyed_checkin(conn: Connection, mac: str, *, factory_counter: int, gateway: str,
                                  rssi: int | None, now: str) -> None:
     """A check-in without a key (a new or reset label): its factory counter moves forward,
     and where and when it was heard."""
-    await conn.execute("UPDATE labels SET factory_counter = MAX(factory_counter, ?), gateway = ?, "
-                       "rssi = ?, last_seen = ? WHERE mac = ?", (factory_counter, gateway, rssi, now, mac))
+    await conn.execute("UPDATE labels SET factory_counter = CASE WHEN factory_counter < ? THEN ? ELSE factory_counter "
+                       "END, gateway = ?, rssi = ?, last_seen = ? WHERE mac = ?",
+                       (factory_counter, factory_counter, gateway, rssi, now, mac))
 
 
-async def set_up_to_date(conn: aiosqlite.Connection, mac: str) -> None:
+async def set_up_to_date(conn: Connection, mac: str) -> None:
     """The label reported the image it should show: ``ok``, nothing waiting."""
     await conn.execute("UPDATE labels SET state = 'ok', origin_at = NULL WHERE mac = ?", (mac,))
 
 
-async def set_pending(conn: aiosqlite.Connection, mac: str) -> None:
+async def set_pending(conn: Connection, mac: str) -> None:
     """An update for the label is on its way (or about to be)."""
     await conn.execute("UPDATE labels SET state = 'pending' WHERE mac = ?", (mac,))
 
 
-async def mark_failed(conn: aiosqlite.Connection, mac: str, *, now: str) -> None:
+async def mark_failed(conn: Connection, mac: str, *, now: str) -> None:
     """A job for the label could not be built: ``failed``."""
     await conn.execute("UPDATE labels SET state = 'failed', updated_at = ? WHERE mac = ?", (now, mac))
 
 
-async def record_failure(conn: aiosqlite.Connection, mac: str, state: str, *, now: str) -> None:
+async def record_failure(conn: Connection, mac: str, state: str, *, now: str) -> None:
     """A job for the label failed for good: `state` (``offline`` or ``failed``) and one more
     failure counted."""
     await conn.execute("UPDATE labels SET state = ?, failures = failures + 1, updated_at = ? WHERE mac = ?",
                        (state, now, mac))
 
 
-async def mark_silent_offline(conn: aiosqlite.Connection, store: str, *, heard_before: str,
+async def mark_silent_offline(conn: Connection, store: str, *, heard_before: str,
                               now: str) -> list[str]:
     """`store`'s labels showing a product (``ok`` or ``pending``) and last heard before
     `heard_before`: ``offline``, in one statement (they missed their check-ins; the next one
     brings them back). Returns their MACs, so their new state can be published."""
-    cursor = await conn.execute(
+    rows = await conn.fetchall(
         "UPDATE labels SET state = 'offline', updated_at = ? WHERE store = ? AND state IN ('ok', 'pending') "
         "AND last_seen IS NOT NULL AND last_seen < ? RETURNING mac", (now, store, heard_before))
-    return [str(row[0]) for row in await cursor.fetchall()]
+    return [str(row[0]) for row in rows]

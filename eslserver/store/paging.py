@@ -9,15 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-
-from eslserver.db.database import Database
+from eslserver.db.database import Database, Row
 
 __all__ = ["newest_first"]
 
 
 async def newest_first(db: Database, select: str, where: Sequence[str], params: Sequence[Any], *,
-                       before: int | None, limit: int) -> list[aiosqlite.Row]:
+                       before: int | None, limit: int) -> list[Row]:
     """Up to `limit` committed rows of `select` (the query up to its WHERE clause) matching
     every condition in `where`, by descending ``id``; `before` (an id) continues a listing
     after the last row of its previous page."""

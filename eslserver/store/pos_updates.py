@@ -9,20 +9,18 @@ stand for, and pruned by age (``pos_update_ids_days``) in small batches.
 
 from __future__ import annotations
 
-import aiosqlite
-
-from eslserver.db.database import Reader, fetchone
+from eslserver.db.database import Connection, Reader, Row, fetchone
 
 __all__ = ["seen", "remember", "prune_before", "count"]
 
 
-async def seen(conn: Reader, store: str, update_id: str) -> aiosqlite.Row | None:
+async def seen(conn: Reader, store: str, update_id: str) -> Row | None:
     """The first acceptance of `update_id` in `store` (``sku``, ``status``, ``seen_at``), or None."""
     return await fetchone(conn, "SELECT sku, status, seen_at FROM pos_update_ids WHERE store = ? AND update_id = ?",
                           (store, update_id))
 
 
-async def remember(conn: aiosqlite.Connection, store: str, update_id: str, sku: str, status: str,
+async def remember(conn: Connection, store: str, update_id: str, sku: str, status: str,
                    seen_at: str) -> None:
     """Record that `update_id` was accepted with `status`, inside the caller's transaction (so
     the id is kept exactly when the change it stands for is committed). An id already kept
@@ -33,7 +31,7 @@ async def remember(conn: aiosqlite.Connection, store: str, update_id: str, sku: 
         (store, update_id, sku, status, seen_at))
 
 
-async def prune_before(conn: aiosqlite.Connection, cutoff_iso: str, limit: int) -> int:
+async def prune_before(conn: Connection, cutoff_iso: str, limit: int) -> int:
     """Forget at most `limit` ids (of any store) accepted before `cutoff_iso`, oldest first;
     returns how many went. Small batches keep the write transaction short."""
     if limit < 1:
@@ -42,7 +40,7 @@ async def prune_before(conn: aiosqlite.Connection, cutoff_iso: str, limit: int) 
         "DELETE FROM pos_update_ids WHERE (store, update_id) IN "
         "(SELECT store, update_id FROM pos_update_ids WHERE seen_at < ? ORDER BY seen_at LIMIT ?)",
         (cutoff_iso, limit))
-    return max(0, cursor.rowcount)
+    return cursor
 
 
 async def count(conn: Reader) -> int:

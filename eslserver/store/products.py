@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-import aiosqlite
-
-from eslserver.db.database import Database, Reader, escape_like, fetchall, fetchone, placeholders
+from eslserver.db.database import Connection, Database, Reader, Row, escape_like, fetchall, fetchone, placeholders
 
 __all__ = [
     "HistoryRow", "exists", "get", "seq", "upsert", "records", "due_changes", "set_next_change", "next_due",
@@ -34,7 +32,7 @@ async def exists(conn: Reader, store: str, sku: str) -> bool:
     return await fetchone(conn, "SELECT 1 FROM products WHERE store = ? AND sku = ?", (store, sku)) is not None
 
 
-async def get(conn: Reader, store: str, sku: str) -> aiosqlite.Row | None:
+async def get(conn: Reader, store: str, sku: str) -> Row | None:
     """The product's ``record`` (JSON text) and ``seq``; None when it is not in the catalogue."""
     return await fetchone(conn, "SELECT record, seq FROM products WHERE store = ? AND sku = ?", (store, sku))
 
@@ -45,7 +43,7 @@ async def seq(conn: Reader, store: str, sku: str) -> int | None:
     return None if row is None else row[0]
 
 
-async def upsert(conn: aiosqlite.Connection, store: str, sku: str, record: str, seq: int | None,
+async def upsert(conn: Connection, store: str, sku: str, record: str, seq: int | None,
                  updated_at: str, next_change_at: str | None, *, by_pos: bool | None = False) -> None:
     """Make `record` the product's current one (inserted, or replacing the stored row whole).
     ``created_by_pos`` is set when a POS (`by_pos`) inserts the product and cleared by a change
@@ -55,12 +53,12 @@ async def upsert(conn: aiosqlite.Connection, store: str, sku: str, record: str, 
         "VALUES (?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (store, sku) DO UPDATE SET record = excluded.record, seq = excluded.seq, "
         "updated_at = excluded.updated_at, next_change_at = excluded.next_change_at, "
-        "created_by_pos = CASE WHEN ? IS NULL THEN products.created_by_pos "
-        "ELSE products.created_by_pos AND excluded.created_by_pos END",
-        (store, sku, record, seq, updated_at, next_change_at, int(bool(by_pos)), by_pos))
+        "created_by_pos = CASE WHEN CAST(? AS INTEGER) IS NULL THEN products.created_by_pos "
+        "WHEN products.created_by_pos <> 0 AND excluded.created_by_pos <> 0 THEN 1 ELSE 0 END",
+        (store, sku, record, seq, updated_at, next_change_at, int(bool(by_pos)), None if by_pos is None else int(by_pos)))
 
 
-async def reset_seq(conn: aiosqlite.Connection, store: str, sku: str) -> int | None:
+async def reset_seq(conn: Connection, store: str, sku: str) -> int | None:
     """Forget the SKU's POS ``seq`` (applied and scheduled), so the POS's next one is accepted
     whatever it is; returns the seq forgotten. Raises LookupError for an unknown SKU."""
     row = await fetchone(conn, "SELECT seq FROM products WHERE store = ? AND sku = ?", (store, sku))
@@ -72,18 +70,18 @@ async def reset_seq(conn: aiosqlite.Connection, store: str, sku: str) -> int | N
     return max((v for v in (row[0], pending) if v is not None), default=None)
 
 
-async def records(db: Database, store: str) -> list[aiosqlite.Row]:
+async def records(db: Database, store: str) -> list[Row]:
     """Every product's ``sku`` and ``record`` (committed), by SKU."""
     return await db.read("SELECT sku, record FROM products WHERE store = ? ORDER BY sku", (store,))
 
 
-async def due_changes(conn: aiosqlite.Connection, store: str, now: str) -> list[aiosqlite.Row]:
+async def due_changes(conn: Connection, store: str, now: str) -> list[Row]:
     """Products (``sku``, ``record``, ``next_change_at``) whose promotion starts or ends by `now`."""
     return await fetchall(conn, "SELECT sku, record, next_change_at FROM products WHERE store = ? "
                                 "AND next_change_at <= ?", (store, now))
 
 
-async def set_next_change(conn: aiosqlite.Connection, store: str, sku: str, at: str | None) -> None:
+async def set_next_change(conn: Connection, store: str, sku: str, at: str | None) -> None:
     """When the product's label must next be redrawn for a promotion (None: never)."""
     await conn.execute("UPDATE products SET next_change_at = ? WHERE store = ? AND sku = ?", (at, store, sku))
 
@@ -93,7 +91,7 @@ async def next_due(db: Database, store: str) -> str | None:
     one read over ``scheduled_updates`` and ``products``."""
     row = await db.read_one(
         "SELECT MIN(t) FROM (SELECT MIN(valid_from) AS t FROM scheduled_updates WHERE store = ? "
-        "UNION ALL SELECT MIN(next_change_at) FROM products WHERE store = ?)", (store, store))
+        "UNION ALL SELECT MIN(next_change_at) FROM products WHERE store = ?) AS due", (store, store))
     return row[0] if row and row[0] else None
 
 
@@ -104,8 +102,15 @@ _SUMMARY: Final = ("SELECT p.sku, p.record, p.seq, p.updated_at, p.next_change_a
                    "FROM products p")
 
 
+def _field(db: Database, name: str) -> str:
+    """The text of field `name` of a product's JSON ``record``, in the engine's own words."""
+    if db.engine == "postgresql":
+        return f"(p.record::json ->> '{name}')"
+    return f"json_extract(p.record, '$.{name}')"
+
+
 async def search(db: Database, store: str, q: str | None, *, limit: int,
-                 offset: int) -> tuple[int, list[aiosqlite.Row]]:
+                 offset: int) -> tuple[int, list[Row]]:
     """(how many match, one page of them) as `summary` rows. `q` matches a SKU or name
     (substring, case-insensitive) or an EAN exactly; exact SKU / EAN matches come first,
     then by SKU. Two reads, as the count and the page are separate questions."""
@@ -114,10 +119,12 @@ async def search(db: Database, store: str, q: str | None, *, limit: int,
     order = "p.sku"
     order_params: list[Any] = []
     if q is not None:
-        where += (" AND (p.sku LIKE ? ESCAPE '\\' OR json_extract(p.record, '$.name') LIKE ? ESCAPE '\\' "
-                  "OR json_extract(p.record, '$.ean') = ? OR p.sku = ?)")
-        params += [f"%{escape_like(q)}%", f"%{escape_like(q)}%", q, q]
-        order = "(p.sku = ? OR json_extract(p.record, '$.ean') = ?) DESC, p.sku"
+        name, ean = _field(db, "name"), _field(db, "ean")
+        where += (f" AND (lower(p.sku) LIKE ? ESCAPE '\\' OR lower({name}) LIKE ? ESCAPE '\\' "
+                  f"OR {ean} = ? OR p.sku = ?)")
+        pattern = f"%{escape_like(q.lower())}%"
+        params += [pattern, pattern, q, q]
+        order = f"(p.sku = ? OR {ean} = ?) DESC, p.sku"
         order_params = [q, q]
     total = await db.read_one(f"SELECT COUNT(*) FROM products p WHERE {where}", params)
     rows = await db.read(f"{_SUMMARY} WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
@@ -125,14 +132,14 @@ async def search(db: Database, store: str, q: str | None, *, limit: int,
     return (total[0] if total else 0), rows
 
 
-async def summary(db: Database, store: str, sku: str) -> aiosqlite.Row | None:
+async def summary(db: Database, store: str, sku: str) -> Row | None:
     """``sku``, ``record``, ``seq``, ``updated_at``, ``next_change_at``, ``created_by_pos`` and
     ``n_labels`` (labels bound to it) of one product; None when it is not in the catalogue."""
     return await db.read_one(f"{_SUMMARY} WHERE p.store = ? AND p.sku = ?", (store, sku))
 
 
 # -- price_history ------------------------------------------------------------------------
-async def add_history(conn: aiosqlite.Connection, store: str, sku: str, periods: Sequence[HistoryRow]) -> None:
+async def add_history(conn: Connection, store: str, sku: str, periods: Sequence[HistoryRow]) -> None:
     """Append price periods to the SKU's history, in order (one executemany)."""
     if periods:
         await conn.executemany(
@@ -146,11 +153,11 @@ async def last_change(conn: Reader, store: str, sku: str) -> str | None:
     return None if row is None else row[0]
 
 
-async def history(db: Reader, store: str, skus: Iterable[str]) -> dict[str, list[aiosqlite.Row]]:
+async def history(db: Reader, store: str, skus: Iterable[str]) -> dict[str, list[Row]]:
     """Each SKU's price history in the order it was written: ``id``, ``price``, ``start_at``,
     ``end_at``, ``reduction``, ``seq``, ``source``, ``recorded_at``. Every SKU asked for is a
     key (an empty list when it has no history); one read per 500 SKUs."""
-    out: dict[str, list[aiosqlite.Row]] = {sku: [] for sku in skus}
+    out: dict[str, list[Row]] = {sku: [] for sku in skus}
     keys = list(out)
     for i in range(0, len(keys), _IN_MAX):
         part = keys[i:i + _IN_MAX]
@@ -162,29 +169,29 @@ async def history(db: Reader, store: str, skus: Iterable[str]) -> dict[str, list
 
 
 async def history_groups(db: Database, before_iso: str, after: tuple[str, str],
-                         limit: int) -> list[aiosqlite.Row]:
+                         limit: int) -> list[Row]:
     """``store``, ``sku`` and ``old`` (how many of its periods start before `before_iso`) of
     the next `limit` SKUs with history after the key `after` (``(store, sku)``; ``("", "")``
     for the first), in key order: retention walks every SKU a few hundred at a time, each read
     short (a covering walk of index ``price_history_start``)."""
-    return await db.read("SELECT store, sku, SUM(start_at < ?) AS old FROM price_history "
+    return await db.read("SELECT store, sku, COUNT(CASE WHEN start_at < ? THEN 1 END) AS old FROM price_history "
                          "WHERE (store, sku) > (?, ?) GROUP BY store, sku ORDER BY store, sku LIMIT ?",
                          (before_iso, *after, limit))
 
 
-async def delete_history(conn: aiosqlite.Connection, ids: Sequence[int]) -> int:
+async def delete_history(conn: Connection, ids: Sequence[int]) -> int:
     """Delete these price periods (by ``id``); how many. Which periods the lowest-price rule
     no longer needs is `eslserver.retention`'s business, decided in this same transaction."""
     deleted = 0
     for i in range(0, len(ids), _IN_MAX):
         part = list(ids[i:i + _IN_MAX])
         cur = await conn.execute(f"DELETE FROM price_history WHERE id IN ({placeholders(part)})", part)
-        deleted += max(0, cur.rowcount)
+        deleted += cur
     return deleted
 
 
 # -- scheduled_updates --------------------------------------------------------------------
-async def schedule(conn: aiosqlite.Connection, store: str, sku: str, fields: str, seq: int | None,
+async def schedule(conn: Connection, store: str, sku: str, fields: str, seq: int | None,
                    valid_from: str, received_at: str, source: str) -> None:
     """Keep an update (`fields`, JSON text) to apply at `valid_from`."""
     await conn.execute(
@@ -198,7 +205,7 @@ async def scheduled_max_seq(conn: Reader, store: str, sku: str) -> int | None:
     return None if row is None else row[0]
 
 
-async def due_scheduled(conn: aiosqlite.Connection, store: str, now: str) -> list[aiosqlite.Row]:
+async def due_scheduled(conn: Connection, store: str, now: str) -> list[Row]:
     """Scheduled updates due by `now` (``id``, ``sku``, ``fields``, ``seq``, ``valid_from``,
     ``received_at``, ``source``), oldest ``valid_from`` first."""
     return await fetchall(conn, "SELECT id, sku, fields, seq, valid_from, received_at, source "
@@ -206,12 +213,12 @@ async def due_scheduled(conn: aiosqlite.Connection, store: str, now: str) -> lis
                           (store, now))
 
 
-async def drop_scheduled(conn: aiosqlite.Connection, update_id: int) -> None:
+async def drop_scheduled(conn: Connection, update_id: int) -> None:
     """Forget one scheduled update (it was applied, or superseded)."""
     await conn.execute("DELETE FROM scheduled_updates WHERE id = ?", (update_id,))
 
 
-async def scheduled(db: Database, store: str, sku: str) -> list[aiosqlite.Row]:
+async def scheduled(db: Database, store: str, sku: str) -> list[Row]:
     """The SKU's pending scheduled updates (committed), in the order they will apply."""
     return await db.read("SELECT id, fields, seq, valid_from, received_at, source FROM scheduled_updates "
                          "WHERE store = ? AND sku = ? ORDER BY valid_from, id", (store, sku))

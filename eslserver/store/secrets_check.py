@@ -7,9 +7,7 @@ the value is and how it is checked are the key vault's; this module only stores 
 
 from __future__ import annotations
 
-import aiosqlite
-
-from eslserver.db.database import Reader, fetchone
+from eslserver.db.database import Connection, Reader, fetchone
 
 __all__ = ["get", "put"]
 
@@ -21,7 +19,7 @@ async def get(conn: Reader) -> bytes | None:
     return None if row is None else bytes(row["check_value"])
 
 
-async def put(conn: aiosqlite.Connection, check_value: bytes, *, now: str) -> None:
+async def put(conn: Connection, check_value: bytes, *, now: str) -> None:
     """Record the check value of the key the database is written with from now on (only when
     none is stored: a second key never replaces the first one silently)."""
     await conn.execute("INSERT INTO secrets_check (id, check_value, created_at) VALUES (1, ?, ?)",

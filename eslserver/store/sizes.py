@@ -8,22 +8,42 @@ through the table's smallest index), so API reads interleave with them.
 
 from __future__ import annotations
 
+import os
 from typing import Final
 
 from eslserver.db.database import Database
 
-__all__ = ["table_rows"]
+__all__ = ["database_bytes", "table_rows"]
 
-_TABLES: Final = ("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
-                  "ORDER BY name")
+_TABLES: Final = {
+    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+              "ORDER BY name",
+    "postgresql": "SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema() "
+                  "AND tablename <> 'esl_schema_version' ORDER BY tablename",
+}
 
 
 async def table_rows(db: Database) -> dict[str, int]:
-    """Rows per table (every table of the schema, SQLite's internal ones aside), by name."""
+    """Rows per table (every table of the schema, the engine's own bookkeeping aside), by name."""
     out: dict[str, int] = {}
-    for row in await db.read(_TABLES):
+    for row in await db.read(_TABLES[db.engine]):
         name = str(row["name"])
         quoted = name.replace('"', '""')
         counted = await db.read_one(f'SELECT COUNT(*) FROM "{quoted}"')
         out[name] = int(counted[0]) if counted else 0
     return out
+
+
+async def database_bytes(db: Database) -> int:
+    """What the disk holds of the database: the SQLite file and its write-ahead log, or what
+    PostgreSQL reports for the whole database."""
+    if db.path is None:
+        row = await db.read_one("SELECT pg_database_size(current_database())")
+        return int(row[0]) if row else 0
+    total = 0
+    for path in (db.path, db.path.with_name(db.path.name + "-wal")):
+        try:
+            total += os.stat(path).st_size
+        except FileNotFoundError:
+            pass
+    return total

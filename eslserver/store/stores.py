@@ -7,14 +7,12 @@ the first start).
 
 from __future__ import annotations
 
-import aiosqlite
-
-from eslserver.db.database import Database
+from eslserver.db.database import Connection, Database
 
 __all__ = ["upsert", "count"]
 
 
-async def upsert(conn: aiosqlite.Connection, store: str, name: str, currency: str, field_map: str,
+async def upsert(conn: Connection, store: str, name: str, currency: str, field_map: str,
                  created_at: str) -> None:
     """Insert the store, or update its name, currency and field map (JSON text), keeping the
     ``created_at`` of its first row."""

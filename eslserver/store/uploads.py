@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Final
 
-import aiosqlite
-
-from eslserver.db.database import Database, Reader, fetchone, placeholders
+from eslserver.db.database import Connection, Database, Reader, Row, fetchone, placeholders
 
 __all__ = ["COLUMNS", "index", "get", "by_name", "pngs", "insert", "set_name", "delete", "page"]
 
@@ -23,19 +21,19 @@ COLUMNS: Final = "digest, store, name, media_type, width, height, bytes, created
 _IN_MAX: Final = 500
 
 
-async def index(db: Database, store: str) -> list[aiosqlite.Row]:
+async def index(db: Database, store: str) -> list[Row]:
     """``digest`` and ``name`` of every committed upload (a digest names an image in any
     store; ``name`` is None unless the image was named in `store`)."""
     return await db.read("SELECT digest, CASE WHEN store = ? THEN name END AS name FROM uploaded_images "
                          "ORDER BY digest", (store,))
 
 
-async def get(conn: Reader, digest: str) -> aiosqlite.Row | None:
+async def get(conn: Reader, digest: str) -> Row | None:
     """The row of `digest` (`COLUMNS`); None when no upload has it."""
     return await fetchone(conn, f"SELECT {COLUMNS} FROM uploaded_images WHERE digest = ?", (digest,))
 
 
-async def by_name(conn: Reader, store: str, name: str) -> aiosqlite.Row | None:
+async def by_name(conn: Reader, store: str, name: str) -> Row | None:
     """The row named `name` in `store` (`COLUMNS`); None when no upload has that name."""
     return await fetchone(conn, f"SELECT {COLUMNS} FROM uploaded_images WHERE store = ? AND name = ?",
                           (store, name))
@@ -52,7 +50,7 @@ async def pngs(db: Database, digests: Collection[str]) -> dict[str, bytes]:
     return out
 
 
-async def insert(conn: aiosqlite.Connection, *, digest: str, store: str, name: str | None, media_type: str,
+async def insert(conn: Connection, *, digest: str, store: str, name: str | None, media_type: str,
                  width: int, height: int, png: bytes, created_at: str, created_by: str) -> None:
     """Store a new upload (the digest must be new; a name taken in the store is refused by
     the unique index, `sqlite3.IntegrityError`)."""
@@ -62,17 +60,17 @@ async def insert(conn: aiosqlite.Connection, *, digest: str, store: str, name: s
         (digest, store, name, media_type, width, height, len(png), png, created_at, created_by))
 
 
-async def set_name(conn: aiosqlite.Connection, digest: str, name: str) -> None:
+async def set_name(conn: Connection, digest: str, name: str) -> None:
     """Name an upload that had no name (the caller checked that it had none)."""
     await conn.execute("UPDATE uploaded_images SET name = ? WHERE digest = ? AND name IS NULL", (name, digest))
 
 
-async def delete(conn: aiosqlite.Connection, digest: str) -> None:
+async def delete(conn: Connection, digest: str) -> None:
     """Forget an upload."""
     await conn.execute("DELETE FROM uploaded_images WHERE digest = ?", (digest,))
 
 
-async def page(db: Database, store: str, limit: int, offset: int) -> tuple[int, list[aiosqlite.Row]]:
+async def page(db: Database, store: str, limit: int, offset: int) -> tuple[int, list[Row]]:
     """(how many `store` has, one page of their rows (`COLUMNS`), newest first)."""
     total = await db.read_one("SELECT COUNT(*) FROM uploaded_images WHERE store = ?", (store,))
     rows = await db.read(f"SELECT {COLUMNS} FROM uploaded_images WHERE store = ? "
