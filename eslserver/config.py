@@ -105,6 +105,11 @@ class Settings:
     mqtt_cert_file: str | None = None
     mqtt_key_file: str | None = None
     mqtt_insecure: bool = False
+    mqtt_shared: bool = False
+    """Take POS messages and gateway events as MQTT shared subscriptions (``$share/eslserver/…``):
+    the broker hands each message to one of the server instances. Needed when several instances
+    share one PostgreSQL database, else each would handle every message; the broker must support
+    shared subscriptions (Mosquitto 1.6+, EMQX, HiveMQ; the embedded amqtt broker does not)."""
     gateway_registration: str = "required"
     """``required``: the server acts only on the events and status of gateways registered with
     ``esl gateways add STORE/ID`` (an active MQTT identity, `eslserver.identities`); any other
@@ -120,7 +125,9 @@ class Settings:
     """How many discoveries one gateway may make at once before ``discovery_rate_per_min`` applies."""
     topic_prefix: str = "esl"
     instance: str = "server"
-    """This server instance's name (MQTT client id ``eslserver-{instance}``)."""
+    """This server instance's name (MQTT client id ``eslserver-{store}-{instance}``, its MQTT identity
+    ``server/{instance}``, the owner of the labels it renders): unique among the instances that
+    share one PostgreSQL database."""
     store: str = "demo"
     store_name: str = "Sklep demo"
     currency: str = "PLN"
@@ -145,6 +152,9 @@ class Settings:
     render_workers: int = 0
     """Render processes (0: one per CPU core)."""
     render_batch: int = 256
+    render_lease_s: float = 60.0
+    """Seconds an instance holds the dirty labels it claimed for drawing; the labels of an
+    instance that died are drawn by another one after this (several instances on PostgreSQL)."""
     template_cpu_s: float = 20.0
     """CPU seconds one render batch (or preview, or template check) may use; a template that
     runs longer fails with its line, and the label keeps its last good image."""
@@ -230,9 +240,9 @@ class Settings:
         if not (len(self.currency) == 3 and self.currency.isalpha() and self.currency.isupper()):
             raise ConfigError(f"currency: expected an ISO 4217 code such as PLN, got {self.currency!r}")
         if self.database_url is not None and not re.match(r"^postgres(ql)?://", self.database_url):
-            raise ConfigError(f"database_url: expected postgresql://user@host:port/database, got "
-                              f"{self.database_url.split('://')[0] if '://' in self.database_url else self.database_url!r:.40}"
-                              f"{'://…' if '://' in self.database_url else ''}")
+            scheme, sep, _ = self.database_url.partition("://")
+            shown = f"{scheme[:20]}://…" if sep else repr(self.database_url[:40])  # never a password
+            raise ConfigError(f"database_url: expected postgresql://user@host:port/database, got {shown}")
         if self.broker_url is not None and not re.match(r"^mqtts?://", self.broker_url):
             raise ConfigError(f"broker_url: expected mqtt://host:port or mqtts://host:port, got {self.broker_url!r}")
         bounds = {"debounce_ms": (0, 10_000), "render_workers": (0, 64), "render_batch": (1, 10_000),
@@ -246,7 +256,7 @@ class Settings:
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
                 raise ConfigError(f"{name}: expected an integer in {lo}..{hi}, got {value!r}")
         for name in ("retry_base_s", "retry_max_s", "gateway_status_interval_s", "template_cpu_s",
-                     "template_timeout_s", "checkin_interval_s"):
+                     "template_timeout_s", "checkin_interval_s", "render_lease_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name}: expected a number > 0, got {value!r}")

@@ -42,7 +42,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from eslserver.config import Settings
-from eslserver.db.database import Connection, Database
+from eslserver.db.database import Connection, Database, is_conflict
 from eslserver.gateway.events import (
     PROTOCOL_VERSION,
     REFUSAL_CODES,
@@ -103,6 +103,7 @@ Publish = Callable[[str, bytes, int, bool], Awaitable[None]]
 _SENT_GRACE_S = 10.0
 _CLAIM_LIMIT = 128  # also bounds publishes in flight: aiomqtt scans its pending calls per publish
 _EVENT_BATCH = 500
+_CONFLICT_RETRIES = 3  # a batch aborted for another instance's transaction is applied again
 
 
 def counter_budget(payload_len: int, max_frame: int = 244) -> int:
@@ -329,16 +330,11 @@ class Dispatcher:
             self._inbox_wake.clear()
             while self._inbox:
                 batch, self._inbox = self._inbox[:_EVENT_BATCH], self._inbox[_EVENT_BATCH:]
-                changed: set[str] = set()
+                # labels are locked in MAC order (each event of one label still in arrival order):
+                # instances applying batches at once on one database never wait on each other in a circle
+                batch.sort(key=lambda item: getattr(item[1], "mac", ""))
                 try:
-                    async with self.db.transaction() as conn:
-                        for gateway, event, _ in batch:
-                            try:
-                                async with self.db.savepoint(conn):
-                                    changed |= await self._apply_event(conn, gateway, event)
-                            except Exception:  # one event's failure must not lose the batch
-                                log.exception("applying %s from gateway %s failed", type(event).__name__, gateway,
-                                              extra=_fields(self.settings.store, gateway, event))
+                    changed = await self._apply_batch(batch)
                 except Exception as exc:  # the database itself failed: the messages are not acked
                     for _, _, fut in batch:
                         if not fut.done():
@@ -353,6 +349,29 @@ class Dispatcher:
                 if changed:
                     self.on_states(changed)
                 self.poke()
+
+    async def _apply_batch(self, batch: list[tuple[str, Any, asyncio.Future[None]]]) -> set[str]:
+        """One transaction for the batch, a savepoint per event; run again when the database
+        aborted it for another instance's transaction (a deadlock, `is_conflict`)."""
+        for attempt in range(_CONFLICT_RETRIES):
+            changed: set[str] = set()
+            try:
+                async with self.db.transaction() as conn:
+                    for gateway, event, _ in batch:
+                        try:
+                            async with self.db.savepoint(conn):
+                                changed |= await self._apply_event(conn, gateway, event)
+                        except Exception as exc:  # one event's failure must not lose the batch
+                            if is_conflict(exc):
+                                raise
+                            log.exception("applying %s from gateway %s failed", type(event).__name__, gateway,
+                                          extra=_fields(self.settings.store, gateway, event))
+                return changed
+            except Exception as exc:
+                if not is_conflict(exc) or attempt == _CONFLICT_RETRIES - 1:
+                    raise
+                self._dirtied = False
+        raise AssertionError("unreachable")
 
     async def _apply_event(self, conn: Connection, gateway: str | None,
                            event: Ack | Nack | Checkin | Status) -> set[str]:
@@ -420,8 +439,8 @@ class Dispatcher:
         """An ack finishes its job only with the label's own final word (`_final_word`) from
         the gateway the job was sent to; without it nothing changes and the job is retried."""
         now = utcnow()
+        label = await label_rows.for_event(conn, ev.mac)  # the label first, then its job: one lock order
         job = await job_rows.get(conn, ev.job, ev.mac)
-        label = await label_rows.for_event(conn, ev.mac)
         if job is None or label is None:
             self._warn_once(gateway, "unknown_job", "gateway %s acked unknown job %d (%s)", gateway, ev.job, ev.mac)
             return set()
@@ -540,6 +559,7 @@ class Dispatcher:
         if ev.code in REFUSAL_CODES:
             self._refused(gateway, ev)
             return set()
+        label = await label_rows.for_event(conn, ev.mac)  # the label first, then its job: one lock order
         job = await job_rows.get(conn, ev.job, ev.mac)
         if job is None or (gateway is not None and not self._from_its_gateway(job, gateway, ev)):
             return set()
@@ -549,7 +569,6 @@ class Dispatcher:
             return set()  # about an earlier delivery: the current one is still out
         changed = {ev.mac}
         if ev.status is not None:
-            label = await label_rows.for_event(conn, ev.mac)
             final = "missing" if label is None else self._final_word(ev.job, job, label, ev.mac, ev.status)
             if not isinstance(final, str):
                 changed |= await self._believe(conn, gateway, job, label, final, now=now)

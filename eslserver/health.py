@@ -49,7 +49,19 @@ def _pg_fault(exc: BaseException) -> str | None:
     state = getattr(exc, "sqlstate", None)
     if isinstance(state, str):
         return _PG_FAULTS.get(state) or _PG_FAULTS.get(state[:3]) or _PG_FAULTS.get(state[:2])
+    if _is_internal_client_error(exc):
+        # "cannot switch to state …; another operation (2) is in progress": the server ended the
+        # connection (its "terminating connection" came while no statement ran) and the next
+        # statement found the protocol out of step with it
+        return "connection lost"
     return "connection lost" if "connection" in type(exc).__name__.lower() else None
+
+
+def _is_internal_client_error(exc: BaseException) -> bool:
+    """asyncpg's `InternalClientError` (a connection whose protocol state is broken), except
+    `OutdatedSchemaCacheError` (a statement prepared before a schema change: retried, no fault)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return "InternalClientError" in names and "OutdatedSchemaCacheError" not in names
 
 
 def database_fault(exc: BaseException) -> tuple[str, str] | None:

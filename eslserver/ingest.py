@@ -262,6 +262,7 @@ class Ingest:
         ``update_id`` accepted before is a ``duplicate`` (the POS re-sent what it saw no
         confirmation for): not applied again; an accepted one is kept with its change."""
         store = self.settings.store
+        await products.take_turn(conn, store, update.sku)  # instances sharing a database: one item of a SKU at a time
         if update.update_id is not None and await pos_updates.seen(conn, store, update.update_id) is not None:
             return "duplicate"
         status = await self._decide(conn, update, received, source, actor)

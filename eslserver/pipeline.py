@@ -25,6 +25,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any
 
 from eslserver import pricing
@@ -107,10 +108,14 @@ class Pipeline:
     async def step(self) -> int:
         """Render one batch of dirty labels; returns how many labels it handled."""
         store = self.settings.store
-        rows = await label_rows.dirty_batch(self.db, store, self.settings.render_batch)
-        if not rows:
-            return 0
         now = utcnow()
+        owner = self.settings.instance
+        async with self.db.transaction() as conn:  # a lease: instances on one database split the work
+            claimed = await label_rows.claim_dirty(conn, store, owner=owner, now=iso(now), limit=self.settings.render_batch,
+                                                   until=iso(now + timedelta(seconds=self.settings.render_lease_s)))
+        if not claimed:
+            return 0
+        rows = await label_rows.dirty_batch(self.db, claimed)
         orphans = [r for r in rows if r["record"] is None]
         rows = [r for r in rows if r["record"] is not None]
         skus = sorted({r["sku"] for r in rows})
@@ -146,19 +151,19 @@ class Pipeline:
                 outcomes.extend(part)
         self.metrics.render_seconds.observe(time.perf_counter() - started)
         by_mac = {r["mac"]: r for r in rows}
-        changed = await self._write(outcomes, by_mac, orphans, now)
+        changed = await self._write(outcomes, by_mac, orphans, now, claimed)
         self.batches += 1
         if changed:
             self.on_states(changed)
         self.on_jobs()
-        return len(rows) + len(orphans)
+        return len(claimed)
 
     async def _templates(self, names: set[str]) -> dict[str, tuple[int, str]]:
         keys = sorted(names)
         return {r["name"]: (r["version"], r["source"]) for r in await store_templates.by_names(self.db, keys)}
 
     async def _write(self, outcomes: list[RenderOutcome], rows: dict[str, Any], orphans: list[Any],
-                     now: Any) -> list[str]:
+                     now: Any, claimed: list[str]) -> list[str]:
         store = self.settings.store
         changed: list[str] = []
         stamp = iso(now)
@@ -222,4 +227,5 @@ class Pipeline:
             await label_rows.set_render_failed(conn, failed)
             await event_rows.add_many(conn, events)
             await label_rows.clear_dirty(conn, clear)
+            await label_rows.release_leases(conn, claimed, self.settings.instance)
         return changed

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable
@@ -74,6 +75,22 @@ _SIZES_EVERY_S = 60.0
 """How long a server that has never reached its broker waits before calling it a fault."""
 
 
+_SHARED = "$share/eslserver/"
+"""The shared-subscription group of every instance: the broker hands each message to one of them."""
+_CHANGES = "esl_changes"
+"""The channel instances tell each other's live event streams on (PostgreSQL NOTIFY)."""
+_NOTIFY_MAX = 7000
+"""NOTIFY payloads stay under PostgreSQL's 8000 bytes; a larger change reaches local watchers only."""
+_LEAD_EVERY_S = 5.0
+"""Seconds between an instance's bids for a role another instance holds (the schedule loop)."""
+
+
+def _quiet(task: asyncio.Future[None]) -> None:
+    """A change not told to the other instances is a dashboard a moment behind, never an error."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("telling the other instances failed: %r", task.exception())
+
+
 class Server:
     """One eslserver instance. ``async with Server(settings) as server:``."""
 
@@ -108,6 +125,7 @@ class Server:
         self._state_queue: set[str] = set()
         self._watchers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._state_wake = asyncio.Event()
+        self._self_id = f"{settings.instance}-{os.getpid()}-{id(self):x}"
         self._schedule_wake = asyncio.Event()
         self.ingest = Ingest(self.db, settings, self.metrics, on_dirty=self._dirty, on_result=self._ingested)
         self.vault = KeyVault(settings)
@@ -150,8 +168,26 @@ class Server:
         self._state_wake.set()
 
     def notify(self, change: dict[str, Any]) -> None:
-        """Hand a change to every `watch` iterator (live dashboards); never blocks: a
-        watcher that falls behind loses the oldest changes, not the server's time."""
+        """Hand a change to every `watch` iterator (live dashboards), here and, through the
+        database, in the other instances that share it; never blocks: a watcher that falls
+        behind loses the oldest changes, not the server's time."""
+        self._tell_watchers(change)
+        if self.db.engine != "sqlite":  # other instances may share the database
+            payload = json.dumps({"from": self._self_id, "change": change})
+            if len(payload) < _NOTIFY_MAX:
+                task = asyncio.ensure_future(self.db.broadcast(_CHANGES, payload))
+                task.add_done_callback(_quiet)
+
+    def _changes_elsewhere(self, payload: str) -> None:
+        """A change another instance made (its `notify`), for this instance's watchers."""
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(message, dict) and message.get("from") != self._self_id and isinstance(message.get("change"), dict):
+            self._tell_watchers(message["change"])
+
+    def _tell_watchers(self, change: dict[str, Any]) -> None:
         for queue in list(self._watchers):
             if queue.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
@@ -283,12 +319,15 @@ class Server:
             self.mqtt = MqttConnection(self._mqtt_settings(),
                                        client_id=f"eslserver-{s.store}-{s.instance}", clean_session=False,
                                        on_connect=self._on_connect)
-            self.mqtt.subscribe(self.topics.pos_prices, self._on_prices, qos=1, concurrency=64)
+            # POS messages and gateway events go to one instance each, when several share a database
+            shared = _SHARED if s.mqtt_shared else ""
+            self.mqtt.subscribe(shared + self.topics.pos_prices, self._on_prices, qos=1, concurrency=64)
             # many handlers wait at once so that their events are applied in one batch
-            self.mqtt.subscribe(self.topics.filter(Kind.GATEWAY_EVENTS), self._on_gateway_event, qos=1,
+            self.mqtt.subscribe(shared + self.topics.filter(Kind.GATEWAY_EVENTS), self._on_gateway_event, qos=1,
                                 concurrency=256)
             self.mqtt.subscribe(self.topics.filter(Kind.GATEWAY_STATUS), self._on_gateway_status, qos=1)
             await self.mqtt.__aenter__()
+        await self.db.listen(_CHANGES, self._changes_elsewhere)
         self._spawn(self.pipeline.run(), "pipeline")
         self._spawn(self._schedule_loop(), "scheduler")
         self._spawn(self._housekeeping(), "housekeeping")
@@ -505,6 +544,9 @@ class Server:
         failure = FailureLog(log, "scheduler", store=self.settings.store)
         while True:
             self._schedule_wake.clear()  # before looking: a change while we look is not lost
+            if not await self.db.lead("scheduler"):  # another instance applies what is due
+                await asyncio.sleep(_LEAD_EVERY_S)
+                continue
             try:
                 due = await self.ingest.next_due()
                 now = utcnow()
@@ -537,7 +579,8 @@ class Server:
             except Exception as exc:
                 checks.failed(exc, retry_s=2.0)
             try:
-                await self.dispatcher.mark_silent(utcnow())
+                if await self.db.lead("offline-marking"):
+                    await self.dispatcher.mark_silent(utcnow())
                 labels = await label_rows.count_by_state(self.db)
                 jobs = await job_rows.count_by_state(self.db)
                 self.metrics.set_states(labels, jobs, await gateway_rows.count_online(self.db))
@@ -561,7 +604,8 @@ class Server:
             try:
                 if time.monotonic() >= next_round:
                     next_round = time.monotonic() + interval
-                    await self.retention.run()
+                    if await self.db.lead("retention"):
+                        await self.retention.run()
                     next_sizes = 0.0  # show what the round freed
                 if time.monotonic() >= next_sizes:
                     next_sizes = time.monotonic() + _SIZES_EVERY_S

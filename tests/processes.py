@@ -47,14 +47,16 @@ def esl_argv(*args: str) -> list[str]:
     return [sys.executable, "-c", "from eslserver.cli import main; main()", *args]
 
 
-async def trust_gateway(server_data: Path, gateway_data: Path, store: str, gateway: str) -> list[str]:
+async def trust_gateway(server_data: Path, gateway_data: Path, store: str, gateway: str, *,
+                        database_url: str | None = None) -> list[str]:
     """What an operator does once per gateway, done on the two data directories: the server's
     signing key and the gateway's own key are made (as their first start would), the gateway is
     registered (``esl gateways add``: its MQTT identity, so the server listens to it) and its
     public key too (``esl trust gateway``); returns the ``esl gateway`` arguments that give it
-    the server's public key. (The test brokers let anyone in: the identity's password is not used.)"""
+    the server's public key. (The test brokers let anyone in: the identity's password is not used.)
+    With `database_url`, the server's data is on that PostgreSQL database."""
     from eslserver.config import load_settings
-    from eslserver.db.sqlite import SqliteDatabase
+    from eslserver.db.database import open_database
     from eslserver.gateway.bridge import GatewayConfig
     from eslserver.gateway.identity import load_or_create_key
     from eslserver.identities import add_identity
@@ -66,7 +68,7 @@ async def trust_gateway(server_data: Path, gateway_data: Path, store: str, gatew
     settings = load_settings(None, environ={}, overrides={"data_dir": server_data})
     signing = load_signing_key(settings)
     key, _ = load_or_create_key(GatewayConfig(store=store, gateway_id=gateway, data_dir=gateway_data).key_path)
-    async with SqliteDatabase(settings.database_path) as db:
+    async with open_database(database_url or settings.database_path) as db:
         await add_identity(db, Identity(Role.GATEWAY, gateway, store), SYSTEM, reset=True)
         await register_gateway_key(db, store, gateway, key.public, actor=SYSTEM)
     return ["--server-public-key", signing.public.hex()]

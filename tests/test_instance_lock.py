@@ -43,6 +43,11 @@ async def test_a_second_serve_on_the_same_data_directory_refuses_in_one_line(tmp
         code, out, err = await _esl(tmp_path, "tokens", "create", "--role", "tech", "--data", str(settings.data_dir))
         assert code == 0, err
 
+        # and moving the data to PostgreSQL waits for the server to stop: nothing is copied half-written
+        code, out, err = await _esl(tmp_path, "db", "migrate-to", "postgresql://postgres@127.0.0.1:5432/never",
+                                    "--data", str(settings.data_dir))
+        assert code == 1 and "already serving" in err, err
+
         with pytest.raises(StartupError, match="already serving"):  # in-process, the same
             async with Server(settings, mqtt=False, http=False, render_processes=False):
                 pass

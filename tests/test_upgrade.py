@@ -482,6 +482,8 @@ async def _migrated_to(release: Release, monkeypatch: pytest.MonkeyPatch, name: 
         patch.setattr(sqlite_engine, "migrations", lambda engine="sqlite": shipped[:version])
         await _open(release.db)
     assert _user_version(release.db) == version
+
+
 async def test_migration_0008_adds_gateway_keys_protocols_and_key_loss_empty(release: Release) -> None:
     """0008 (trust): a gateway's registered public key and announced protocol, and when a keyed
     label checked in without its key. A release's gateways have neither (they must be registered
@@ -493,3 +495,13 @@ async def test_migration_0008_adds_gateway_keys_protocols_and_key_loss_empty(rel
         keyed = conn.execute("SELECT COUNT(*) FROM labels WHERE label_key IS NOT NULL").fetchone()[0]
     assert gateways and all(key is None and protocol is None for _, key, protocol in gateways)
     assert lost == 0 and keyed > 0  # the release's keys stay, and nothing says they were lost
+
+
+async def test_migration_0009_adds_label_leases_none_held(release: Release) -> None:
+    """0009 (several instances): the lease an instance holds on the dirty labels it renders.
+    A release's labels hold none: whatever they left dirty is claimable by the first start."""
+    await _open(release.db)
+    with closing(sqlite3.connect(release.db)) as conn:
+        held = conn.execute("SELECT COUNT(*) FROM labels WHERE lease_owner IS NOT NULL OR lease_until IS NOT NULL")
+        total = conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+        assert held.fetchone()[0] == 0 and total > 0

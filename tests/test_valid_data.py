@@ -26,8 +26,8 @@ from eslserver.server import Server
 from tests.test_api_schema import ApiClient, add_label, add_products
 
 
-async def _server(tmp_path: Path, **overrides: Any) -> AsyncIterator[ApiClient]:
-    settings = load_settings(environ={}, overrides={"data_dir": tmp_path / "data", "http_port": 0, **overrides})
+async def _server(data: Path, **overrides: Any) -> AsyncIterator[ApiClient]:
+    settings = load_settings(environ={}, overrides={"data_dir": data, "http_port": 0, **overrides})
     async with Server(settings, mqtt=False, render_processes=False) as server:
         tokens = {role: await create_token(server.db, role, f"test-{role}") for role in ROLES}
         async with aiohttp.ClientSession() as session:
@@ -36,13 +36,13 @@ async def _server(tmp_path: Path, **overrides: Any) -> AsyncIterator[ApiClient]:
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[ApiClient]:
-    async for client in _server(tmp_path):
+    async for client in _server(tmp_path / "data"):
         yield client
 
 
 @pytest.fixture
 async def strict(tmp_path: Path) -> AsyncIterator[ApiClient]:
-    async for client in _server(tmp_path, unknown_sku="refuse", max_seq_jump=1000):
+    async for client in _server(tmp_path / "strict", unknown_sku="refuse", max_seq_jump=1000):
         yield client
 
 

@@ -59,6 +59,8 @@ from eslserver.cli import identity_cmds  # noqa: E402
 identity_cmds.register(app)
 from eslserver.cli import trust_cmds  # noqa: E402
 trust_cmds.register(app)
+from eslserver.cli import db_cmds  # noqa: E402
+db_cmds.register(app)
 
 
 def main() -> None:

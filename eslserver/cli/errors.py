@@ -26,7 +26,7 @@ __all__ = ["startup_errors", "how_to_change", "run_app"]
 _FLAGS: Final = {"http_port": "--http-port", "http_host": "--http-host", "data_dir": "--data",
                  "broker_url": "--broker", "mqtt_port": "--broker-port", "store": "--store",
                  "gateway_id": "--id", "radio": "--radio", "http_tls_cert": "--tls-cert",
-                 "http_tls_key": "--tls-key", "database_url": "--database"}
+                 "http_tls_key": "--tls-key", "database_url": "--database", "instance": "--instance"}
 """The `esl serve` / `esl demo` (or, for the last two, `esl gateway`) flag of each setting a
 start-up error can name."""
 

@@ -25,6 +25,8 @@ _Config = Annotated[Optional[Path], typer.Option("--config", "-c", help="esl.tom
 _Data = Annotated[Optional[Path], typer.Option("--data", help="Data directory (SQLite file, spools, snapshots).")]
 _Database = Annotated[Optional[str], typer.Option(
     "--database", help="postgresql://user@host:port/db: keep the data on PostgreSQL (default: SQLite in --data).")]
+_Instance = Annotated[Optional[str], typer.Option(
+    "--instance", help="This instance's name, unique among the servers sharing one PostgreSQL database.")]
 _Host = Annotated[Optional[str], typer.Option("--http-host", help="HTTP address to listen on.")]
 _Port = Annotated[Optional[int], typer.Option("--http-port", help="HTTP port (0: any free port).")]
 _TlsCert = Annotated[Optional[Path], typer.Option("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key).")]
@@ -51,10 +53,10 @@ def _logging(settings: Settings, verbose: bool) -> None:
 def serve(config: _Config = None, data: _Data = None, http_host: _Host = None, http_port: _Port = None,
           broker: _Broker = None, broker_port: _BrokerPort = None, store: _Store = None, verbose: _Verbose = False,
           log_format: _LogFormat = None, tls_cert: _TlsCert = None, tls_key: _TlsKey = None,
-          database: _Database = None) -> None:
+          database: _Database = None, instance: _Instance = None) -> None:
     """Run the server until Ctrl-C or SIGTERM."""
     restrict_umask()  # the database, the secret key, broker files: this user's only
-    settings = settings_from_flags(config, data_dir=data, database_url=database, http_host=http_host, http_port=http_port,
+    settings = settings_from_flags(config, data_dir=data, database_url=database, instance=instance, http_host=http_host, http_port=http_port,
                                    broker_url=broker, mqtt_port=broker_port, store=store, log_format=log_format,
                                    http_tls_cert=tls_cert, http_tls_key=tls_key)
     _logging(settings, verbose)

@@ -84,7 +84,7 @@ def create(
         typer.echo(f"error: --role: expected one of {', '.join(ROLES)}, got {role!r}", err=True)
         raise typer.Exit(2)
     path = _database_path(data, config, init=init)
-    if not path.exists():
+    if isinstance(path, Path) and not path.exists():
         typer.echo(f"note: no database at {path}; creating a new one (--init)", err=True)
     token = _run(path, lambda db: create_token(db, role, name))
     typer.echo(token)

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 __all__ = ["ENGINES", "SCHEMA_VERSION", "Connection", "Database", "DatabaseError", "Reader", "Row",
-           "escape_like", "fetchall", "fetchone", "is_database_url", "migrations", "open_database", "placeholders"]
+           "escape_like", "fetchall", "fetchone", "is_conflict", "is_database_url", "migrations", "open_database",
+           "placeholders", "redact", "row_lock"]
 
 ENGINES: Final = ("sqlite", "postgresql")
 
+_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _PACKAGES: Final = {"sqlite": "eslserver.db.migrations", "postgresql": "eslserver.db.migrations_postgresql"}
 
@@ -182,6 +184,18 @@ class Database(abc.ABC):
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         return await self.read_one(sql, params)
 
+    # -- several instances -------------------------------------------------------------
+    async def lead(self, role: str) -> bool:
+        """True while this process is the one instance that runs `role` (the schedule loop,
+        retention): asked again before each round. One server per SQLite file: always."""
+        return True
+
+    async def broadcast(self, channel: str, payload: str) -> None:
+        """Tell the other instances on this database (`listen`); nobody else to tell on SQLite."""
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call `callback` with what other instances `broadcast` on `channel`."""
+
     # -- housekeeping ------------------------------------------------------------------
     async def quick_check(self) -> str | None:
         """None when the stored data is sound, else the first problems found (SQLite's
@@ -218,6 +232,23 @@ async def fetchone(conn: Reader, sql: str, params: Sequence[Any] = ()) -> Row | 
     return await conn.fetchone(sql, params)
 
 
+def row_lock(conn: Reader, *, skip_locked: bool = False, of: str = "") -> str:
+    """The clause that locks the rows a query of an open transaction reads until it commits,
+    so that server instances sharing a PostgreSQL database take turns on them (``FOR UPDATE``,
+    ``OF`` the tables named in `of`; `skip_locked`: rows another instance holds are left out
+    instead of waited for). Empty on SQLite, where one server writes one transaction at a
+    time, and for a read of committed data."""
+    if not isinstance(conn, Connection) or conn.engine != "postgresql":
+        return ""
+    return " FOR UPDATE" + (f" OF {of}" if of else "") + (" SKIP LOCKED" if skip_locked else "")
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """True for a transaction the database aborted because another one got in its way (a
+    deadlock or a serialisation failure between server instances): running it again is the cure."""
+    return getattr(exc, "sqlstate", None) in ("40001", "40P01")
+
+
 def placeholders(items: Iterable[object]) -> str:
     """``?, ?, ?`` for an IN (...) list; ``NULL`` for none (``IN (NULL)`` matches nothing, as an
     empty list would, and PostgreSQL refuses ``IN ()``)."""
@@ -228,6 +259,23 @@ def escape_like(text: str) -> str:
     """`text` matched literally by ``LIKE ? ESCAPE '\\'`` (its ``%``, ``_`` and ``\\`` escaped);
     add the wildcards around it."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def redact(url: str) -> str:
+    """`url` without its password (``user:***@``, ``password=***``), for logs and errors.
+
+    Works on the text, not on a parse of it: the URLs that most need showing are the wrong
+    ones (a port that is not a number, several hosts, ``[::1]``), which `urlsplit` refuses or
+    rewrites, and an error about a URL must never become a traceback that prints it whole."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = authority.rpartition("@")
+    if at and ":" in userinfo:
+        authority = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
+    return f"{scheme}://{authority}" + _PASSWORD_PARAM.sub(r"\1***", tail)
 
 
 def is_database_url(target: str | Path) -> bool:

@@ -25,20 +25,20 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from eslserver.db.database import SCHEMA_VERSION, Connection, Database, DatabaseError, Row, migrations
+from eslserver.db.database import SCHEMA_VERSION, Connection, Database, DatabaseError, Row, migrations, redact
 
 __all__ = ["PostgresConnection", "PostgresDatabase", "numbered", "redact"]
 
 log = logging.getLogger(__name__)
 
 _MIGRATION_LOCK: Final = 0x45534C00  # "ESL\0": the advisory lock migrations run under
+_LEAD_LOCKS: Final = 0x45534C01  # "ESL\1": the advisory locks of `lead`, one per role
 _VERSION_TABLE: Final = "esl_schema_version"
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\?")
 
@@ -56,16 +56,6 @@ def numbered(sql: str) -> str:
         return f"${count}"
 
     return _TOKEN.sub(number, sql)
-
-
-def redact(url: str) -> str:
-    """`url` without its password, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def _finish(statement: Awaitable[Any]) -> None:
@@ -91,6 +81,35 @@ async def _rollback(raw: asyncpg.Connection) -> bool:
     return True
 
 
+def _closed(raw: asyncpg.Connection) -> bool:
+    """True when the connection under `raw` is gone: closed, or already taken back by the pool
+    (asyncpg does that the moment the server ends a pooled connection, and every call on it
+    then raises `InterfaceError`)."""
+    try:
+        return raw.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
+async def _statement(raw: asyncpg.Connection, run: Callable[[], Awaitable[Any]]) -> Any:
+    """`run()`, a statement on `raw`. On a connection the server ended between two statements
+    asyncpg raises "connection has been released back to the pool" (an `InterfaceError`, as
+    for a mistake of the caller); raise a lost connection (SQLSTATE 08003) instead, so that
+    health sees the database at fault and a message that failed so is retried, not rejected."""
+    try:
+        return await run()
+    except asyncpg.InterfaceError as exc:
+        if not _closed(raw):
+            raise
+        raise asyncpg.ConnectionDoesNotExistError(f"the connection to the database was lost ({exc})") from exc
+
+
+def _terminate(raw: asyncpg.Connection) -> None:
+    """Close `raw` at once (no goodbye to the server); nothing to do if it is gone already."""
+    with contextlib.suppress(asyncpg.InterfaceError):  # the pool took it back when it closed
+        raw.terminate()
+
+
 def _count(status: str) -> int:
     """The row count at the end of a command status (``UPDATE 3``, ``INSERT 0 1``)."""
     tail = status.rsplit(" ", 1)[-1]
@@ -107,20 +126,21 @@ class PostgresConnection(Connection):
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         if params:
-            return _count(await self.raw.execute(numbered(sql), *params))
-        return _count(await self.raw.execute(numbered(sql)))
+            return _count(await _statement(self.raw, lambda: self.raw.execute(numbered(sql), *params)))
+        return _count(await _statement(self.raw, lambda: self.raw.execute(numbered(sql))))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         batch = list(rows)
         if batch:
-            await self.raw.executemany(numbered(sql), batch)
+            await _statement(self.raw, lambda: self.raw.executemany(numbered(sql), batch))
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return list(await self.raw.fetch(numbered(sql), *params))
+        return list(await _statement(self.raw, lambda: self.raw.fetch(numbered(sql), *params)))
 
     @property
     def in_transaction(self) -> bool:
-        return self.raw.is_in_transaction()
+        """False also once the connection is lost: the server rolled the transaction back."""
+        return not _closed(self.raw) and self.raw.is_in_transaction()
 
 
 class PostgresDatabase(Database):
@@ -128,7 +148,9 @@ class PostgresDatabase(Database):
 
     engine = "postgresql"
     integrity_error = asyncpg.IntegrityConstraintViolationError
-    errors = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+    errors = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)
+    """`InternalClientError` too: asyncpg raises it when the server's last words on a connection
+    (``terminating connection``) arrive while no statement runs, at the next statement."""
 
     def __init__(self, url: str, *, pool_size: int = 4) -> None:
         super().__init__()
@@ -136,6 +158,8 @@ class PostgresDatabase(Database):
         self._pool: asyncpg.Pool | None = None
         self._pool_size = pool_size
         self._lock = asyncio.Lock()
+        self._leads: dict[str, asyncpg.Connection] = {}
+        self._listener: asyncpg.Connection | None = None
 
     @property
     def location(self) -> str:
@@ -149,8 +173,10 @@ class PostgresDatabase(Database):
             raise DatabaseError(f"cannot open database {self.location}: {exc}") from exc
         try:
             await self._migrate()
-        except Exception:
+        except Exception as exc:
             await self.close()
+            if isinstance(exc, self.errors):  # a user who may not create tables, a lost connection
+                raise DatabaseError(f"cannot open database {self.location}: {exc}") from exc
             raise
         return self
 
@@ -194,7 +220,45 @@ class PostgresDatabase(Database):
         await conn.execute(f"INSERT INTO {_VERSION_TABLE} (version) VALUES (0)")
         return 0
 
+    # -- several instances -------------------------------------------------------------
+    async def lead(self, role: str) -> bool:
+        """An advisory lock per role, held by a connection of its own for as long as it lives:
+        the instance holding it runs the role; when that instance dies, its connection goes,
+        PostgreSQL drops the lock and the next instance that asks takes the role over."""
+        conn = self._leads.get(role)
+        if conn is not None and not conn.is_closed():
+            return True
+        self._leads.pop(role, None)
+        try:
+            conn = await asyncpg.connect(self.url, timeout=10)
+        except (*self.errors, asyncio.TimeoutError):
+            return False
+        try:
+            held = await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", _LEAD_LOCKS, role)
+        except self.errors:
+            held = False
+        if not held:
+            await conn.close()
+            return False
+        log.info("this instance now runs %s", role)
+        self._leads[role] = conn
+        return True
+
+    async def broadcast(self, channel: str, payload: str) -> None:
+        await self.pool.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """LISTEN on a connection of its own (opened at the first call, kept until `close`)."""
+        if self._listener is None or self._listener.is_closed():
+            self._listener = await asyncpg.connect(self.url, timeout=10)
+        await self._listener.add_listener(channel, lambda _conn, _pid, _channel, payload: callback(payload))
+
     async def close(self) -> None:
+        for conn in [*self._leads.values(), *([self._listener] if self._listener is not None else [])]:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5)
+        self._leads.clear()
+        self._listener = None
         pool, self._pool = self._pool, None
         if pool is not None:
             with contextlib.suppress(Exception):
@@ -221,7 +285,7 @@ class PostgresDatabase(Database):
             clean = False
             try:
                 try:
-                    await _finish(raw.execute("BEGIN"))
+                    await _finish(_statement(raw, lambda: raw.execute("BEGIN")))
                 except self.errors as exc:
                     self._fault(exc)
                     raise
@@ -234,11 +298,11 @@ class PostgresDatabase(Database):
                     clean = await _rollback(raw)
                     raise
                 try:
-                    await _finish(raw.execute("COMMIT"))
+                    await _finish(_statement(raw, lambda: raw.execute("COMMIT")))
                     callbacks = self._after_commit
                 except BaseException as exc:
                     self._fault(exc)
-                    clean = not raw.is_in_transaction() or await _rollback(raw)
+                    clean = not _closed(raw) and (not raw.is_in_transaction() or await _rollback(raw))
                     raise
                 finally:
                     self._after_commit = None
@@ -249,11 +313,11 @@ class PostgresDatabase(Database):
 
     async def _release(self, raw: asyncpg.Connection, clean: bool) -> None:
         if not clean:
-            raw.terminate()
+            _terminate(raw)
         try:
             await asyncio.shield(self.pool.release(raw, timeout=10))
         except Exception:  # noqa: BLE001 - a broken connection: the pool makes a new one
-            raw.terminate()
+            _terminate(raw)
 
     @asynccontextmanager
     async def savepoint(self, conn: Connection) -> AsyncIterator[None]:
@@ -263,7 +327,8 @@ class PostgresDatabase(Database):
         try:
             yield
         except BaseException:
-            with contextlib.suppress(asyncpg.InterfaceError):
+            # a lost connection cannot roll back to anything: the block's own error goes on
+            with contextlib.suppress(*self.errors):
                 await conn.execute("ROLLBACK TO SAVEPOINT part")
                 await conn.execute("RELEASE SAVEPOINT part")
             del pending[mark:]
@@ -272,7 +337,8 @@ class PostgresDatabase(Database):
 
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:
-            return list(await self.pool.fetch(numbered(sql), *params))
+            async with self.pool.acquire() as raw:
+                return list(await _statement(raw, lambda: raw.fetch(numbered(sql), *params)))
         except self.errors as exc:
             self._fault(exc)
             raise

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from eslserver.db.database import Connection, Database, Reader, Row, fetchall, fetchone, placeholders
+from eslserver.db.database import Connection, Database, Reader, Row, fetchall, fetchone, placeholders, row_lock
 from eslserver.store._listing import batch_limit, equal_to
 from eslserver.store.labels import IN_MAX
 
@@ -88,7 +88,10 @@ async def claimable(conn: Reader, store: str, now: str, limit: int) -> list[Row]
     """Up to `limit` queued jobs of `store` due by `now`, oldest first, each the oldest open
     job of its label and for a label that is not ``offline``, with what building its
     envelope needs from the label (``gateway, label_key, tx_counter, rx_highest,
-    factory_counter, displayed_hash``). Joins ``labels``; it lives here because it selects jobs."""
+    factory_counter, displayed_hash``). Joins ``labels``; it lives here because it selects jobs.
+    In a transaction on PostgreSQL the jobs and labels stay locked until it ends, and rows
+    another instance holds are skipped: instances sharing a database never send one job twice
+    or spend one counter twice."""
     return await fetchall(
         conn,
         "SELECT j.id, j.mac, j.kind, j.image_hash, j.base_hash, j.region, j.delta, j.format, j.payload, "
@@ -96,7 +99,7 @@ async def claimable(conn: Reader, store: str, now: str, limit: int) -> list[Row]
         "l.displayed_hash FROM jobs j JOIN labels l ON l.mac = j.mac "
         "WHERE j.store = ? AND j.state = 'queued' AND j.next_attempt_at <= ? AND l.state <> 'offline' "
         "AND j.id = (SELECT MIN(k.id) FROM jobs k WHERE k.mac = j.mac AND k.state IN ('queued', 'sent')) "
-        "ORDER BY j.id LIMIT ?", (store, now, limit))
+        f"ORDER BY j.id LIMIT ?{row_lock(conn, skip_locked=True, of='j, l')}", (store, now, limit))
 
 
 async def mark_sent(conn: Connection, job_id: int, gateway: str, now: str) -> None:
@@ -140,9 +143,10 @@ async def count_sent_by(conn: Reader, gateway: str, *, store: str) -> int:
 
 # -- reads --------------------------------------------------------------------------------
 async def get(conn: Reader, job_id: int, mac: str) -> Row | None:
-    """``kind, state, attempts, command, image_hash, gateway`` of job `job_id` if it is for `mac`."""
+    """``kind, state, attempts, command, image_hash, gateway`` of job `job_id` if it is for `mac`
+    (locked until the transaction ends, on PostgreSQL: lock its label first, `labels.for_event`)."""
     return await fetchone(conn, "SELECT kind, state, attempts, command, image_hash, gateway FROM jobs "
-                          "WHERE id = ? AND mac = ?", (job_id, mac))
+                          f"WHERE id = ? AND mac = ?{row_lock(conn)}", (job_id, mac))
 
 
 async def has_open(conn: Reader, mac: str) -> bool:

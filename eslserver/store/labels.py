@@ -19,15 +19,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from eslserver.db.database import Connection, Database, Reader, Row, fetchall, fetchone, placeholders
+from eslserver.db.database import Connection, Database, Reader, Row, fetchall, fetchone, placeholders, row_lock
 from eslserver.store._listing import equal_to
 
 __all__ = [
-    "IN_MAX", "STATE_COLUMNS", "LabelFilter", "Pairing", "advance_counters", "bind", "bound_to", "clear_dirty",
+    "IN_MAX", "STATE_COLUMNS", "LabelFilter", "Pairing", "advance_counters", "bind", "bound_to", "claim_dirty", "clear_dirty",
     "count_by_state", "count_low_battery", "count_up_to_date", "dirty_batch", "dirty_generation", "dirty_marks",
     "discover", "drawn_with", "for_event", "forget_key", "get", "keys_in_clear", "mark_dirty", "mark_failed",
     "mark_silent_offline", "macs", "note_key_lost", "page", "pairing", "record_failure", "record_seen",
-    "record_unkeyed_checkin", "register", "replace_keys", "reserve_counters", "set_expected",
+    "record_unkeyed_checkin", "register", "release_leases", "replace_keys", "reserve_counters", "set_expected",
     "set_key", "set_pending", "set_render_failed", "set_shown", "set_up_to_date", "states", "unbind",
     "use_factory_counter",
 ]
@@ -149,33 +149,64 @@ async def count_up_to_date(db: Database, store: str) -> int:
     return row[0] if row else 0
 
 
-async def dirty_batch(db: Database, store: str, limit: int) -> list[Row]:
-    """Up to `limit` dirty labels of `store`, oldest mark first, each with its product's
-    ``record`` (None when the label is bound to no product that exists): ``mac, sku, model,
-    template, displayed_hash, expected_hash, dirty, paired, origin_at, record``. Reads
-    ``labels`` joined with ``products``; it lives here because it selects labels."""
-    return await db.read(
-        "SELECT l.mac, l.sku, l.model, l.template, l.displayed_hash, l.expected_hash, l.dirty, "
-        "l.label_key IS NOT NULL AS paired, l.origin_at, p.record "
-        "FROM labels l LEFT JOIN products p ON p.store = l.store AND p.sku = l.sku "
-        "WHERE l.store = ? AND l.dirty <> 0 ORDER BY l.dirty LIMIT ?", (store, limit))
+async def claim_dirty(conn: Connection, store: str, *, owner: str, now: str, until: str, limit: int) -> list[str]:
+    """Lease up to `limit` dirty labels of `store` to `owner` until `until`, oldest mark first,
+    and return their MACs: those no instance holds (no lease, a lease run out, or `owner`'s own
+    from before a restart). Instances sharing a database claim at the same time without
+    waiting for each other (rows another holds are skipped) and never claim the same label."""
+    rows = await conn.fetchall(
+        "UPDATE labels SET lease_owner = ?, lease_until = ? WHERE mac IN (SELECT mac FROM labels "
+        "WHERE store = ? AND dirty <> 0 AND (lease_until IS NULL OR lease_until < ? OR lease_owner = ?) "
+        f"ORDER BY dirty LIMIT ?{row_lock(conn, skip_locked=True)}) RETURNING mac",
+        (owner, until, store, now, owner, limit))
+    return [str(r[0]) for r in rows]
+
+
+async def release_leases(conn: Connection, macs: Sequence[str], owner: str) -> None:
+    """`owner` is done with these labels (drawn, or to be claimed again: their mark changed)."""
+    for i in range(0, len(macs), IN_MAX):
+        part = list(macs[i:i + IN_MAX])
+        await conn.execute(f"UPDATE labels SET lease_owner = NULL, lease_until = NULL WHERE mac IN "
+                           f"({placeholders(part)}) AND lease_owner = ?", (*part, owner))
+
+
+async def dirty_batch(db: Database, macs: Sequence[str]) -> list[Row]:
+    """The claimed labels of `macs` that are still dirty, oldest mark first, each with its
+    product's ``record`` (None when the label is bound to no product that exists): ``mac,
+    sku, model, template, displayed_hash, expected_hash, dirty, paired, origin_at, record``.
+    Reads ``labels`` joined with ``products``; it lives here because it selects labels."""
+    out: list[Row] = []
+    for i in range(0, len(macs), IN_MAX):
+        part = list(macs[i:i + IN_MAX])
+        out.extend(await db.read(
+            "SELECT l.mac, l.sku, l.model, l.template, l.displayed_hash, l.expected_hash, l.dirty, "
+            "l.label_key IS NOT NULL AS paired, l.origin_at, p.record "
+            "FROM labels l LEFT JOIN products p ON p.store = l.store AND p.sku = l.sku "
+            f"WHERE l.mac IN ({placeholders(part)}) AND l.dirty <> 0", part))
+    out.sort(key=lambda r: r["dirty"])
+    return out
 
 
 async def dirty_marks(conn: Reader, macs: Sequence[str]) -> dict[str, int]:
-    """The current ``dirty`` generation of each known label of `macs` (0: none)."""
+    """The current ``dirty`` generation of each known label of `macs` (0: none); in a
+    transaction on PostgreSQL the rows stay locked until it ends, so that an instance whose
+    lease ran out and the one that took over cannot both write a result."""
     out: dict[str, int] = {}
     for i in range(0, len(macs), IN_MAX):
         part = macs[i:i + IN_MAX]
-        for row in await fetchall(conn, f"SELECT mac, dirty FROM labels WHERE mac IN ({placeholders(part)})", part):
+        for row in await fetchall(conn, f"SELECT mac, dirty FROM labels WHERE mac IN ({placeholders(part)})"
+                                        f"{row_lock(conn)}", part):
             out[row["mac"]] = row["dirty"]
     return out
 
 
 async def for_event(conn: Reader, mac: str) -> Row | None:
     """What a gateway event about the label is judged by: ``sku, label_key, rx_highest,
-    expected_hash, origin_at, state, key_lost_at``; None when the label is not known."""
+    expected_hash, origin_at, state, key_lost_at``; None when the label is not known. In a
+    transaction on PostgreSQL the row stays locked until it ends: two instances applying
+    events of one label take turns, so a frame delivered to both counts once."""
     return await fetchone(conn, "SELECT sku, label_key, rx_highest, expected_hash, origin_at, state, key_lost_at "
-                                "FROM labels WHERE mac = ?", (mac,))
+                                f"FROM labels WHERE mac = ?{row_lock(conn)}", (mac,))
 
 
 async def pairing(conn: Reader, mac: str) -> Pairing | None:

@@ -15,7 +15,7 @@ from typing import Any, Final
 from eslserver.db.database import Connection, Database, Reader, Row, escape_like, fetchall, fetchone, placeholders
 
 __all__ = [
-    "HistoryRow", "exists", "get", "seq", "upsert", "records", "due_changes", "set_next_change", "next_due",
+    "HistoryRow", "exists", "get", "seq", "take_turn", "upsert", "records", "due_changes", "set_next_change", "next_due",
     "search", "summary", "add_history", "history", "schedule", "scheduled_max_seq", "due_scheduled",
     "drop_scheduled", "scheduled", "reset_seq", "last_change", "history_groups", "delete_history",
 ]
@@ -56,6 +56,16 @@ async def upsert(conn: Connection, store: str, sku: str, record: str, seq: int |
         "created_by_pos = CASE WHEN CAST(? AS INTEGER) IS NULL THEN products.created_by_pos "
         "WHEN products.created_by_pos <> 0 AND excluded.created_by_pos <> 0 THEN 1 ELSE 0 END",
         (store, sku, record, seq, updated_at, next_change_at, int(bool(by_pos)), None if by_pos is None else int(by_pos)))
+
+
+async def take_turn(conn: Connection, store: str, sku: str) -> None:
+    """Wait until no other transaction handles the SKU, and keep it until this one ends.
+    Instances sharing a PostgreSQL database apply the updates of one SKU one after the
+    other, each seeing what the previous one committed (its ``seq``, its ``update_id``s), so
+    the order is ``seq``'s whichever instance got which message. One server per SQLite file
+    writes one transaction at a time: nothing to wait for there."""
+    if conn.engine == "postgresql":
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"{store}/{sku}",))
 
 
 async def reset_seq(conn: Connection, store: str, sku: str) -> int | None:

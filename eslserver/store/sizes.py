@@ -9,29 +9,14 @@ through the table's smallest index), so API reads interleave with them.
 from __future__ import annotations
 
 import os
-from typing import Final
-
 from eslserver.db.database import Database
+from eslserver.store import tables
 
 __all__ = ["database_bytes", "table_rows"]
 
-_TABLES: Final = {
-    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
-              "ORDER BY name",
-    "postgresql": "SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema() "
-                  "AND tablename <> 'esl_schema_version' ORDER BY tablename",
-}
-
-
 async def table_rows(db: Database) -> dict[str, int]:
     """Rows per table (every table of the schema, the engine's own bookkeeping aside), by name."""
-    out: dict[str, int] = {}
-    for row in await db.read(_TABLES[db.engine]):
-        name = str(row["name"])
-        quoted = name.replace('"', '""')
-        counted = await db.read_one(f'SELECT COUNT(*) FROM "{quoted}"')
-        out[name] = int(counted[0]) if counted else 0
-    return out
+    return {name: await tables.row_count(db, name) for name in await tables.data_tables(db)}
 
 
 async def database_bytes(db: Database) -> int:

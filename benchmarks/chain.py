@@ -1,0 +1,203 @@
+"""Repricing with several server instances on one PostgreSQL database, against one on SQLite.
+
+Real processes as in production: Mosquitto, ``esl simulate`` (zero radio delay, always
+listening), ``esl gateway`` and 1, 2 or 3 ``esl serve`` instances (``--instance sN``,
+``mqtt_shared``) on a fresh PostgreSQL database; the baseline in the same run is one
+instance on SQLite. For each: the labels are seeded and shown once, then one POS batch
+reprices every label, and the clock runs from the publish to the last label reporting its
+new image. Printed: labels/s, the ratio to the SQLite baseline, and the CPU seconds per label
+of every process (each server with its render processes, the gateway, the simulator, the
+PostgreSQL backends), read from /proc before and after the repricing.
+
+The machine has 2 cores: more instances cannot draw faster than 2 cores do, so what tells is
+the CPU per label of each part (what a bigger machine or more machines would scale).
+
+Usage: ``python3 -m benchmarks.chain [--labels 5000] [--instances 1,2,3] [--quick]``.
+Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from benchmarks.pipeline import _SIMULATED_LABELS, GATEWAY, STORE, _children, _esl, _free_port, _Proc, _records
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its live descendants (render processes)."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+        todo.extend(_children(p))
+    return total
+
+
+def _postgres_backends() -> list[int]:
+    """The PIDs of the PostgreSQL server's processes (its backends do the database's work)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm", encoding="ascii") as fh:
+                    if fh.read().strip() == "postgres":
+                        out.append(int(entry))
+            except OSError:
+                pass
+    return out
+
+
+async def _seed(settings: Any, count: int) -> list[tuple[str, str]]:
+    """Products and labels bound to them (label i ↔ product i), written by the server's own code."""
+    from eslserver.server import SYSTEM, Server
+    from eslserver.store.labels import dirty_generation
+    from eslserver.timeutil import iso, utcnow
+    from simulator.store import label_address
+
+    pairs = [(label_address(i + 1), f"P{i:06d}") for i in range(count)]
+    async with Server(settings, mqtt=False, http=False, render_processes=False) as server:
+        await server.add_identity("gateway", GATEWAY, store=STORE, reset=True)
+        records = _records(count)
+        for i in range(0, count, 1000):
+            result = await server.ingest.submit(records[i:i + 1000], source="bench", actor=SYSTEM)
+            assert not result.errors, result.errors[:3]
+        now = iso(utcnow())
+        async with server.db.transaction() as conn:
+            await conn.executemany(
+                "INSERT INTO labels (mac, store, sku, model, gateway, state, updated_at, dirty) "
+                "VALUES (?, ?, ?, '2.9-bwry', ?, 'pending', ?, ?)",
+                [(mac, STORE, sku, GATEWAY, now, dirty_generation()) for mac, sku in pairs])
+    return pairs
+
+
+async def _states(settings: Any) -> dict[str, tuple[str, str | None, str | None]]:
+    from eslserver.db.database import open_database
+    async with open_database(settings.database) as db:
+        return {r["mac"]: (r["state"], r["expected_hash"], r["displayed_hash"])
+                for r in await db.read("SELECT mac, state, expected_hash, displayed_hash FROM labels")}
+
+
+async def _converged(settings: Any, macs: list[str], since: dict[str, str | None] | None, timeout: float) -> float:
+    t0 = time.perf_counter()
+    while True:
+        states = await _states(settings)
+        done = sum(1 for m in macs if (st := states.get(m)) and st[0] == "ok" and st[1] and st[1] == st[2]
+                   and (since is None or st[2] != since.get(m)))
+        if done == len(macs):
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout:
+            raise RuntimeError(f"only {done}/{len(macs)} labels converged in {timeout} s")
+        await asyncio.sleep(0.2)
+
+
+async def run(labels: int, instances: int, database_url: str | None) -> dict[str, Any]:
+    """One configuration: seed, show once, reprice every label; its figures."""
+    from eslserver.config import load_settings
+    from eslserver.mqtt import MqttConnection, MqttSettings
+    from eslserver.topics import Topics
+    from tests.brokers import MosquittoBroker
+    from tests.processes import trust_gateway
+
+    with tempfile.TemporaryDirectory(prefix="esl-chain-") as tmp:
+        data = Path(tmp) / "data"
+        env = {"ESL_DATA_DIR": str(data), "ESL_STORE": STORE, "ESL_RENDER_WORKERS": "1", "ESL_MAX_IN_FLIGHT": "512",
+               "ESL_LOG_LEVEL": "warning", "ESL_DEBOUNCE_MS": "10", "ESL_FACTORY_SECRET": _SIMULATED_LABELS,
+               "ESL_HTTP_PORT": "0"}
+        if database_url is not None:
+            env |= {"ESL_DATABASE_URL": database_url, "ESL_MQTT_SHARED": "true"}
+        settings = load_settings(None, environ=env)
+        pairs = await _seed(settings, labels)
+        macs = [m for m, _ in pairs]
+        broker = MosquittoBroker(port=_free_port())
+        await broker.start()
+        env["ESL_BROKER_URL"] = url = f"mqtt://127.0.0.1:{broker.port}"
+        procs: list[_Proc] = []
+        try:
+            sim_port = _free_port()
+            sim = _Proc([*_esl(), "simulate", "--labels", str(labels), "--always-listening", "--wake-interval", "0",
+                         "--listen", f"127.0.0.1:{sim_port}", "--summary-interval", "3600"])
+            procs.append(sim)
+            sim.line_with("listening on")
+            servers = []
+            for n in range(instances):
+                server = _Proc([*_esl(), "serve", "--instance", f"s{n + 1}"], env)
+                procs.append(server)
+                server.line_with("eslserver: http")
+                servers.append(server)
+            trust = await trust_gateway(data, data / "gw", STORE, GATEWAY, database_url=database_url)
+            gateway = _Proc([*_esl(), "gateway", "--broker", url, "--radio", f"sim://127.0.0.1:{sim_port}",
+                             "--store", STORE, "--id", GATEWAY, "--data", str(data / "gw"), "--concurrency", "256",
+                             *trust])
+            procs.append(gateway)
+            initial = await _converged(settings, macs, None, timeout=1200)
+            before = {m: st[2] for m, st in (await _states(settings)).items()}
+            parts = {**{f"server s{n + 1}": s.popen.pid for n, s in enumerate(servers)},
+                     "gateway": gateway.popen.pid, "simulator": sim.popen.pid}
+            backends = _postgres_backends() if database_url else []
+            cpu0 = {name: _cpu_s(pid) for name, pid in parts.items()}
+            db0 = sum(_cpu_s(p) for p in backends)
+            async with MqttConnection(MqttSettings.from_url(url), client_id="bench-pos", clean_session=False) as pos:
+                await pos.connected.wait()
+                old = {r["sku"]: Decimal(r["price"]) for r in _records(labels)}
+                batch = [{"sku": sku, "price": str(old[sku] + Decimal("0.01")), "seq": 2} for _, sku in pairs]
+                t0 = time.perf_counter()
+                for i in range(0, len(batch), 1000):
+                    await pos.publish(Topics("esl", STORE).pos_prices, json.dumps(batch[i:i + 1000]))
+                elapsed = (time.perf_counter() - t0) + await _converged(settings, macs, before, timeout=1200)
+            cpu = {name: round(1000 * (_cpu_s(pid) - cpu0[name]) / labels, 3) for name, pid in parts.items()}
+            if database_url:
+                cpu["postgresql"] = round(1000 * (sum(_cpu_s(p) for p in _postgres_backends()) - db0) / labels, 3)
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+            await broker.stop()
+    return {"engine": "postgresql" if database_url else "sqlite", "instances": instances, "labels": labels,
+            "initial_show_s": round(initial, 1), "seconds": round(elapsed, 2),
+            "labels_per_s": round(labels / elapsed, 1), "cpu_ms_per_label": cpu}
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    from tests.postgres import fresh_database
+
+    labels = 600 if args.quick else args.labels
+    results = [await run(labels, 1, None)]
+    for n in (int(v) for v in args.instances.split(",")):
+        async with fresh_database() as url:
+            results.append(await run(labels, n, url))
+    base = results[0]["labels_per_s"]
+    for r in results:
+        r["ratio_to_sqlite_one"] = round(r["labels_per_s"] / base, 2)
+    return {"benchmark": "chain", "labels": labels, "runs": results}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labels", type=int, default=5000)
+    parser.add_argument("--instances", default="1,2,3", help="instance counts on PostgreSQL (comma-separated)")
+    parser.add_argument("--quick", action="store_true", help="600 labels: a check that it runs")
+    out = asyncio.run(main_async(parser.parse_args(argv)))
+    print(f"{'engine':<11} {'inst':>4} {'labels/s':>9} {'ratio':>6}  CPU ms per label")
+    for r in out["runs"]:
+        cpu = ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_label"].items())
+        print(f"{r['engine']:<11} {r['instances']:>4} {r['labels_per_s']:>9} {r['ratio_to_sqlite_one']:>6}  {cpu}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
