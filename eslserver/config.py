@@ -106,7 +106,8 @@ class Settings:
     mqtt_key_file: str | None = None
     mqtt_insecure: bool = False
     mqtt_shared: bool = False
-    """Take POS messages and gateway events as MQTT shared subscriptions (``$share/eslserver/…``):
+    """Take POS messages and gateway events as MQTT shared subscriptions (``$share/esl-GROUP/…``,
+    GROUP derived from the secret key the instances share):
     the broker hands each message to one of the server instances. Needed when several instances
     share one PostgreSQL database, else each would handle every message; the broker must support
     shared subscriptions (Mosquitto 1.6+, EMQX, HiveMQ; the embedded amqtt broker does not)."""

@@ -75,8 +75,13 @@ _SIZES_EVERY_S = 60.0
 """How long a server that has never reached its broker waits before calling it a fault."""
 
 
-_SHARED = "$share/eslserver/"
-"""The shared-subscription group of every instance: the broker hands each message to one of them."""
+def shared_prefix(vault: KeyVault) -> str:
+    """``$share/GROUP/``: the shared-subscription group of every instance (the broker hands each
+    message to one of them). GROUP is derived from the secret key the instances share, not a
+    fixed name: Mosquitto checks a subscriber's right to read only as it delivers, so a client
+    that joined the group under a known name would be handed its share of the POS messages
+    and drop them; a client without the key cannot name the group."""
+    return "$share/esl-" + vault.derive("mqtt-shared-group").hex()[:20] + "/"
 _CHANGES = "esl_changes"
 """The channel instances tell each other's live event streams on (PostgreSQL NOTIFY)."""
 _NOTIFY_MAX = 7000
@@ -320,7 +325,7 @@ class Server:
                                        client_id=f"eslserver-{s.store}-{s.instance}", clean_session=False,
                                        on_connect=self._on_connect)
             # POS messages and gateway events go to one instance each, when several share a database
-            shared = _SHARED if s.mqtt_shared else ""
+            shared = shared_prefix(self.vault) if s.mqtt_shared else ""
             self.mqtt.subscribe(shared + self.topics.pos_prices, self._on_prices, qos=1, concurrency=64)
             # many handlers wait at once so that their events are applied in one batch
             self.mqtt.subscribe(shared + self.topics.filter(Kind.GATEWAY_EVENTS), self._on_gateway_event, qos=1,

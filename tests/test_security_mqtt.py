@@ -42,7 +42,7 @@ from eslserver.config import load_settings
 from eslserver.gateway.events import Ack, Checkin
 from eslserver.identities import Credentials
 from eslserver.mqtt_access import Identity
-from eslserver.server import SYSTEM, Server
+from eslserver.server import SYSTEM, Server, shared_prefix
 from eslserver.store import gateways as gateway_rows
 from eslserver.store import jobs as job_rows
 from eslserver.store import labels as label_rows
@@ -207,6 +207,7 @@ async def test_a_store_mosquitto_with_the_files_of_broker_config_enforces_the_sa
         ids = await _identities(server)
         assert server.credentials is not None
         own = server.credentials
+        group = shared_prefix(server.vault)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ESL_")}
     done = await asyncio.to_thread(subprocess.run, esl_argv("broker-config", "--out", str(tmp_path / "mosquitto"),
                                                             "--data", str(tmp_path / "data")),
@@ -222,6 +223,37 @@ async def test_a_store_mosquitto_with_the_files_of_broker_config_enforces_the_sa
         assert await refused(port, ids["till"].username, "wrong")
         assert not await refused(port, own.username, own.password, client_id="eslserver-demo-server")
         await topic_rules_hold(port, ids)
+        await shared_rules_hold(port, ids, group)
+
+
+async def shared_rules_hold(port: int, ids: dict[str, Credentials], group: str) -> None:
+    """Shared subscriptions, as several server instances take POS messages (``mqtt_shared``,
+    the group `group` derived from their secret key): two server-role clients in the group get
+    each message once between them. A gateway that joins a guessed group gets its own copies
+    of nothing it may not read, and takes none from the servers (Mosquitto would hand a member
+    of the servers' own group its share and drop it); a till that subscribes through
+    ``$share/…`` to gateway jobs gets nothing."""
+    assert group.startswith("$share/esl-") and group.endswith("/") and "eslserver" not in group
+    async with Peer(port, ids["spy"], "spy-a") as a, Peer(port, ids["spy"], "spy-b") as b, \
+            Peer(port, ids["till"], "till-share") as till, Peer(port, ids["gw1"], "gw1-share") as gw1:
+        await a.client.subscribe(group + T.pos_prices, qos=1)
+        await b.client.subscribe(group + T.pos_prices, qos=1)
+        for filt in ("$share/eslserver/" + T.filter(Kind.GATEWAY_JOBS), "$share/g/#", "$share/g/esl/#"):
+            await till.client.subscribe(filt, qos=1)
+        for guess in ("$share/eslserver/", "$share/esl/", "$share/esl-/", "$share/server/"):
+            await gw1.client.subscribe(guess + T.pos_prices, qos=1)
+        await gw1.client.subscribe("$share/eslserver/" + T.gateway_jobs("gw2"), qos=1)
+        await asyncio.sleep(0.2)
+        for n in range(10):
+            await till.client.publish(T.pos_prices, f"price-{n}".encode(), qos=1)
+        await a.client.publish(T.gateway_jobs("gw2"), b"job-gw2", qos=1)
+        await until("the ten prices", lambda: len(a.on(T.pos_prices)) + len(b.on(T.pos_prices)) >= 10)
+        await asyncio.sleep(0.3)
+        got = sorted(a.on(T.pos_prices) + b.on(T.pos_prices))
+        assert got == sorted(f"price-{n}".encode() for n in range(10))  # each once, between the two
+        assert a.on(T.pos_prices) and b.on(T.pos_prices)  # shared, not all to one
+        assert {t for t, _, _ in till.got} <= {T.pos_errors}, till.got
+        assert gw1.got == [], gw1.got
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
