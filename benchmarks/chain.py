@@ -1,18 +1,20 @@
-"""Repricing with several server instances on one PostgreSQL database, against one on SQLite.
+"""Repricing a chain's stores with several server instances on one PostgreSQL database,
+against one instance on SQLite.
 
-Real processes as in production: Mosquitto, ``esl simulate`` (zero radio delay, always
-listening), ``esl gateway`` and 1, 2 or 3 ``esl serve`` instances (``--instance sN``,
-``mqtt_shared``) on a fresh PostgreSQL database; the baseline in the same run is one
-instance on SQLite. For each: the labels are seeded and shown once, then one POS batch
-reprices every label, and the clock runs from the publish to the last label reporting its
-new image. Printed: labels/s, the ratio to the SQLite baseline, and the CPU seconds per label
+Real processes as in production: Mosquitto, per store an ``esl simulate`` (zero radio delay,
+always listening) and an ``esl gateway``, and 1, 2 or 3 ``esl serve`` instances (``--instance
+sN``, ``mqtt_shared``) serving every store, on a fresh PostgreSQL database; the baseline in the
+same run is one instance on SQLite. For each: the labels of every store are seeded and shown
+once, then the POS of every store reprices all its labels in one batch, and the clock runs from
+the first publish to the last label reporting its new image. Printed: labels/s, the ratio to the SQLite baseline, and the CPU seconds per label
 of every process (each server with its render processes, the gateway, the simulator, the
 PostgreSQL backends), read from /proc before and after the repricing.
 
 The machine has 2 cores: more instances cannot draw faster than 2 cores do, so what tells is
 the CPU per label of each part (what a bigger machine or more machines would scale).
 
-Usage: ``python3 -m benchmarks.chain [--labels 5000] [--instances 1,2,3] [--quick]``.
+Usage: ``python3 -m benchmarks.chain [--stores 2] [--labels 5000] [--instances 1,2,3] [--quick]``
+(``--labels`` per store).
 Prints a table and one JSON line.
 """
 
@@ -63,27 +65,39 @@ def _postgres_backends() -> list[int]:
     return out
 
 
-async def _seed(settings: Any, count: int) -> list[tuple[str, str]]:
-    """Products and labels bound to them (label i ↔ product i), written by the server's own code."""
+def _store(n: int) -> str:
+    return STORE if n == 0 else f"{STORE}{n + 1}"
+
+
+async def _seed(settings: Any, count: int, stores: int) -> dict[str, list[tuple[str, str]]]:
+    """Per store: products and labels bound to them (label i ↔ product i; each store's labels
+    numbered on from the last one's), written by the server's own code."""
     from eslserver.server import SYSTEM, Server
     from eslserver.store.labels import dirty_generation
+    from eslserver.stores_admin import add_store
     from eslserver.timeutil import iso, utcnow
     from simulator.store import label_address
 
-    pairs = [(label_address(i + 1), f"P{i:06d}") for i in range(count)]
+    out: dict[str, list[tuple[str, str]]] = {}
     async with Server(settings, mqtt=False, http=False, render_processes=False) as server:
-        await server.add_identity("gateway", GATEWAY, store=STORE, reset=True)
-        records = _records(count)
-        for i in range(0, count, 1000):
-            result = await server.ingest.submit(records[i:i + 1000], source="bench", actor=SYSTEM)
-            assert not result.errors, result.errors[:3]
-        now = iso(utcnow())
-        async with server.db.transaction() as conn:
-            await conn.executemany(
-                "INSERT INTO labels (mac, store, sku, model, gateway, state, updated_at, dirty) "
-                "VALUES (?, ?, ?, '2.9-bwry', ?, 'pending', ?, ?)",
-                [(mac, STORE, sku, GATEWAY, now, dirty_generation()) for mac, sku in pairs])
-    return pairs
+        for n in range(1, stores):
+            await add_store(server.db, settings, _store(n), name=f"Sklep {n + 1}", currency="PLN", actor=SYSTEM)
+    async with Server(settings, mqtt=False, http=False, render_processes=False) as server:  # serves them all
+        for n in range(stores):
+            store = _store(n)
+            await server.add_identity("gateway", GATEWAY, store=store, reset=True)
+            pairs = out[store] = [(label_address(n * count + i + 1), f"P{i:06d}") for i in range(count)]
+            records = _records(count)
+            for i in range(0, count, 1000):
+                result = await server.stores[store].ingest.submit(records[i:i + 1000], source="bench", actor=SYSTEM)
+                assert not result.errors, result.errors[:3]
+            now = iso(utcnow())
+            async with server.db.transaction() as conn:
+                await conn.executemany(
+                    "INSERT INTO labels (mac, store, sku, model, gateway, state, updated_at, dirty) "
+                    "VALUES (?, ?, ?, '2.9-bwry', ?, 'pending', ?, ?)",
+                    [(mac, store, sku, GATEWAY, now, dirty_generation()) for mac, sku in pairs])
+    return out
 
 
 async def _states(settings: Any) -> dict[str, tuple[str, str | None, str | None]]:
@@ -106,7 +120,7 @@ async def _converged(settings: Any, macs: list[str], since: dict[str, str | None
         await asyncio.sleep(0.2)
 
 
-async def run(labels: int, instances: int, database_url: str | None) -> dict[str, Any]:
+async def run(labels: int, instances: int, database_url: str | None, stores: int) -> dict[str, Any]:
     """One configuration: seed, show once, reprice every label; its figures."""
     from eslserver.config import load_settings
     from eslserver.mqtt import MqttConnection, MqttSettings
@@ -122,75 +136,85 @@ async def run(labels: int, instances: int, database_url: str | None) -> dict[str
         if database_url is not None:
             env |= {"ESL_DATABASE_URL": database_url, "ESL_MQTT_SHARED": "true"}
         settings = load_settings(None, environ=env)
-        pairs = await _seed(settings, labels)
-        macs = [m for m, _ in pairs]
+        seeded = await _seed(settings, labels, stores)
+        macs = [m for pairs in seeded.values() for m, _ in pairs]
         broker = MosquittoBroker(port=_free_port())
         await broker.start()
         env["ESL_BROKER_URL"] = url = f"mqtt://127.0.0.1:{broker.port}"
         procs: list[_Proc] = []
         try:
-            sim_port = _free_port()
-            sim = _Proc([*_esl(), "simulate", "--labels", str(labels), "--always-listening", "--wake-interval", "0",
-                         "--listen", f"127.0.0.1:{sim_port}", "--summary-interval", "3600"])
-            procs.append(sim)
-            sim.line_with("listening on")
+            sims: dict[str, _Proc] = {}
+            sim_ports: dict[str, int] = {}
+            for n, store in enumerate(seeded):
+                sim_ports[store] = _free_port()
+                sims[store] = _Proc([*_esl(), "simulate", "--labels", str(labels), "--always-listening",
+                                     "--wake-interval", "0", "--listen", f"127.0.0.1:{sim_ports[store]}",
+                                     "--summary-interval", "3600", "--first-label", str(n * labels + 1)])
+                procs.append(sims[store])
+                sims[store].line_with("listening on")
             servers = []
             for n in range(instances):
                 server = _Proc([*_esl(), "serve", "--instance", f"s{n + 1}"], env)
                 procs.append(server)
                 server.line_with("eslserver: http")
                 servers.append(server)
-            trust = await trust_gateway(data, data / "gw", STORE, GATEWAY, database_url=database_url)
-            gateway = _Proc([*_esl(), "gateway", "--broker", url, "--radio", f"sim://127.0.0.1:{sim_port}",
-                             "--store", STORE, "--id", GATEWAY, "--data", str(data / "gw"), "--concurrency", "256",
-                             *trust])
-            procs.append(gateway)
+            gateways: dict[str, _Proc] = {}
+            for store in seeded:
+                trust = await trust_gateway(data, data / f"gw-{store}", store, GATEWAY, database_url=database_url)
+                gateways[store] = _Proc([*_esl(), "gateway", "--broker", url, "--radio",
+                                         f"sim://127.0.0.1:{sim_ports[store]}", "--store", store, "--id", GATEWAY,
+                                         "--data", str(data / f"gw-{store}"), "--concurrency", "256", *trust])
+                procs.append(gateways[store])
             initial = await _converged(settings, macs, None, timeout=1200)
             before = {m: st[2] for m, st in (await _states(settings)).items()}
             parts = {**{f"server s{n + 1}": s.popen.pid for n, s in enumerate(servers)},
-                     "gateway": gateway.popen.pid, "simulator": sim.popen.pid}
+                     **{f"gateway {store}": g.popen.pid for store, g in gateways.items()},
+                     **{f"simulator {store}": p.popen.pid for store, p in sims.items()}}
             backends = _postgres_backends() if database_url else []
             cpu0 = {name: _cpu_s(pid) for name, pid in parts.items()}
             db0 = sum(_cpu_s(p) for p in backends)
             async with MqttConnection(MqttSettings.from_url(url), client_id="bench-pos", clean_session=False) as pos:
                 await pos.connected.wait()
                 old = {r["sku"]: Decimal(r["price"]) for r in _records(labels)}
-                batch = [{"sku": sku, "price": str(old[sku] + Decimal("0.01")), "seq": 2} for _, sku in pairs]
                 t0 = time.perf_counter()
-                for i in range(0, len(batch), 1000):
-                    await pos.publish(Topics("esl", STORE).pos_prices, json.dumps(batch[i:i + 1000]))
+                for store, pairs in seeded.items():
+                    batch = [{"sku": sku, "price": str(old[sku] + Decimal("0.01")), "seq": 2} for _, sku in pairs]
+                    for i in range(0, len(batch), 1000):
+                        await pos.publish(Topics("esl", store).pos_prices, json.dumps(batch[i:i + 1000]))
                 elapsed = (time.perf_counter() - t0) + await _converged(settings, macs, before, timeout=1200)
-            cpu = {name: round(1000 * (_cpu_s(pid) - cpu0[name]) / labels, 3) for name, pid in parts.items()}
+            total = len(macs)
+            cpu = {name: round(1000 * (_cpu_s(pid) - cpu0[name]) / total, 3) for name, pid in parts.items()}
             if database_url:
-                cpu["postgresql"] = round(1000 * (sum(_cpu_s(p) for p in _postgres_backends()) - db0) / labels, 3)
+                cpu["postgresql"] = round(1000 * (sum(_cpu_s(p) for p in _postgres_backends()) - db0) / total, 3)
         finally:
             for proc in reversed(procs):
                 proc.stop()
             await broker.stop()
-    return {"engine": "postgresql" if database_url else "sqlite", "instances": instances, "labels": labels,
-            "initial_show_s": round(initial, 1), "seconds": round(elapsed, 2),
-            "labels_per_s": round(labels / elapsed, 1), "cpu_ms_per_label": cpu}
+    return {"engine": "postgresql" if database_url else "sqlite", "instances": instances, "stores": stores,
+            "labels": len(macs), "initial_show_s": round(initial, 1), "seconds": round(elapsed, 2),
+            "labels_per_s": round(len(macs) / elapsed, 1), "cpu_ms_per_label": cpu}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     from tests.postgres import fresh_database
 
-    labels = 600 if args.quick else args.labels
-    results = [await run(labels, 1, None)]
+    labels = 300 if args.quick else args.labels
+    results = [await run(labels, 1, None, args.stores)]
     for n in (int(v) for v in args.instances.split(",")):
         async with fresh_database() as url:
-            results.append(await run(labels, n, url))
+            results.append(await run(labels, n, url, args.stores))
     base = results[0]["labels_per_s"]
     for r in results:
         r["ratio_to_sqlite_one"] = round(r["labels_per_s"] / base, 2)
-    return {"benchmark": "chain", "labels": labels, "runs": results}
+    return {"benchmark": "chain", "stores": args.stores, "labels_per_store": labels, "runs": results}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--labels", type=int, default=5000)
+    parser.add_argument("--stores", type=int, default=2)
+    parser.add_argument("--labels", type=int, default=5000, help="labels per store")
     parser.add_argument("--instances", default="1,2,3", help="instance counts on PostgreSQL (comma-separated)")
-    parser.add_argument("--quick", action="store_true", help="600 labels: a check that it runs")
+    parser.add_argument("--quick", action="store_true", help="300 labels per store: a check that it runs")
     out = asyncio.run(main_async(parser.parse_args(argv)))
     print(f"{'engine':<11} {'inst':>4} {'labels/s':>9} {'ratio':>6}  CPU ms per label")
     for r in out["runs"]:

@@ -25,6 +25,13 @@ it equal to what the server enforces.
 Every request carries `Authorization: Bearer <token>`; a token has one role
 (`esl tokens create --role …`). `admin` may do everything. *public* routes need no token;
 *any* means every valid token. Everything a token changes is audited under its name.
+
+A store's routes are served twice: on the plain paths for the configured store, and under
+`/api/v1/stores/{store}/…` for every store of the chain (`esl stores list`). A token may be
+restricted to some stores (`esl tokens create --store S …`): it sees and changes only those
+(anything else: 403 `store_forbidden`; a label of another store is 404 `unknown_label`), may
+read but not change what the whole chain shares (*chain, read*: templates), and may not use
+what concerns every store (*chain*: the audit log, the live stream of every store).
 """
 
 _MQTT = """
@@ -59,7 +66,8 @@ def access_markdown() -> str:
     """The whole document."""
     lines = [_HEADER, "| method | path | roles |", "|---|---|---|"]
     for route in sorted(all_routes(), key=lambda r: (r.path, r.method)):
-        lines.append(f"| {route.method} | `{route.path}` | {_who(route.roles)} |")
+        scope = {"shared": " (chain, read)", "whole": " (chain)"}.get(route.chain or "", "")
+        lines.append(f"| {route.method} | `{route.path}` | {_who(route.roles)}{scope} |")
     lines += [_MQTT, "| identity | publishes | subscribes to |", "|---|---|---|"]
     for role in Role:
         grants = RULES[role]

@@ -31,6 +31,7 @@ from eslserver.audit import record_audit
 from eslserver.db.database import Database, Row
 from eslserver.store import tokens
 from eslserver.timeutil import iso, parse_iso, utcnow
+from eslserver.topics import TopicError, check_level
 
 __all__ = [
     "ROLES", "Actor", "AuthError", "UnknownTokenError", "TokenInfo",
@@ -60,10 +61,17 @@ class Actor:
 
     name: str
     role: str
+    stores: frozenset[str] | None = None
+    """The stores of a chain this actor may act on and see; None: every store."""
 
     def may(self, roles: Collection[str]) -> bool:
         """True when this actor holds one of `roles`; ``admin`` may do everything."""
         return self.role == "admin" or self.role in roles
+
+    def may_store(self, store: str | None) -> bool:
+        """True when this actor may act on `store` (None: what belongs to no one store, such as
+        the chain's templates: only an actor restricted to no store)."""
+        return self.stores is None or (store is not None and store in self.stores)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +83,11 @@ class TokenInfo:
     name: str
     created_at: datetime
     revoked_at: datetime | None
+    stores: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"id": self.id, "role": self.role, "name": self.name,
+                "stores": None if self.stores is None else list(self.stores),
                 "created_at": self.created_at.isoformat(),
                 "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None}
 
@@ -102,6 +112,21 @@ def _check_name(name: str) -> None:
         raise AuthError(f"name: expected 1-{_NAME_MAX} printable characters, got {name!r}")
 
 
+def _check_stores(stores: Collection[str] | None) -> tuple[str, ...] | None:
+    """The sorted store ids of a restricted token (None: every store); `AuthError` names a bad one."""
+    if stores is None:
+        return None
+    scope = tuple(sorted(set(stores)))
+    if not scope:
+        raise AuthError("stores: expected at least one store id (or none given: every store)")
+    for store in scope:
+        try:
+            check_level("store", store)
+        except TopicError as exc:
+            raise AuthError(str(exc)) from None
+    return scope
+
+
 def _local_actor() -> Actor:
     """Who runs ``esl tokens`` on the data directory: access to the file is as good as admin."""
     try:
@@ -110,15 +135,18 @@ def _local_actor() -> Actor:
         return Actor("cli", "admin")
 
 
-async def create_token(db: Database, role: str, name: str | None = None) -> str:
+async def create_token(db: Database, role: str, name: str | None = None, *,
+                       stores: Collection[str] | None = None) -> str:
     """A new token for `role`, stored hashed; the returned string is the only copy of it.
 
-    `name` says whose it is (the audit log shows it); it defaults to the role. The creation
-    is audited (without the secret).
+    `name` says whose it is (the audit log shows it); it defaults to the role. `stores`
+    restricts it to those stores of a chain (None: every store). The creation is audited
+    (without the secret).
     """
     _check_role(role)
     name = role if name is None else name
     _check_name(name)
+    scope = _check_stores(stores)
     secret = base64.b32encode(secrets.token_bytes(20)).decode("ascii").lower()
     created = utcnow()
     async with db.transaction() as conn:
@@ -126,9 +154,10 @@ async def create_token(db: Database, role: str, name: str | None = None) -> str:
             token_id = secrets.token_hex(6)
             if not await tokens.exists(conn, token_id):
                 break
-        await tokens.insert(conn, token_id, _hash(secret), role, name, iso(created))
+        await tokens.insert(conn, token_id, _hash(secret), role, name, iso(created),
+                            None if scope is None else ",".join(scope))
         await record_audit(conn, _local_actor(), "token.create", f"token:{token_id}", None,
-                           {"role": role, "name": name})
+                           {"role": role, "name": name, **({"stores": list(scope)} if scope is not None else {})})
     log.info("created %s token %s (%s)", role, token_id, name)
     return f"{TOKEN_PREFIX}_{token_id}_{secret}"
 
@@ -150,14 +179,18 @@ async def verify_token(db: Database, token: str) -> Actor | None:
         return None
     if row["revoked_at"] is not None or row["role"] not in ROLES:
         return None
-    return Actor(name=str(row["name"]), role=str(row["role"]))
+    scope = row["stores"]
+    return Actor(name=str(row["name"]), role=str(row["role"]),
+                 stores=None if scope is None else frozenset(s for s in str(scope).split(",") if s))
 
 
 def _info(row: Row) -> TokenInfo:
     revoked = row["revoked_at"]
+    scope = row["stores"]
     return TokenInfo(id=str(row["id"]), role=str(row["role"]), name=str(row["name"]),
                      created_at=parse_iso(row["created_at"]),
-                     revoked_at=parse_iso(revoked) if revoked else None)
+                     revoked_at=parse_iso(revoked) if revoked else None,
+                     stores=None if scope is None else tuple(s for s in str(scope).split(",") if s))
 
 
 async def revoke_token(db: Database, token_id: str) -> TokenInfo:

@@ -258,11 +258,11 @@ class IdentityRegistry:
                 await self.on_change(snapshot, gone)
             return True
 
-    def unregistered(self, gateways: list[str]) -> list[str]:
-        """Those of `gateways` (of this store) the server does not listen to."""
+    def unregistered(self, gateways: list[str], *, store: str | None = None) -> list[str]:
+        """Those of `gateways` (of `store`, default the configured one) the server does not listen to."""
         if self.settings.gateway_registration == "open":
             return []
-        return [g for g in gateways if not self.snapshot.is_gateway(self.settings.store, g)]
+        return [g for g in gateways if not self.snapshot.is_gateway(store or self.settings.store, g)]
 
     def _gateways(self, snapshot: AccessSnapshot) -> set[str]:
         out = set()
@@ -284,23 +284,24 @@ class IdentityRegistry:
         await self.refresh()
         return info
 
-    def allows(self, gateway: str) -> bool:
-        """Whether the server acts on events and status from `gateway` of its store: it is
-        registered, or ``gateway_registration`` is ``open``."""
-        if self.settings.gateway_registration == "open" or self.snapshot.is_gateway(self.settings.store, gateway):
-            if self._ignored.pop(gateway, None) is not None:
+    def allows(self, gateway: str, *, store: str | None = None) -> bool:
+        """Whether the server acts on events and status from `gateway` of `store` (default: the
+        configured one): it is registered, or ``gateway_registration`` is ``open``."""
+        store = store or self.settings.store
+        key = f"{store}/{gateway}"
+        if self.settings.gateway_registration == "open" or self.snapshot.is_gateway(store, gateway):
+            if self._ignored.pop(key, None) is not None:
                 log.info("gateway %s is registered now: listening to it", gateway,
-                         extra={"store": self.settings.store, "gateway": gateway})
+                         extra={"store": store, "gateway": gateway})
             return True
         now = time.monotonic()
-        last = self._ignored.get(gateway)
+        last = self._ignored.get(key)
         if last is None or now - last > QUIET_S:
             log.warning("ignoring gateway %s of store %s: it is not registered (register it with 'esl gateways add "
-                        "%s/%s')", gateway, self.settings.store, self.settings.store, gateway,
-                        extra={"store": self.settings.store, "gateway": gateway})
-        if len(self._ignored) >= _REMEMBERED and gateway not in self._ignored:
+                        "%s/%s')", gateway, store, store, gateway, extra={"store": store, "gateway": gateway})
+        if len(self._ignored) >= _REMEMBERED and key not in self._ignored:
             self._ignored.pop(next(iter(self._ignored)))
-        self._ignored[gateway] = now
+        self._ignored[key] = now
         if self.metrics is not None:
             self.metrics.events_refused.labels("unregistered").inc()
         return False

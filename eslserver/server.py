@@ -28,22 +28,19 @@ from aiohttp import web
 from eslserver import pos_limits
 from eslserver.auth import Actor
 from eslserver.broker import EmbeddedBroker
-from eslserver.config import Settings
+from eslserver.config import ConfigError, Settings
 from eslserver.db.database import Database, DatabaseError, open_database
-from eslserver.dispatch import Dispatcher
 from eslserver.health import Health, database_fault
 from eslserver.identities import Credentials, IdentityRegistry, ensure_server_identity, server_password
-from eslserver.ingest import Ingest, Unavailable, ack_message, error_message
+from eslserver.ingest import Unavailable, ack_message, error_message
 from eslserver.instance_lock import InstanceLock
 from eslserver.jobs import Outbox
 from eslserver.keyvault import KeyVault
 from eslserver.label_templates import Templates
-from eslserver.labels import Labels
 from eslserver.logs import FailureLog
 from eslserver.metrics import Metrics
 from eslserver.mqtt import Message, MqttConnection, MqttError, MqttSettings, Retry, redact_url
 from eslserver.mqtt_access import AccessSnapshot, Identity, Role
-from eslserver.pipeline import Pipeline
 from eslserver.render_worker import warm_up
 from eslserver.retention import Retention
 from eslserver.signing import SigningKeyError, load_signer
@@ -52,8 +49,9 @@ from eslserver.store import gateways as gateway_rows
 from eslserver.store import jobs as job_rows
 from eslserver.store import labels as label_rows
 from eslserver.store import stores
+from eslserver.store_services import StoreServices, StoreView, settings_for
 from eslserver.timeutil import iso, utcnow
-from eslserver.topics import Kind, TopicError, Topics
+from eslserver.topics import Kind, Topic, TopicError, Topics
 from eslserver.uploads import Uploads
 from firmware_proto.trust import SigningKey
 from render.isolate import LimitedPool
@@ -86,6 +84,8 @@ _CHANGES = "esl_changes"
 """The channel instances tell each other's live event streams on (PostgreSQL NOTIFY)."""
 _NOTIFY_MAX = 7000
 """NOTIFY payloads stay under PostgreSQL's 8000 bytes; a larger change reaches local watchers only."""
+_STORES_EVERY_S = 2.0
+"""Seconds between reads of the ``stores`` table (``esl stores add`` adds a store from another process)."""
 _LEAD_EVERY_S = 5.0
 """Seconds between an instance's bids for a role another instance holds (the schedule loop)."""
 
@@ -132,17 +132,19 @@ class Server:
         self._state_wake = asyncio.Event()
         self._self_id = f"{settings.instance}-{os.getpid()}-{id(self):x}"
         self._schedule_wake = asyncio.Event()
-        self.ingest = Ingest(self.db, settings, self.metrics, on_dirty=self._dirty, on_result=self._ingested)
         self.vault = KeyVault(settings)
         """Seals and opens label keys (loaded at `start`: its key must be the database's)."""
         self.uploads = Uploads(self.db, settings)
         """Images uploaded through the API (one index and PNG cache for previews and the pipeline)."""
-        self.pipeline = Pipeline(self.db, settings, self.metrics, None, vault=self.vault, on_jobs=self._jobs,
-                                 on_states=self.publish_states, uploads=self.uploads)
-        self.dispatcher = Dispatcher(self.db, settings, self.metrics, self._publish, vault=self.vault,
-                                     on_states=self.publish_states, on_dirty=self._dirty)
-        self.labels = Labels(self.db, settings, self.metrics, self.vault, on_dirty=self._dirty, on_jobs=self._jobs,
-                             on_states=self.publish_states)
+        self._bad_stores: set[str] = set()
+        self._unknown_stores: set[str] = set()
+        self.stores: dict[str, StoreServices] = {}
+        """What runs for each store served (`eslserver.store_services`), by store id: the
+        configured store's at once, the others of the ``stores`` table from `start` on."""
+        default = self._services(settings)
+        self.ingest, self.pipeline, self.dispatcher, self.labels = (default.ingest, default.pipeline,
+                                                                    default.dispatcher, default.labels)
+        """The configured store's parts (the API's and the CLI's store, until they are scoped)."""
         self.templates = Templates(self.db, settings, on_dirty=self._dirty, on_states=self.publish_states,
                                    uploads=self.uploads)
         self.retention = Retention(self.db, settings, self.metrics)
@@ -153,15 +155,30 @@ class Server:
         """Deletes what the ``retention_*`` settings let go (its own loop, `_retention_loop`)."""
 
     # -- wiring callbacks ---------------------------------------------------------------------
+    def _services(self, settings: Settings) -> StoreServices:
+        """The parts that serve the store of `settings`, registered in `stores`."""
+        uploads = self.uploads if settings.store == self.settings.store else Uploads(self.db, settings)
+        uploads.pool = self.uploads.pool
+        services = StoreServices.make(self.db, settings, self.metrics, vault=self.vault, uploads=uploads,
+                                      publish=self._publish, on_states=self.publish_states,
+                                      on_prices=self._ingested, on_change=self._schedule_wake.set)
+        services.pipeline.executor = self.executor
+        services.dispatcher.signer = self.signing_key
+        self.stores[settings.store] = services
+        return services
+
+    def _poke_dispatchers(self) -> None:
+        for services in self.stores.values():
+            services.dispatcher.poke()
+
     def _dirty(self) -> None:
-        self.pipeline.poke()
+        """Labels of any store may have been marked (a template changed): every pipeline looks."""
+        for services in self.stores.values():
+            services.pipeline.poke()
         self._schedule_wake.set()
 
     def _ingested(self, accepted: int, rejected: int) -> None:
         self.notify({"type": "prices", "accepted": accepted, "rejected": rejected})
-
-    def _jobs(self) -> None:
-        self.dispatcher.poke()
 
     def publish_states(self, macs: Iterable[str]) -> None:
         """Queue the retained label-state messages of `macs` (coalesced), and tell watchers."""
@@ -292,6 +309,7 @@ class Server:
         try:
             await self.vault.load(self.db)  # the wrong secret key stops the start here, before any job
             await self._ensure_store()
+            await self._load_stores()
             password = server_password(self.vault, s.instance)
             self.credentials = await ensure_server_identity(self.db, s.instance, password)
             await self.identities.refresh()
@@ -304,13 +322,18 @@ class Server:
             # the pipeline's render processes, and a small pool of its own for previews and
             # template checks, so a template bomb in the editor never delays the shelf
             self.executor = LimitedPool(s.workers, s.template_limits, initializer=warm_up, name="render")
-            self.pipeline.executor = self.executor
+            for services in self.stores.values():
+                services.pipeline.executor = self.executor
             self.preview_pool = LimitedPool(min(2, s.workers), s.template_limits, initializer=warm_up,
                                             name="preview")
             self.templates.pool = self.uploads.pool = self.preview_pool  # uploads are decoded there too
+            for services in self.stores.values():
+                services.uploads.pool = self.preview_pool
         if self.use_mqtt:
             try:
-                self.signing_key = self.dispatcher.signer = load_signer(s)
+                self.signing_key = load_signer(s)
+                for services in self.stores.values():
+                    services.dispatcher.signer = self.signing_key
             except SigningKeyError as exc:
                 raise StartupError("data_dir", str(exc)) from exc
             log.info("server public key (every gateway's server_public_key): %s", self.signing_key.public.hex(),
@@ -326,20 +349,22 @@ class Server:
                                        on_connect=self._on_connect)
             # POS messages and gateway events go to one instance each, when several share a database
             shared = shared_prefix(self.vault) if s.mqtt_shared else ""
-            self.mqtt.subscribe(shared + self.topics.pos_prices, self._on_prices, qos=1, concurrency=64)
+            # every store's (esl/+/pos/prices): a store added while the server runs is served at once
+            self.mqtt.subscribe(shared + self.topics.every_store(Kind.POS_PRICES), self._on_prices, qos=1,
+                                concurrency=64)
             # many handlers wait at once so that their events are applied in one batch
-            self.mqtt.subscribe(shared + self.topics.filter(Kind.GATEWAY_EVENTS), self._on_gateway_event, qos=1,
-                                concurrency=256)
-            self.mqtt.subscribe(self.topics.filter(Kind.GATEWAY_STATUS), self._on_gateway_status, qos=1)
+            self.mqtt.subscribe(shared + self.topics.every_store(Kind.GATEWAY_EVENTS), self._on_gateway_event,
+                                qos=1, concurrency=256)
+            self.mqtt.subscribe(self.topics.every_store(Kind.GATEWAY_STATUS), self._on_gateway_status, qos=1)
             await self.mqtt.__aenter__()
         await self.db.listen(_CHANGES, self._changes_elsewhere)
-        self._spawn(self.pipeline.run(), "pipeline")
+        for services in list(self.stores.values()):
+            self._run_store(services)
+        self._spawn(self._stores_loop(), "stores")
         self._spawn(self._schedule_loop(), "scheduler")
         self._spawn(self._housekeeping(), "housekeeping")
         self._spawn(self._retention_loop(), "retention")
         if self.mqtt is not None:
-            self._spawn(self.dispatcher.run(), "dispatcher")
-            self._spawn(self.dispatcher.run_events(), "gateway-events")
             self._spawn(self._state_loop(), "label-states")
             self._spawn(self._identities_loop(), "identities")
         if self.use_http:
@@ -388,7 +413,9 @@ class Server:
         for pool in (self.executor, self.preview_pool):
             if pool is not None:
                 await asyncio.to_thread(pool.close)
-        self.executor = self.preview_pool = self.pipeline.executor = self.templates.pool = self.uploads.pool = None
+        self.executor = self.preview_pool = self.templates.pool = self.uploads.pool = None
+        for services in self.stores.values():
+            services.pipeline.executor = None
         await self.db.close()
         self._instance_lock.release()
 
@@ -408,13 +435,74 @@ class Server:
         async with self.db.transaction() as conn:
             await stores.upsert(conn, s.store, s.store_name, s.currency, json.dumps(dict(s.field_map)), iso(utcnow()))
 
+    async def _load_stores(self) -> list[StoreServices]:
+        """Parts for every store of the ``stores`` table not served yet; the new ones. A store
+        whose row does not make valid settings is logged (once per start) and left out."""
+        added = []
+        for row in await stores.listing(self.db):
+            if row["id"] in self.stores or row["id"] in self._bad_stores:
+                continue
+            try:
+                added.append(self._services(settings_for(self.settings, row)))
+            except ConfigError as exc:
+                self._bad_stores.add(row["id"])
+                log.error("not serving %s", exc, extra={"store": row["id"]})
+        return added
+
+    def _run_store(self, services: StoreServices) -> None:
+        """The loops of one store: drawing, and with MQTT sending jobs and applying events."""
+        self._spawn(services.pipeline.run(), f"pipeline {services.store}")
+        if self.mqtt is not None:
+            self._spawn(services.dispatcher.run(), f"dispatcher {services.store}")
+            self._spawn(services.dispatcher.run_events(), f"gateway-events {services.store}")
+
+    async def _stores_loop(self) -> None:
+        """Serve the stores ``esl stores add`` adds while the server runs (another process)."""
+        failure = FailureLog(log, "reading the stores", store=self.settings.store)
+        while True:
+            await asyncio.sleep(_STORES_EVERY_S)
+            try:
+                for services in await self._load_stores():
+                    log.info("serving store %s (%s)", services.store, services.settings.store_name,
+                             extra={"store": services.store})
+                    self._run_store(services)
+                    if self.mqtt is not None:
+                        self._state_queue.update(await label_rows.macs(self.db, services.store))
+                        self._state_wake.set()
+                failure.ok()
+            except Exception as exc:  # the outermost boundary of the loop: log once, try again
+                failure.failed(exc, retry_s=_STORES_EVERY_S)
+
+    def for_store(self, store: str) -> StoreView | None:
+        """The server as the HTTP API sees it for `store` (`StoreView`); None if not served."""
+        services = self.stores.get(store)
+        return None if services is None else StoreView(self, services)
+
+    async def store_of_label(self, mac: str) -> str | None:
+        """The store label `mac` belongs to; None for a label nobody knows."""
+        return (await label_rows.stores_of(self.db, [mac])).get(mac)
+
+    def _services_of(self, topic: str) -> tuple[StoreServices, Topic] | None:
+        """The store a message on one of our topics is for, and the topic; None for a store
+        this server does not serve (logged once per store)."""
+        parsed = Topic.parse(topic)
+        services = self.stores.get(parsed.store)
+        if services is None:
+            if parsed.store not in self._unknown_stores:
+                self._unknown_stores.add(parsed.store)
+                log.warning("messages for store %r, which this server does not serve, are ignored "
+                            "(esl stores add %s)", parsed.store, parsed.store)
+            return None
+        return services, parsed
+
     # -- MQTT handlers ------------------------------------------------------------------------
     async def _on_connect(self) -> None:
         self.metrics.mqtt_connected.set(1)
         self.check_broker()
-        self.dispatcher.poke()
         # a broker without persistence forgets retained messages when it restarts: state them again
-        self._state_queue.update(await label_rows.macs(self.db, self.settings.store))
+        for services in list(self.stores.values()):
+            services.dispatcher.poke()
+            self._state_queue.update(await label_rows.macs(self.db, services.store))
         self._state_wake.set()
 
     async def _on_prices(self, message: Message) -> None:
@@ -422,53 +510,65 @@ class Server:
         commit: a broker's PUBACK only says the broker has it) and answered on ``pos/errors``
         for its rejected items. A database that cannot commit is not the message's fault:
         `Retry` leaves it unacknowledged and handles it again."""
+        found = self._services_of(message.topic)
+        if found is None:
+            return
+        services = found[0]
         try:
-            result = await self.ingest.submit(message.payload, source="mqtt", actor=POS_MQTT,
-                                              max_bytes=pos_limits.MAX_MESSAGE_BYTES)
+            result = await services.ingest.submit(message.payload, source="mqtt", actor=POS_MQTT,
+                                                  max_bytes=pos_limits.MAX_MESSAGE_BYTES)
         except Unavailable as exc:
             self.metrics.pos_retries.labels("mqtt").inc()
             raise Retry(exc.reason) from exc
         if result.accepted:
-            await self._publish(self.topics.pos_acks, ack_message(result), 1, False)
+            await self._publish(services.topics.pos_acks, ack_message(result), 1, False)
         if result.errors:
-            await self._publish(self.topics.pos_errors, error_message(result), 1, False)
+            await self._publish(services.topics.pos_errors, error_message(result), 1, False)
 
-    def _gateway_of(self, topic: str) -> str:
-        """The gateway a message on one of our gateway topics came from (`TopicError` for a
-        topic that names none, e.g. an empty gateway level)."""
-        gateway = self.topics.parse(topic).gateway
-        if gateway is None:  # the subscriptions' filters make this impossible
+    def _gateway_of(self, topic: str) -> tuple[StoreServices, str] | None:
+        """The store and gateway a message on one of our gateway topics came from (None for a
+        store not served; `TopicError` for a topic that names no gateway)."""
+        found = self._services_of(topic)
+        if found is None:
+            return None
+        services, parsed = found
+        if parsed.gateway is None:  # the subscriptions' filters make this impossible
             raise TopicError(f"topic {topic!r} names no gateway")
-        return gateway
+        return services, parsed.gateway
 
     async def _on_gateway_event(self, message: Message) -> None:
-        gateway = self._gateway_of(message.topic)
-        if not self.identities.allows(gateway):  # not registered: nothing it says counts
+        found = self._gateway_of(message.topic)
+        if found is None:
             return
-        await self.dispatcher.on_event(gateway, message.payload)
+        services, gateway = found
+        if not self.identities.allows(gateway, store=services.store):  # not registered: nothing it says counts
+            return
+        await services.dispatcher.on_event(gateway, message.payload)
 
     async def _on_gateway_status(self, message: Message) -> None:
-        gateway = self._gateway_of(message.topic)
-        if not message.payload:
-            return  # a retained status cleared (by us, below)
-        if not self.identities.allows(gateway):
+        found = self._gateway_of(message.topic)
+        if found is None or not message.payload:
+            return  # a store not served, or a retained status cleared (by us, below)
+        services, gateway = found
+        if not self.identities.allows(gateway, store=services.store):
             if message.retain:  # a forged "online" would otherwise greet every server start
-                await self._clear_status(gateway)
+                await self._clear_status(gateway, services.store)
             return
         status = message.payload.decode("utf-8", "replace").strip().lower()
         if status not in ("online", "offline"):
             log.warning("gateway status %r on %s is neither online nor offline", status, message.topic)
             return
-        await self.dispatcher.set_gateway(gateway, status)
-        self.notify({"type": "gateway", "gateway": gateway, "status": status})
+        await services.dispatcher.set_gateway(gateway, status)
+        self.notify({"type": "gateway", "store": services.store, "gateway": gateway, "status": status})
 
-    async def _clear_status(self, gateway: str) -> None:
+    async def _clear_status(self, gateway: str, store: str | None = None) -> None:
         """Clear the retained status of `gateway` (an empty retained message), so that no
         subscriber, and no later server start, reads an unregistered or revoked gateway as online."""
         if self.mqtt is None:
             return
+        topics = self.stores[store].topics if store in self.stores else self.topics
         try:
-            await self._publish(self.topics.gateway_status(gateway), b"", 1, True)
+            await self._publish(topics.gateway_status(gateway), b"", 1, True)
         except (MqttError, TopicError) as exc:
             log.warning("could not clear the retained status of gateway %s: %s", gateway, exc,
                         extra={"store": self.settings.store, "gateway": gateway})
@@ -504,18 +604,20 @@ class Server:
         for gateway in sorted(gone):
             await self._clear_status(gateway)
         if gone:
-            self.dispatcher.poke()
+            self._poke_dispatchers()
 
     async def _stop_unregistered_gateways(self) -> None:
         """Gateways recorded online that are not registered (data from before identities, or a
         revocation this server missed) get no more jobs: offline, their jobs in flight requeued."""
-        stray = self.identities.unregistered(await gateway_rows.online_ids(self.db, self.settings.store))
-        if stray:
-            log.warning("gateways %s are not registered: no jobs go to them and their events are ignored until "
-                        "they are ('esl gateways add %s/ID')", ", ".join(stray), self.settings.store,
-                        extra={"store": self.settings.store})
-        for gateway in stray:
-            await self.dispatcher.set_gateway(gateway, "offline")
+        for services in list(self.stores.values()):
+            store = services.store
+            stray = self.identities.unregistered(await gateway_rows.online_ids(self.db, store), store=store)
+            if stray:
+                log.warning("gateways %s are not registered: no jobs go to them and their events are ignored "
+                            "until they are ('esl gateways add %s/ID')", ", ".join(stray), store,
+                            extra={"store": store})
+            for gateway in stray:
+                await services.dispatcher.set_gateway(gateway, "offline")
 
     async def _identities_loop(self) -> None:
         failure = FailureLog(log, "reading MQTT identities", store=self.settings.store)
@@ -537,8 +639,9 @@ class Server:
                 batch = [self._state_queue.pop() for _ in range(min(100, len(self._state_queue)))]
                 try:
                     states = await self.labels.states(batch)
-                    await asyncio.gather(*(self._publish(self.topics.label_state(st["mac"]),
-                                                         json.dumps(st).encode(), 1, True) for st in states))
+                    where = await label_rows.stores_of(self.db, batch)
+                    await asyncio.gather(*(self._publish(Topics(self.topics.prefix, where[st["mac"]]).label_state(
+                        st["mac"]), json.dumps(st).encode(), 1, True) for st in states if st["mac"] in where))
                     failure.ok()
                 except Exception as exc:  # the broker went away mid-batch: try these again later
                     failure.failed(exc, retry_s=1.0)
@@ -553,13 +656,15 @@ class Server:
                 await asyncio.sleep(_LEAD_EVERY_S)
                 continue
             try:
-                due = await self.ingest.next_due()
-                now = utcnow()
-                if due is not None and due <= now:
-                    await self.ingest.apply_due(now, SYSTEM)
-                    delay = 0.0  # look again at once: more may be due by now
-                else:
-                    delay = 60.0 if due is None else min(60.0, (due - now).total_seconds())
+                delay = 60.0
+                for services in list(self.stores.values()):
+                    due = await services.ingest.next_due()
+                    now = utcnow()
+                    if due is not None and due <= now:
+                        await services.ingest.apply_due(now, SYSTEM)
+                        delay = 0.0  # look again at once: more may be due by now
+                    elif due is not None:
+                        delay = min(delay, (due - now).total_seconds())
                 failure.ok()
             except Exception as exc:
                 failure.failed(exc, retry_s=1.0)
@@ -585,7 +690,8 @@ class Server:
                 checks.failed(exc, retry_s=2.0)
             try:
                 if await self.db.lead("offline-marking"):
-                    await self.dispatcher.mark_silent(utcnow())
+                    for services in list(self.stores.values()):
+                        await services.dispatcher.mark_silent(utcnow())
                 labels = await label_rows.count_by_state(self.db)
                 jobs = await job_rows.count_by_state(self.db)
                 self.metrics.set_states(labels, jobs, await gateway_rows.count_online(self.db))

@@ -216,6 +216,11 @@ class Topics:
         gateway or label (the topic itself for kinds that name neither)."""
         return _build(kind, self.prefix, self.store, _WILDCARD)
 
+    def every_store(self, kind: Kind) -> str:
+        """The subscription filter for every topic of `kind` in every store under this prefix
+        (``esl/+/pos/prices``, ``esl/+/gateway/+/events``): what a server serving a chain takes."""
+        return _build(kind, self.prefix, _WILDCARD, _WILDCARD)
+
     def parse(self, topic: str) -> Topic:
         """`Topic.parse`, refusing (`TopicError`) a topic of another prefix or store."""
         parsed = Topic.parse(topic)

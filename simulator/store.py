@@ -85,10 +85,15 @@ class StoreConfig:
     low_battery_mv: int = MIN_DISPLAY_MV - 100
     start_spread_s: float = 0.0
     state_file: Path | None = None
+    first_label: int = 1
+    """The number of the first label's address (`label_address`): stores simulated side by side
+    on one server (a chain) need labels of their own."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.labels, int) or not 0 <= self.labels <= 1_000_000:
             raise StoreConfigError(f"labels must be an int in 0..1000000, got {self.labels!r}")
+        if not isinstance(self.first_label, int) or not 0 <= self.first_label < (1 << 32) - self.labels:
+            raise StoreConfigError(f"first_label must be an int in 0..2**32-1-labels, got {self.first_label!r}")
         if not self.models:
             raise StoreConfigError("models must name at least one label model")
         for name in self.models:
@@ -149,7 +154,7 @@ class SimStore:
             models = [get_model(name) for name in config.models]
             rng = SplitMix64(config.seed ^ 0x5EED)
             for i in range(config.labels):
-                address = label_address(i + 1)
+                address = label_address(config.first_label + i)
                 model: LabelModel = models[i % len(models)]
                 low = plan.starts_low(address)
                 self.labels[address] = SimLabel(

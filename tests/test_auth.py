@@ -105,7 +105,7 @@ def test_admin_may_do_everything() -> None:
 # --- over HTTP ----------------------------------------------------------------------------------
 
 def _concrete(path: str) -> str:
-    return (path.replace("{mac}", "AA:BB:CC:DD:EE:01").replace("{sku}", "X").replace("{name}", "shelf-2.9")
+    return (path.replace("{store}", "demo").replace("{mac}", "AA:BB:CC:DD:EE:01").replace("{sku}", "X").replace("{name}", "shelf-2.9")
             .replace("{hash}", "0" * 16).replace("{digest}", "0" * 64))
 
 

@@ -134,16 +134,16 @@ async def test_tokens_are_listed_oldest_first_and_revoked_in_place(db: Database)
     async with db.transaction() as conn:
         await tokens.insert(conn, "b" * 12, "h2", "pos", "till", "2026-01-02T00:00:00+00:00")
         await tokens.insert(conn, "a" * 12, "h1", "admin", "boss", "2026-01-02T00:00:00+00:00")
-        await tokens.insert(conn, "c" * 12, "h3", "tech", "anna", T0)
+        await tokens.insert(conn, "c" * 12, "h3", "tech", "anna", T0, "s1,s2")
         assert await tokens.exists(conn, "a" * 12) and not await tokens.exists(conn, "d" * 12)
         await tokens.revoke(conn, "b" * 12, "2026-01-03T00:00:00+00:00")
     assert [r["id"] for r in await tokens.listing(db, include_revoked=True)] == ["c" * 12, "a" * 12, "b" * 12]
     assert [r["id"] for r in await tokens.listing(db, include_revoked=False)] == ["c" * 12, "a" * 12]
     cred = await tokens.credentials(db, "b" * 12)
-    assert cred is not None and tuple(cred) == ("h2", "pos", "till", "2026-01-03T00:00:00+00:00")
+    assert cred is not None and tuple(cred) == ("h2", "pos", "till", "2026-01-03T00:00:00+00:00", None)
     assert await tokens.credentials(db, "d" * 12) is None
     row = await tokens.get(db, "c" * 12)
-    assert row is not None and row["revoked_at"] is None and row["created_at"] == T0
+    assert row is not None and row["revoked_at"] is None and row["created_at"] == T0 and row["stores"] == "s1,s2"
 
 
 async def test_audit_pages_newest_first_with_filters(db: Database) -> None:

@@ -505,3 +505,13 @@ async def test_migration_0009_adds_label_leases_none_held(release: Release) -> N
         held = conn.execute("SELECT COUNT(*) FROM labels WHERE lease_owner IS NOT NULL OR lease_until IS NOT NULL")
         total = conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
         assert held.fetchone()[0] == 0 and total > 0
+
+
+async def test_migration_0010_adds_token_stores_every_release_token_unrestricted(release: Release) -> None:
+    """0010 (a chain): the stores a token is restricted to. A release's tokens are restricted to
+    none (NULL: every store), as they were."""
+    await _open(release.db)
+    with closing(sqlite3.connect(release.db)) as conn:
+        scoped = conn.execute("SELECT COUNT(*) FROM tokens WHERE stores IS NOT NULL").fetchone()[0]
+        total = conn.execute("SELECT COUNT(*) FROM tokens").fetchone()[0]
+    assert scoped == 0 and total > 0

@@ -22,7 +22,7 @@ from eslserver.api.backend import Backend
 from eslserver.api.docs import setup_docs
 from eslserver.api.errors import ApiError
 from eslserver.api.openapi import document
-from eslserver.api.routing import DOCUMENT_KEY, MAX_JSON_BODY, Call, Route, json_response
+from eslserver.api.routing import DOCUMENT_KEY, MAX_JSON_BODY, Call, Route, json_response, normalise_mac
 from eslserver.api.table import all_routes
 from eslserver.auth import ROLES, Actor, verify_token
 from eslserver.web import setup_web
@@ -68,6 +68,39 @@ def _query_names(doc: dict[str, Any], route: Route) -> frozenset[str] | None:
     return frozenset(p["name"] for p in op.get("parameters", ()) if p.get("in") == "query")
 
 
+async def _store_view(request: web.Request, route: Route, server: Backend, actor: Actor | None) -> Backend:
+    """The server as the route sees it: one store of the chain (``/api/v1/stores/{store}/…``,
+    or the configured store on the plain paths), or the whole chain. A token restricted to
+    some stores gets only those (``store_forbidden``), and a label is found only in its own
+    store: no path reaches another store's data."""
+    if route.chain is not None:
+        if actor is not None and actor.stores is not None and (route.chain == "whole" or route.method != "GET"):
+            raise ApiError(403, "store_forbidden", f"a token restricted to stores {', '.join(sorted(actor.stores))} "
+                                                   f"may not {route.method} {route.path} (it concerns every store)")
+        return server
+    if route.store_scoped:
+        store = request.match_info.get("store", "")
+        view = server.for_store(store)
+        if view is None:
+            raise ApiError(404, "unknown_store", f"store: no store {store[:64]!r} is served here (esl stores list)",
+                           field="store")
+    else:
+        view = server
+    if actor is not None and not actor.may_store(view.settings.store):
+        raise ApiError(403, "store_forbidden", f"store: this token may act on {', '.join(sorted(actor.stores or ()))} "
+                                               f"only, not on {view.settings.store!r}", field="store")
+    mac = request.match_info.get("mac")
+    if mac is not None:
+        try:
+            found = await view.store_of_label(normalise_mac(mac))
+        except ApiError:
+            found = None  # a malformed MAC: the handler says so
+        if found is not None and found != view.settings.store:  # another store's: as if unknown here
+            raise ApiError(404, "unknown_label", f"mac: no label {mac[:64]!r} in store {view.settings.store!r}",
+                           field="mac")
+    return view
+
+
 def _guard(route: Route, query: frozenset[str] | None) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     roles = route.roles
 
@@ -80,6 +113,7 @@ def _guard(route: Route, query: frozenset[str] | None) -> Callable[[web.Request]
                 allowed = ", ".join(r for r in ROLES if r in roles or r == "admin")
                 raise ApiError(403, "forbidden",
                                f"role {actor.role!r} may not {route.method} {route.path}; needs one of {allowed}")
+        server = await _store_view(request, route, server, actor)
         if query is not None and roles is not None:
             # a misspelt filter (`?stat=offline`) must not silently answer with everything
             unknown = sorted(set(request.query) - query)

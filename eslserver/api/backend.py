@@ -64,6 +64,15 @@ class Backend(Protocol):
         """Price updates, validated and committed as the MQTT path does."""
         ...
 
+    def for_store(self, store: str) -> Backend | None:
+        """This server as it serves `store` of the chain (its settings, labels, prices and
+        uploads); None when it serves no such store."""
+        ...
+
+    async def store_of_label(self, mac: str) -> str | None:
+        """The store label `mac` belongs to; None for a label nobody knows."""
+        ...
+
     @property
     def metrics(self) -> Metrics:
         """The Prometheus registry served at ``/metrics``."""

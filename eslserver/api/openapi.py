@@ -572,22 +572,34 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
 }
 
 
+_STORE_PARAM: Final = {"name": "store", "in": "path", "required": True,
+                       "description": "A store of the chain (`esl stores list`); the paths without it are the "
+                                      "configured store's.",
+                       "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}}
+
+
 @functools.cache
 def _build() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in all_routes():
-        key = (route.method, route.path)
+        key = (route.method, route.plain_path)
         if key not in _OPERATIONS:
             raise KeyError(f"route {route.method} {route.path} is not documented in eslserver.api.openapi")
         op = copy.deepcopy(_OPERATIONS[key])
         responses = op.setdefault("responses", {})
+        if route.store_scoped:  # the same operation for any store of the chain
+            op["parameters"] = [_STORE_PARAM, *op.get("parameters", [])]
+            op["summary"] = op.get("summary", "") + " (one store of the chain)"
+            responses.setdefault("404", _err("no such store (`unknown_store`), or the resource is not there"))
+
         if route.roles is not None:
             roles = sorted(ROLES) if not route.roles else sorted({*route.roles, "admin"})
             op["security"] = [{"bearer": []}]
             op["x-roles"] = roles
             responses.setdefault("401", _err("missing or invalid token (`missing_token`, `invalid_token`)"))
-            if route.roles:
-                responses.setdefault("403", _err(f"role not allowed (`forbidden`); needs {', '.join(roles)}"))
+            store = "a token restricted to other stores (`store_forbidden`)"
+            responses.setdefault("403", _err(f"role not allowed (`forbidden`; needs {', '.join(roles)}), or {store}"
+                                             if route.roles else store[0].upper() + store[1:]))
             # a query parameter the operation does not list is refused (`unknown_parameter`)
             responses.setdefault("400", _BAD)
         else:
@@ -595,9 +607,9 @@ def _build() -> dict[str, Any]:
         if any(p.get("in") == "path" for p in op.get("parameters", [])):
             responses.setdefault("400", _BAD)
         responses.setdefault("500", _err("internal error (`internal`), logged on the server"))
-        op["operationId"] = route.handler.__name__
+        op["operationId"] = route.handler.__name__ + ("_in_store" if route.store_scoped else "")
         paths.setdefault(route.path, {})[route.method.lower()] = op
-    missing = set(_OPERATIONS) - {(r.method, r.path) for r in all_routes()}
+    missing = set(_OPERATIONS) - {(r.method, r.plain_path) for r in all_routes()}
     if missing:
         raise KeyError(f"documented operations without a route: {sorted(missing)}")
     return {

@@ -213,5 +213,5 @@ ROUTES: Final = (
     Route("GET", "/api/v1/labels/{mac}/image/expected.png", expected_png, ANY_ROLE),
     Route("GET", "/api/v1/labels/{mac}/image/displayed.png", displayed_png, ANY_ROLE),
     Route("GET", "/api/v1/labels/{mac}/events", label_events, ANY_ROLE),
-    Route("GET", "/api/v1/images/{hash}.png", image_png, ANY_ROLE),
+    Route("GET", "/api/v1/images/{hash}.png", image_png, ANY_ROLE, chain="shared"),
 )

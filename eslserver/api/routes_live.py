@@ -121,5 +121,5 @@ def setup_live(app: web.Application) -> None:
 
 
 ROUTES: Final = (
-    Route("GET", "/api/v1/events/stream", stream, ANY_ROLE),
+    Route("GET", "/api/v1/events/stream", stream, ANY_ROLE, chain="whole"),
 )

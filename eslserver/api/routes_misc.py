@@ -165,10 +165,10 @@ async def openapi(call: Call) -> web.StreamResponse:
 ROUTES: Final = (
     Route("GET", "/api/v1/gateways", list_gateways, ANY_ROLE),
     Route("GET", "/api/v1/jobs", list_jobs, ANY_ROLE),
-    Route("GET", "/api/v1/audit", list_audit, ADMIN_ONLY),
+    Route("GET", "/api/v1/audit", list_audit, ADMIN_ONLY, chain="whole"),
     Route("GET", "/api/v1/summary", summary, ANY_ROLE),
-    Route("GET", "/api/v1/me", whoami, ANY_ROLE),
-    Route("GET", "/metrics", metrics, PUBLIC),
-    Route("GET", "/healthz", healthz, PUBLIC),
-    Route("GET", "/api/v1/openapi.json", openapi, PUBLIC),
+    Route("GET", "/api/v1/me", whoami, ANY_ROLE, chain="shared"),
+    Route("GET", "/metrics", metrics, PUBLIC, chain="shared"),
+    Route("GET", "/healthz", healthz, PUBLIC, chain="shared"),
+    Route("GET", "/api/v1/openapi.json", openapi, PUBLIC, chain="shared"),
 )

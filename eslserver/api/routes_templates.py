@@ -143,8 +143,8 @@ async def preview(call: Call) -> web.StreamResponse:
 
 
 ROUTES: Final = (
-    Route("GET", "/api/v1/templates", list_templates, ANY_ROLE),
-    Route("GET", "/api/v1/templates/{name}", get_template, ANY_ROLE),
-    Route("PUT", "/api/v1/templates/{name}", put_template, TEMPLATE_ROLES, body_limit=_MAX_BODY),
-    Route("POST", "/api/v1/templates/preview", preview, TEMPLATE_ROLES, body_limit=_MAX_BODY),
+    Route("GET", "/api/v1/templates", list_templates, ANY_ROLE, chain="shared"),
+    Route("GET", "/api/v1/templates/{name}", get_template, ANY_ROLE, chain="shared"),
+    Route("PUT", "/api/v1/templates/{name}", put_template, TEMPLATE_ROLES, body_limit=_MAX_BODY, chain="shared"),
+    Route("POST", "/api/v1/templates/preview", preview, TEMPLATE_ROLES, body_limit=_MAX_BODY, chain="shared"),
 )

@@ -9,6 +9,7 @@ for global state. Query parameters and bodies are parsed here, once, into typed 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -30,6 +31,9 @@ __all__ = [
     "TEXT_PATTERN",
 ]
 
+API_PREFIX: Final = "/api/v1"
+STORE_PREFIX: Final = "/api/v1/stores/{store}"
+"""Where a store's routes are served for any store of the chain (the plain paths: the configured store)."""
 MAX_JSON_BODY: Final = 4 * 1024 * 1024
 """Largest JSON body any route takes (a POS batch of ~10,000 items)."""
 
@@ -81,6 +85,22 @@ class Route:
     handler: Handler
     roles: frozenset[str] | None
     body_limit: int = MAX_JSON_BODY
+    chain: str | None = None
+    """None: a store's (served for the configured store, and for every store under
+    ``/api/v1/stores/{store}/…``); ``shared``: the whole chain's, which a token restricted to some
+    stores may read but not change (templates); ``whole``: the whole chain's, not for such a
+    token at all (the audit log, the live stream of every store)."""
+    store_scoped: bool = False
+    """This is the ``/api/v1/stores/{store}/…`` copy of a store's route (`scoped`)."""
+
+    def scoped(self) -> Route:
+        """The copy of this store route under ``/api/v1/stores/{store}/…``."""
+        return dataclasses.replace(self, path=STORE_PREFIX + self.path[len(API_PREFIX):], store_scoped=True)
+
+    @property
+    def plain_path(self) -> str:
+        """The path of the route this one is the store-scoped copy of (its own path if none)."""
+        return API_PREFIX + self.path[len(STORE_PREFIX):] if self.store_scoped else self.path
 
 
 def _json_default(value: object) -> object:

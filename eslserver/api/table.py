@@ -19,6 +19,7 @@ __all__ = ["all_routes"]
 def all_routes() -> tuple[Route, ...]:
     """Every route the application serves (the OpenAPI document documents exactly these)."""
     # images after labels: GET /images/{hash}.png (rendered labels) is tried before /images/{digest}
-    return (*routes_prices.ROUTES, *routes_products.ROUTES, *routes_labels.ROUTES, *routes_images.ROUTES,
-            *routes_templates.ROUTES, *routes_misc.ROUTES, *routes_tech.ROUTES,
-            *routes_live.ROUTES)
+    plain = (*routes_prices.ROUTES, *routes_products.ROUTES, *routes_labels.ROUTES, *routes_images.ROUTES,
+             *routes_templates.ROUTES, *routes_misc.ROUTES, *routes_tech.ROUTES, *routes_live.ROUTES)
+    # a store's routes once more for every store of the chain: /api/v1/stores/{store}/…
+    return (*plain, *(route.scoped() for route in plain if route.chain is None))

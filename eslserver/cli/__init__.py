@@ -61,6 +61,8 @@ from eslserver.cli import trust_cmds  # noqa: E402
 trust_cmds.register(app)
 from eslserver.cli import db_cmds  # noqa: E402
 db_cmds.register(app)
+from eslserver.cli import store_cmds  # noqa: E402
+store_cmds.register(app)
 
 
 def main() -> None:

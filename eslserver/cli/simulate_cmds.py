@@ -33,6 +33,7 @@ def simulate(
     snapshot_interval: float = typer.Option(2.0, "--snapshot-interval", min=0.0, help="At most one PNG per label per this many seconds."),
     summary_interval: float = typer.Option(10.0, "--summary-interval", min=0.1, help="Seconds between summary lines."),
     state: Path | None = typer.Option(None, "--state", help="Keep the labels' keys, counters and screens in this file across restarts (as real labels keep them in flash)."),
+    first_label: int = typer.Option(1, "--first-label", min=0, help="Number of the first label's address (02:E5:…): stores simulated side by side need their own."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log label events."),
 ) -> None:
     """Run a simulated store radio until Ctrl-C or SIGTERM; a gateway connects to --listen."""
@@ -53,7 +54,8 @@ def simulate(
                              offline_s=offline_time, reboot=reboot, low_battery=low_battery)
         store = StoreConfig(labels=labels, models=tuple(model), seed=seed,
                             wake_interval_s=wake_interval, listen_window_s=listen_window,
-                            always_listening=always_listening, faults=faults, state_file=state)
+                            always_listening=always_listening, faults=faults, state_file=state,
+                            first_label=first_label)
         config = SimulationConfig(store=store, host=host, port=port, snapshots=snapshots,
                                   snapshot_interval_s=snapshot_interval,
                                   summary_interval_s=summary_interval)

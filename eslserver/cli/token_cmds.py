@@ -73,6 +73,8 @@ def _run(path: Path | str, action: Callable[[Database], Awaitable[T]]) -> T:
 def create(
     role: Annotated[str, typer.Option("--role", help=f"One of: {', '.join(ROLES)}.")],
     name: Annotated[Optional[str], typer.Option("--name", help="Whose token (shown in the audit log).")] = None,
+    store: Annotated[Optional[list[str]], typer.Option(
+        "--store", help="Restrict it to this store of the chain (repeat for several; default: every store).")] = None,
     data: DataOpt = None,
     config: ConfigOpt = None,
     init: Annotated[bool, typer.Option(
@@ -86,7 +88,7 @@ def create(
     path = _database_path(data, config, init=init)
     if isinstance(path, Path) and not path.exists():
         typer.echo(f"note: no database at {path}; creating a new one (--init)", err=True)
-    token = _run(path, lambda db: create_token(db, role, name))
+    token = _run(path, lambda db: create_token(db, role, name, stores=store or None))
     typer.echo(token)
 
 

@@ -28,7 +28,7 @@ __all__ = [
     "discover", "drawn_with", "for_event", "forget_key", "get", "keys_in_clear", "mark_dirty", "mark_failed",
     "mark_silent_offline", "macs", "note_key_lost", "page", "pairing", "record_failure", "record_seen",
     "record_unkeyed_checkin", "register", "release_leases", "replace_keys", "reserve_counters", "set_expected",
-    "set_key", "set_pending", "set_render_failed", "set_shown", "set_up_to_date", "states", "unbind",
+    "set_key", "set_pending", "set_render_failed", "set_shown", "set_up_to_date", "states", "stores_of", "unbind",
     "use_factory_counter",
 ]
 
@@ -113,6 +113,16 @@ async def page(db: Database, where: LabelFilter, limit: int, offset: int) -> tup
     rows = await db.read(f"SELECT {_ROW} FROM labels WHERE {clause} ORDER BY mac LIMIT ? OFFSET ?",
                          [*params, limit, offset])
     return (total[0] if total else 0), rows
+
+
+async def stores_of(db: Database, macs: Sequence[str]) -> dict[str, str]:
+    """The store of each known label of `macs` (committed)."""
+    out: dict[str, str] = {}
+    for i in range(0, len(macs), IN_MAX):
+        part = list(macs[i:i + IN_MAX])
+        out.update((r["mac"], r["store"]) for r in await db.read(
+            f"SELECT mac, store FROM labels WHERE mac IN ({placeholders(part)})", part))
+    return out
 
 
 async def macs(db: Database, store: str) -> list[str]:

@@ -7,9 +7,9 @@ the first start).
 
 from __future__ import annotations
 
-from eslserver.db.database import Connection, Database
+from eslserver.db.database import Connection, Database, Reader, Row, fetchone
 
-__all__ = ["upsert", "count"]
+__all__ = ["upsert", "count", "listing", "get"]
 
 
 async def upsert(conn: Connection, store: str, name: str, currency: str, field_map: str,
@@ -28,3 +28,13 @@ async def count(db: Database) -> int:
     (the health check)."""
     row = await db.read_one("SELECT COUNT(*) FROM stores")
     return int(row[0]) if row else 0
+
+
+async def listing(db: Database) -> list[Row]:
+    """Every store (committed): ``id, name, currency, field_map`` (JSON text), ``created_at``, by id."""
+    return await db.read("SELECT id, name, currency, field_map, created_at FROM stores ORDER BY id")
+
+
+async def get(conn: Reader, store: str) -> Row | None:
+    """The row of `store` (as `listing`); None when there is none."""
+    return await fetchone(conn, "SELECT id, name, currency, field_map, created_at FROM stores WHERE id = ?", (store,))

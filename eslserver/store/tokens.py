@@ -19,16 +19,16 @@ async def exists(conn: Reader, token_id: str) -> bool:
 
 
 async def insert(conn: Connection, token_id: str, secret_hash: str, role: str, name: str,
-                 created_at: str) -> None:
+                 created_at: str, stores: str | None = None) -> None:
     """Store a new token; the id must be unused (the primary key refuses a second one)."""
-    await conn.execute("INSERT INTO tokens (id, secret_hash, role, name, created_at) VALUES (?, ?, ?, ?, ?)",
-                       (token_id, secret_hash, role, name, created_at))
+    await conn.execute("INSERT INTO tokens (id, secret_hash, role, name, created_at, stores) VALUES (?, ?, ?, ?, ?, ?)",
+                       (token_id, secret_hash, role, name, created_at, stores))
 
 
 async def credentials(db: Database, token_id: str) -> Row | None:
-    """``secret_hash``, ``role``, ``name``, ``revoked_at`` of a committed token (one
+    """``secret_hash``, ``role``, ``name``, ``revoked_at``, ``stores`` of a committed token (one
     primary-key read); None when no token has this id."""
-    return await db.read_one("SELECT secret_hash, role, name, revoked_at FROM tokens WHERE id = ?", (token_id,))
+    return await db.read_one("SELECT secret_hash, role, name, revoked_at, stores FROM tokens WHERE id = ?", (token_id,))
 
 
 async def get(conn: Reader, token_id: str) -> Row | None:
