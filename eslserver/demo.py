@@ -26,6 +26,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -36,10 +37,13 @@ from eslserver.config import Settings
 from eslserver.gateway.bridge import Gateway, GatewayConfig
 from eslserver.gateway.links.loopback import LoopbackRadio
 from eslserver.history_import import import_history
+from eslserver.identities import Credentials
 from eslserver.ingest import current_prices
 from eslserver.mqtt import MqttConnection, MqttSettings
 from eslserver.server import SYSTEM, Server
 from eslserver.signals import run_until_signal
+from eslserver.store_services import StoreServices
+from eslserver.stores_admin import add_store
 from eslserver.store import labels as label_rows
 from eslserver.timeutil import utcnow
 from eslserver.trust import register_gateway_key
@@ -72,6 +76,8 @@ class DemoConfig:
     seed: int = 0
     gateway: str = "gw1"
     wake_interval_s: float = 30.0
+    stores: int = 1
+    """Stores of a chain, each with its own labels, gateway and POS (one server serves them all)."""
 
 
 def demo_catalogue(count: int, now: datetime | None = None) -> list[dict[str, Any]]:
@@ -125,91 +131,122 @@ def demo_price_history(record: dict[str, Any], now: datetime) -> list[dict[str, 
     return [{**update, "valid_from": when.isoformat()} for when, update in steps]
 
 
+@dataclass
+class _Shop:
+    """One demo store running: its parts, its POS identity and catalogue."""
+
+    services: StoreServices
+    sim: SimStore
+    pos: Credentials
+    catalogue: list[dict[str, Any]]
+    prices: dict[str, Decimal]
+
+
+async def _open_shop(stack: AsyncExitStack, server: Server, store: str, index: int, config: DemoConfig,
+                     broker: MqttSettings) -> _Shop:
+    """Store `store` of the demo (the `index`-th): its gateway and POS identities, catalogue with
+    price history, simulated labels (numbered on from the previous store's), snapshots and gateway."""
+    settings = server.settings
+    services = server.stores[store]
+    gateway_id = await server.add_identity("gateway", config.gateway, store=store, reset=True)
+    pos_id = await server.add_identity("pos", DEMO_POS, store=store, reset=True)
+    now = utcnow()
+    catalogue = demo_catalogue(config.labels, now)
+    prices = await current_prices(server.db, store)
+    history = [update for rec in catalogue if rec["sku"] not in prices for update in demo_price_history(rec, now)]
+    if history:  # products a previous run on this data did not have yet
+        result = await import_history(services.ingest, history, actor=SYSTEM, source="demo")
+        if result.errors:
+            log.warning("demo catalogue: %d updates refused: %s", len(result.errors), result.errors[:3])
+        prices = await current_prices(server.db, store)
+    sim = SimStore(StoreConfig(labels=config.labels, models=DEMO_MODELS, seed=config.seed,
+                               wake_interval_s=config.wake_interval_s, always_listening=True, start_spread_s=1.0,
+                               first_label=index * config.labels + 1,
+                               state_file=settings.data_dir / "simulator" / f"{store}.json"))
+    async with server.db.transaction() as conn:
+        for i, (mac, label) in enumerate(sim.labels.items()):
+            await services.labels.register(conn, mac, label.model.name, sku=catalogue[i]["sku"], gateway=config.gateway)
+    services.pipeline.poke()
+    radio_server = RadioServer(sim, "127.0.0.1", 0)
+    # the first store's screens where a one-store demo always put them, the others' beside
+    folder = settings.data_dir / "snapshots" if index == 0 else settings.data_dir / "snapshots" / store
+    snapshots = SnapshotWriter(sim, folder, min_interval_s=1.0)
+    await stack.enter_async_context(sim)
+    await stack.enter_async_context(radio_server)
+    await snapshots.start()
+    stack.push_async_callback(snapshots.aclose)
+    host, port = radio_server.address
+    assert server.signing_key is not None
+    gateway = Gateway(GatewayConfig(store=store, gateway_id=config.gateway,
+                                    data_dir=settings.data_dir / ("gateway" if index == 0 else f"gateway-{store}"),
+                                    prefix=settings.topic_prefix, concurrency=settings.max_in_flight,
+                                    server_key=server.signing_key.public),
+                      LoopbackRadio(host, port), gateway_id.apply(broker))
+    # one process, both ends: each learns the other's public key as registration would
+    await register_gateway_key(server.db, store, config.gateway, gateway.key.public, actor=SYSTEM)
+    await stack.enter_async_context(gateway)
+    return _Shop(services, sim, pos_id, catalogue, prices)
+
+
 async def run_demo(settings: Settings, config: DemoConfig, *, print_line: Callable[[str], None] = print,
                    stop: asyncio.Event | None = None) -> None:
-    """Run the demo store until SIGINT/SIGTERM, `stop`, or ``duration_s``."""
-    async with Server(settings) as server:
+    """Run the demo store (or ``config.stores`` stores of a chain: the configured one, then
+    ``{store}-2``…) until SIGINT/SIGTERM, `stop`, or ``duration_s``."""
+    async with Server(settings) as server, AsyncExitStack() as stack:
         assert server.broker_url is not None
-        # registered and let into the broker like any store's: new passwords each run (only hashes are kept)
-        gateway_id = await server.add_identity("gateway", config.gateway, reset=True)
-        pos_id = await server.add_identity("pos", DEMO_POS, reset=True)
+        stores = [settings.store]
+        for n in range(2, config.stores + 1):
+            stores.append(f"{settings.store}-{n}")
+            await add_store(server.db, settings, stores[-1], name=f"{settings.store_name} {n}",
+                            currency=settings.currency, actor=SYSTEM)
+        await server.serve_new_stores()
         broker = MqttSettings.from_settings(settings, server.broker_url)
-        now = utcnow()
-        catalogue = demo_catalogue(config.labels, now)
-        prices = await current_prices(server.db, settings.store)
-        history = [update for rec in catalogue if rec["sku"] not in prices for update in demo_price_history(rec, now)]
-        if history:  # products a previous run on this data did not have yet
-            result = await import_history(server.ingest, history, actor=SYSTEM, source="demo")
-            if result.errors:
-                log.warning("demo catalogue: %d updates refused: %s", len(result.errors), result.errors[:3])
-            prices = await current_prices(server.db, settings.store)
-        store = SimStore(StoreConfig(labels=config.labels, models=DEMO_MODELS, seed=config.seed,
-                                     wake_interval_s=config.wake_interval_s, always_listening=True,
-                                     start_spread_s=1.0,
-                                     state_file=settings.data_dir / "simulator" / f"{settings.store}.json"))
-        async with server.db.transaction() as conn:
-            for i, (mac, label) in enumerate(store.labels.items()):
-                await server.labels.register(conn, mac, label.model.name, sku=catalogue[i]["sku"],
-                                             gateway=config.gateway)
-        server.pipeline.poke()
-        radio_server = RadioServer(store, "127.0.0.1", 0)
-        snapshots = SnapshotWriter(store, settings.data_dir / "snapshots", min_interval_s=1.0)
-        async with store, radio_server:
-            await snapshots.start()
-            host, port = radio_server.address
-            assert server.signing_key is not None
-            gateway = Gateway(GatewayConfig(store=settings.store, gateway_id=config.gateway,
-                                            data_dir=settings.data_dir / "gateway", prefix=settings.topic_prefix,
-                                            concurrency=settings.max_in_flight, server_key=server.signing_key.public),
-                              LoopbackRadio(host, port), gateway_id.apply(broker))
-            # one process, both ends: each learns the other's public key as registration would
-            await register_gateway_key(server.db, settings.store, config.gateway, gateway.key.public, actor=SYSTEM)
-            async with gateway:
-                token = await create_token(server.db, "admin", "demo")
-                print_line(f"eslserver demo store '{settings.store}': {config.labels} simulated labels")
-                print_line(f"  http    {server.http_scheme}://{settings.http_host}:{server.http_port}/  "
-                           f"(web UI /ui/, API /api/v1/, metrics /metrics)")
-                print_line(f"  broker  {server.broker_url}  (POS topic {server.topics.pos_prices})")
-                print_line(f"  pos     user {pos_id.username}  password {pos_id.password}  (MQTT; anonymous clients "
-                           "are refused)")
-                print_line(f"  token   {token}   (admin)")
-                print_line(f"  screens {(settings.data_dir / 'snapshots').resolve()}")
-                tasks = [asyncio.create_task(_summaries(server, print_line), name="demo-summary")]
-                if config.feed_interval_s > 0:
-                    print_line(f"  POS     {config.feed_size} price changes every {config.feed_interval_s:g} s "
-                               f"(--no-feed turns it off)")
-                    tasks.append(asyncio.create_task(_pos_feed(server, pos_id.apply(broker), catalogue, prices,
-                                                               config),
-                                                     name="demo-pos-feed"))
-                else:
-                    print_line("  POS     off: prices change only when you send them")
-                try:
-                    waiters = [asyncio.create_task(run_until_signal() if stop is None else stop.wait())]
-                    if config.duration_s is not None:
-                        waiters.append(asyncio.create_task(asyncio.sleep(config.duration_s)))
-                    _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                    for task in pending:
-                        task.cancel()
-                    await asyncio.gather(*pending, return_exceptions=True)
-                finally:
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-            await snapshots.aclose()
+        shops = [await _open_shop(stack, server, store, n, config, broker) for n, store in enumerate(stores)]
+        token = await create_token(server.db, "admin", "demo")
+        what = f"store '{settings.store}'" if len(shops) == 1 else f"chain of {len(shops)} stores ({', '.join(stores)})"
+        print_line(f"eslserver demo {what}: {config.labels} simulated labels" + (" each" if len(shops) > 1 else ""))
+        print_line(f"  http    {server.http_scheme}://{settings.http_host}:{server.http_port}/  "
+                   f"(web UI /ui/, API /api/v1/, metrics /metrics)")
+        print_line(f"  broker  {server.broker_url}  (POS topic {', '.join(s.services.topics.pos_prices for s in shops)})")
+        for shop in shops:
+            print_line(f"  pos     user {shop.pos.username}  password {shop.pos.password}  (MQTT; anonymous clients "
+                       "are refused)")
+        print_line(f"  token   {token}   (admin)")
+        print_line(f"  screens {(settings.data_dir / 'snapshots').resolve()}")
+        tasks = [asyncio.create_task(_summaries(server, print_line), name="demo-summary")]
+        if config.feed_interval_s > 0:
+            print_line(f"  POS     {config.feed_size} price changes every {config.feed_interval_s:g} s "
+                       f"{'per store ' if len(shops) > 1 else ''}(--no-feed turns it off)")
+            tasks += [asyncio.create_task(_pos_feed(shop.services, shop.pos.apply(broker), shop.catalogue,
+                                                    shop.prices, config), name=f"demo-pos-feed {shop.services.store}")
+                      for shop in shops]
+        else:
+            print_line("  POS     off: prices change only when you send them")
+        try:
+            waiters = [asyncio.create_task(run_until_signal() if stop is None else stop.wait())]
+            if config.duration_s is not None:
+                waiters.append(asyncio.create_task(asyncio.sleep(config.duration_s)))
+            _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await stack.aclose()
         print_line(f"stopped: {await _summary_line(server)}")
 
 
-async def _pos_feed(server: Server, broker: MqttSettings, catalogue: list[dict[str, Any]],
+async def _pos_feed(services: StoreServices, broker: MqttSettings, catalogue: list[dict[str, Any]],
                     stored: dict[str, Decimal], config: DemoConfig) -> None:
     """A POS: every interval, a batch of price changes published on MQTT (QoS 1), each
     logged once the broker has it, from the price the server had when the demo started."""
-    assert server.broker_url is not None
     rng = random.Random(config.seed)
     names = {rec["sku"]: rec.get("name") or "" for rec in catalogue}
     prices = {rec["sku"]: stored.get(rec["sku"], Decimal(str(rec["price"]))) for rec in catalogue}
     seq = int(utcnow().timestamp())
-    async with MqttConnection(broker,
-                              client_id=f"demo-pos-{server.settings.store}", clean_session=True) as pos:
+    async with MqttConnection(broker, client_id=f"demo-pos-{services.store}", clean_session=True) as pos:
         while True:
             await asyncio.sleep(config.feed_interval_s)
             batch = []
@@ -220,7 +257,7 @@ async def _pos_feed(server: Server, broker: MqttSettings, catalogue: list[dict[s
                 seq += 1
                 batch.append({"sku": sku, "price": str(prices[sku]), "seq": seq})
                 changes.append((sku, old, prices[sku]))
-            await pos.publish(server.topics.pos_prices, json.dumps(batch).encode(), qos=1)
+            await pos.publish(services.topics.pos_prices, json.dumps(batch).encode(), qos=1)
             for sku, old, new in changes:
                 log.info("POS price %s %s: %s → %s", sku, names[sku], old, new)
 

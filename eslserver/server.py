@@ -462,13 +462,7 @@ class Server:
         while True:
             await asyncio.sleep(_STORES_EVERY_S)
             try:
-                for services in await self._load_stores():
-                    log.info("serving store %s (%s)", services.store, services.settings.store_name,
-                             extra={"store": services.store})
-                    self._run_store(services)
-                    if self.mqtt is not None:
-                        self._state_queue.update(await label_rows.macs(self.db, services.store))
-                        self._state_wake.set()
+                await self.serve_new_stores()
                 failure.ok()
             except Exception as exc:  # the outermost boundary of the loop: log once, try again
                 failure.failed(exc, retry_s=_STORES_EVERY_S)
@@ -481,6 +475,19 @@ class Server:
     async def store_of_label(self, mac: str) -> str | None:
         """The store label `mac` belongs to; None for a label nobody knows."""
         return (await label_rows.stores_of(self.db, [mac])).get(mac)
+
+    async def serve_new_stores(self) -> list[str]:
+        """Serve the stores added to the database since (``esl stores add``, `add_store`) at
+        once, rather than within `_STORES_EVERY_S`; their ids."""
+        added = await self._load_stores()
+        for services in added:
+            log.info("serving store %s (%s)", services.store, services.settings.store_name,
+                     extra={"store": services.store})
+            self._run_store(services)
+            if self.mqtt is not None:
+                self._state_queue.update(await label_rows.macs(self.db, services.store))
+                self._state_wake.set()
+        return [services.store for services in added]
 
     def _services_of(self, topic: str) -> tuple[StoreServices, Topic] | None:
         """The store a message on one of our topics is for, and the topic; None for a store

@@ -107,6 +107,7 @@ def demo(config: _Config = None, data: _Data = None, http_host: _Host = None, ht
          no_feed: Annotated[bool, typer.Option("--no-feed", help="No built-in POS: prices change only when you send them.")] = False,
          feed_size: Annotated[int, typer.Option("--feed-size", min=1, help="Products repriced each time.")] = 5,
          duration: Annotated[Optional[float], typer.Option("--duration", min=1.0, help="Stop after this many seconds.")] = None,
+         stores: Annotated[int, typer.Option("--stores", min=1, max=20, help="Stores of a chain, served by the one server.")] = 1,
          verbose: _Verbose = False, log_format: _LogFormat = None) -> None:
     """A whole store in one command: server, embedded broker, gateway, simulated labels, a POS feed."""
     restrict_umask()
@@ -120,7 +121,8 @@ def demo(config: _Config = None, data: _Data = None, http_host: _Host = None, ht
     try:
         with startup_errors("demo"):
             asyncio.run(run_demo(settings, DemoConfig(labels=labels, feed_interval_s=0.0 if no_feed else feed_interval,
-                                                      feed_size=feed_size, duration_s=duration), print_line=typer.echo))
+                                                      feed_size=feed_size, duration_s=duration, stores=stores),
+                                 print_line=typer.echo))
     except StateFileError as exc:
         typer.echo(f"esl demo: {exc} (in --data {settings.data_dir})", err=True)
         raise typer.Exit(1) from None
