@@ -67,10 +67,15 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+_CHAIN_PATHS = ("/api/v1/me", "/api/v1/templates", "/api/v1/audit", "/api/v1/events/stream", "/api/v1/openapi.json")
+"""What belongs to the whole chain, not to one store (never under ``/api/v1/stores/{store}/``)."""
+
+
 class Client:
     """One API server and token. Not thread-safe (one connection); cheap to create."""
 
-    def __init__(self, base_url: str = DEFAULT_SERVER, token: str | None = None, *, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str = DEFAULT_SERVER, token: str | None = None, *, timeout: float = 30.0,
+                 store: str | None = None) -> None:
         parts = urlsplit(base_url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ClientError(f"server: expected a URL such as {DEFAULT_SERVER}, got {base_url!r}")
@@ -88,6 +93,9 @@ class Client:
         self._port = port
         self._prefix = parts.path.rstrip("/")
         self._conn: http.client.HTTPConnection | None = None
+        self.store = store
+        """A store of the chain: its routes are called under ``/api/v1/stores/{store}/…`` (None:
+        the server's configured store, on the plain paths)."""
 
     # -- transport ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -115,6 +123,8 @@ class Client:
         or `ApiError` / `ClientError`."""
         query = {k: ("true" if v is True else "false" if v is False else str(v))
                  for k, v in (params or {}).items() if v is not None}
+        if self.store is not None and path.startswith("/api/v1/") and not path.startswith(_CHAIN_PATHS):
+            path = f"/api/v1/stores/{_segment(self.store)}/" + path[len("/api/v1/"):]
         target = self._prefix + path + ("?" + urlencode(query) if query else "")
         headers = {"Accept": "application/json", "User-Agent": "esl-cli"}
         if self.token:

@@ -335,7 +335,7 @@ async def test_a_tour_gets_a_documented_success_from_every_route(api: ApiClient)
         ("GET", "/api/v1/templates/shelf-2.9", None), ("PUT", "/api/v1/templates/tour", {"source": source}),
         ("POST", "/api/v1/templates/preview", {"name": "tour", "sku": "T1"}),
         ("GET", "/api/v1/jobs", None), ("GET", "/api/v1/audit", None), ("GET", "/api/v1/summary", None),
-        ("GET", "/api/v1/me", None), ("GET", "/metrics", None), ("GET", "/healthz", None),
+        ("GET", "/api/v1/me", None), ("GET", "/api/v1/stores", None), ("GET", "/metrics", None), ("GET", "/healthz", None),
         ("GET", "/api/v1/openapi.json", None),
         ("GET", f"/api/v1/labels/{mac}/history", None),
         ("GET", "/api/v1/events/stream?limit=1", None),
@@ -347,7 +347,8 @@ async def test_a_tour_gets_a_documented_success_from_every_route(api: ApiClient)
     ]
     # the configured store's paths, then the same store's routes once more as one store of the chain
     in_store = f"/api/v1/stores/{api.server.settings.store}"
-    chain = ("/api/v1/templates", "/api/v1/audit", "/api/v1/me", "/metrics", "/healthz", "/api/v1/openapi.json",
+    chain = ("/api/v1/templates", "/api/v1/audit", "/api/v1/me", "/api/v1/stores", "/metrics", "/healthz",
+             "/api/v1/openapi.json",
              "/api/v1/events/stream", f"/api/v1/images/{digest}.png")
     history = [{"sku": "T2", "price": "1.99", "valid_from": "2026-01-05T08:00:00Z"}]  # history is never rewritten
     scoped = [("POST", f"{in_store}/prices", [{"sku": "T3", "price": "1.00", "name": "Tour 3"}]),

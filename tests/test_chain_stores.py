@@ -214,3 +214,36 @@ async def test_a_token_restricted_to_one_store_sees_and_changes_nothing_else(tmp
         rows = {(r["store"], r["sku"]): json.loads(r["record"])["price"]
                 for r in await server.db.read("SELECT store, sku, record FROM products")}
         assert rows == {("s1", "A"): "3.49", ("s2", "A"): "1.99"}
+
+
+async def test_the_technician_cli_works_on_the_store_it_is_given(tmp_path: Path) -> None:
+    """``esl labels --store s2``: that store's labels only; a label of another store is not found."""
+    from eslserver.auth import create_token
+
+    settings = shop_settings(tmp_path / "data", None, store="s1")
+    async with Server(settings, mqtt=False, render_processes=False) as server:
+        await add_store(server.db, settings, "s2", name="Sklep 2", currency="PLN", actor=SYSTEM)
+        await server.serve_new_stores()
+        for store, mac in (("s1", "AA:00:00:00:01:01"), ("s2", "AA:00:00:00:02:01")):
+            async with server.db.transaction() as conn:
+                await server.stores[store].labels.register(conn, mac, "2.9-bwry")
+        token = await create_token(server.db, "tech", "tech of s2", stores=["s2"])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ESL_")}
+        env["ESL_CLI_CONFIG"] = str(tmp_path / "none.toml")
+
+        async def esl(*args: str) -> tuple[int, str, str]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "from eslserver.cli import main; main()", *args, "--server",
+                f"http://127.0.0.1:{server.http_port}", "--token", token, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await proc.communicate()
+            assert proc.returncode is not None
+            return proc.returncode, out.decode(), err.decode()
+
+        code, out, err = await esl("labels", "--store", "s2", "--json")
+        assert code == 0, err
+        assert [item["mac"] for item in json.loads(out)] == ["AA:00:00:00:02:01"]
+        code, out, err = await esl("label", "AA:00:00:00:01:01", "--store", "s2")
+        assert code != 0 and "AA:00:00:00:01:01" in err
+        code, out, err = await esl("labels", "--json")  # the server's own store: not this token's
+        assert code != 0 and ("store_forbidden" in err or "may act on s2" in err), err

@@ -310,3 +310,42 @@ async def test_the_ui_end_to_end_in_chromium(tmp_path: Path) -> None:
                 raise
             assert page.exceptions == [], page.exceptions
     assert len(list(folder.glob("*.png"))) == steps.n
+
+
+async def test_the_ui_shows_the_store_chosen_and_a_restricted_token_only_its_own(tmp_path: Path) -> None:
+    """A chain of two stores in the browser: head office picks a store and sees its labels;
+    a token restricted to store 2 gets store 2 without a choice, and never store 1's labels."""
+    from eslserver.server import SYSTEM, Server
+    from eslserver.stores_admin import add_store
+    from tests.pipeline_shop import shop_settings
+
+    settings = shop_settings(tmp_path / "data", None, store="s1", store_name="Sklep 1")
+    async with Server(settings, mqtt=False, render_processes=False) as server:
+        await add_store(server.db, settings, "s2", name="Sklep 2", currency="PLN", actor=SYSTEM)
+        await server.serve_new_stores()
+        for store, macs in (("s1", ["AA:00:00:00:01:01"]), ("s2", ["AA:00:00:00:02:01", "AA:00:00:00:02:02"])):
+            async with server.db.transaction() as conn:
+                for mac in macs:
+                    await server.stores[store].labels.register(conn, mac, "2.9-bwry")
+        office = await create_token(server.db, "admin", "head office")
+        local = await create_token(server.db, "tech", "Jan, s2", stores=["s2"])
+        tiles = "[...document.querySelectorAll('#shelf .tile')].map((t) => t.dataset.mac).sort().join(',')"
+        async with launch(tmp_path / "chromium") as browser:
+            page = await browser.new_page(**TABLET)
+            await page.goto(f"http://127.0.0.1:{server.http_port}/")
+            await sign_in(page, office)
+            await page.wait_for("!document.querySelector('#store-pick').hidden && "
+                                "document.querySelector('#store').value === 's1'", what="the store choice, s1")
+            await open_view(page, "shelf")
+            await page.wait_for(f"{tiles} === 'AA:00:00:00:01:01'", what="store 1's label")
+            await page.evaluate("(() => { const s = document.querySelector('#store'); s.value = 's2';"
+                                " s.dispatchEvent(new Event('change')); })()")
+            await page.wait_for(f"{tiles} === 'AA:00:00:00:02:01,AA:00:00:00:02:02'", what="store 2's labels")
+            await page.click("#signout")
+            await sign_in(page, local)
+            await page.wait_for("document.querySelector('#who').textContent.startsWith('Jan, s2')", what="Jan")
+            assert await page.evaluate("document.querySelector('#store-pick').hidden"), "no choice of one store"
+            # the live stream tells every store's changes: a token of one store does not open it
+            assert await page.evaluate("document.querySelector('#live').hidden")
+            await open_view(page, "shelf")
+            await page.wait_for(f"{tiles} === 'AA:00:00:00:02:01,AA:00:00:00:02:02'", what="store 2's labels only")

@@ -9,7 +9,7 @@ the same routes with any object that has these members.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # names for the type checker; importing the API loads none of these parts
@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # names for the type checker; importing the API loads none of
     from eslserver.label_templates import Templates
     from eslserver.labels import Labels
     from eslserver.metrics import Metrics
+    from eslserver.store_services import StoreServices
     from eslserver.uploads import Uploads
 
 __all__ = ["Backend", "BrokerLink"]
@@ -62,6 +63,11 @@ class Backend(Protocol):
     @property
     def ingest(self) -> Ingest:
         """Price updates, validated and committed as the MQTT path does."""
+        ...
+
+    @property
+    def stores(self) -> Mapping[str, StoreServices]:
+        """What runs for each store served, by store id."""
         ...
 
     def for_store(self, store: str) -> Backend | None:

@@ -200,7 +200,10 @@ SCHEMAS: Final[dict[str, Schema]] = {
         "updates_last_hour": {"type": "integer"},
         "time_to_shelf_s": _obj({"count": {"type": "integer"}, "p50": _null("number"), "p99": _null("number")}),
     }),
-    "Me": _obj({"name": {"type": "string"}, "role": {"type": "string", "enum": ["pos", "merchandiser", "tech", "admin"]}}),
+    "Me": _obj({"name": {"type": "string"}, "role": {"type": "string", "enum": ["pos", "merchandiser", "tech", "admin"]},
+                "stores": {"type": ["array", "null"], "items": {"type": "string"}}}),
+    "Store": _obj({"id": {"type": "string"}, "name": {"type": "string"}, "currency": {"type": "string"}}),
+    "StoreList": _obj({"items": {"type": "array", "items": _ref("Store")}, "default": {"type": "string"}}),
     "Health": _obj({"status": {"type": "string", "enum": ["ok", "degraded"]},
                     "database": {"type": "string", "description": "ok, or error: … (disk full, read-only, corrupt)"},
                     "mqtt": {"type": "string", "enum": ["connected", "disconnected", "disabled"]},
@@ -551,7 +554,12 @@ _OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     },
     ("GET", "/api/v1/me"): {
         "summary": "Who this token is: its name and role (sign-in check)",
-        "responses": {"200": _json("Me", "the token's name and role")},
+        "responses": {"200": _json("Me", "the token's name and role, and the stores it is restricted to "
+                                         "(null: every store)")},
+    },
+    ("GET", "/api/v1/stores"): {
+        "summary": "The stores of the chain this server serves (those a restricted token may use)",
+        "responses": {"200": _json("StoreList", "stores by id, and the configured store (the plain paths')")},
     },
     ("GET", "/metrics"): {
         "summary": "Prometheus metrics",

@@ -110,7 +110,17 @@ async def whoami(call: Call) -> web.StreamResponse:
     """Who the token stands for: a client (the web UI's sign-in, the CLI) checks a token with it
     and shows only what the role may do."""
     who = call.who
-    return json_response({"name": who.name, "role": who.role})
+    return json_response({"name": who.name, "role": who.role,
+                          "stores": None if who.stores is None else sorted(who.stores)})
+
+
+async def list_stores(call: Call) -> web.StreamResponse:
+    """The stores served (a token restricted to some sees those only): a client offers them
+    to choose from and calls ``/api/v1/stores/{store}/…``."""
+    who = call.who
+    items = [{"id": store, "name": services.settings.store_name, "currency": services.settings.currency}
+             for store, services in sorted(call.server.stores.items()) if who.may_store(store)]
+    return json_response({"items": items, "default": call.server.settings.store})
 
 
 async def metrics(call: Call) -> web.StreamResponse:
@@ -168,6 +178,7 @@ ROUTES: Final = (
     Route("GET", "/api/v1/audit", list_audit, ADMIN_ONLY, chain="whole"),
     Route("GET", "/api/v1/summary", summary, ANY_ROLE),
     Route("GET", "/api/v1/me", whoami, ANY_ROLE, chain="shared"),
+    Route("GET", "/api/v1/stores", list_stores, ANY_ROLE, chain="shared"),
     Route("GET", "/metrics", metrics, PUBLIC, chain="shared"),
     Route("GET", "/healthz", healthz, PUBLIC, chain="shared"),
     Route("GET", "/api/v1/openapi.json", openapi, PUBLIC, chain="shared"),

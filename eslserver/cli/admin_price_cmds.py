@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eslserver.cli.tech_common import JsonOpt, ServerOpt, TokenOpt, api_errors, connect, fail, print_json
+from eslserver.cli.tech_common import JsonOpt, ServerOpt, StoreOpt, TokenOpt, api_errors, connect, fail, print_json
 
 __all__ = ["register"]
 
@@ -24,6 +24,7 @@ def import_history(
                                          exists=True, dir_okay=False, readable=True)],
     as_json: JsonOpt = False,
     server: ServerOpt = None,
+    store: StoreOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Import historic prices (admin): recorded as of their valid_from, after what is recorded."""
@@ -33,7 +34,7 @@ def import_history(
         raise fail(f"{path}: {exc}", 2) from None
     if not isinstance(items, list):
         raise fail(f"{path}: expected a JSON array of price updates, got {type(items).__name__}", 2)
-    with connect(server, token) as client, api_errors():
+    with connect(server, token, store) as client, api_errors():
         answer = client.import_history(items) if items else {"accepted": [], "errors": []}
     if as_json:
         print_json(answer)
@@ -49,10 +50,11 @@ def reset_seq(
     sku: Annotated[str, typer.Argument(metavar="SKU", help="Product SKU.")],
     as_json: JsonOpt = False,
     server: ServerOpt = None,
+    store: StoreOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Forget a SKU's POS seq (admin), after a forged or corrupt seq made genuine updates stale."""
-    with connect(server, token) as client, api_errors():
+    with connect(server, token, store) as client, api_errors():
         answer = client.reset_seq(sku)
     if as_json:
         print_json(answer)

@@ -21,7 +21,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from eslserver.auth import _local_actor
-from eslserver.cli.tech_common import JsonOpt, ServerOpt, TokenOpt
+from eslserver.cli.tech_common import JsonOpt, ServerOpt, StoreOpt, TokenOpt
 from eslserver.cli.token_cmds import ConfigOpt, DataOpt, _database_path
 from eslserver.cli.token_cmds import _run as run_on_database
 from eslserver.config import ConfigError, Settings, load_settings
@@ -107,11 +107,12 @@ def _broker_hint(settings: Settings) -> str:
 
 # -- esl gateways ----------------------------------------------------------------------------------
 @gateways_app.callback()
-def gateways(ctx: typer.Context, as_json: JsonOpt = False, server: ServerOpt = None, token: TokenOpt = None) -> None:
+def gateways(ctx: typer.Context, as_json: JsonOpt = False, server: ServerOpt = None, token: TokenOpt = None,
+             store: StoreOpt = None) -> None:
     """Gateways: online or not, when last heard, how many labels each serves."""
     if ctx.invoked_subcommand is None:
         from eslserver.cli.tech_cmds import gateways as list_gateways
-        list_gateways(as_json, server, token)
+        list_gateways(as_json, server, token, store)
 
 
 def _split_gateway(spec: str) -> tuple[str, str]:

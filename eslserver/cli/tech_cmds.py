@@ -18,6 +18,7 @@ from eslserver.cli.tech_common import (
     Column,
     JsonOpt,
     ServerOpt,
+    StoreOpt,
     TokenOpt,
     api_errors,
     colour_state,
@@ -69,6 +70,7 @@ def labels(
     sku: Annotated[Optional[str], typer.Option("--sku", help="Showing this product.")] = None,
     as_json: JsonOpt = False,
     server: ServerOpt = None,
+    store: StoreOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """List labels, filtered (every filter given must hold)."""
@@ -78,7 +80,7 @@ def labels(
         raise fail(f"--unpaired and --state {state} exclude each other", 2)
     filters: dict[str, object] = {"state": "unpaired" if unpaired else state, "battery_below": battery_below,
                                   "stale": True if stale else None, "gateway": gateway, "sku": sku}
-    with connect(server, token) as client, api_errors():
+    with connect(server, token, store) as client, api_errors():
         items = list(client.labels(**filters))
     if stale and not unpaired:  # a label bound to nothing is not late with anything
         items = [x for x in items if x["sku"] is not None]
@@ -142,10 +144,11 @@ def label(
     events: Annotated[int, typer.Option("--events", min=0, max=1000, help="How many events and history entries.")] = 10,
     as_json: JsonOpt = False,
     server: ServerOpt = None,
+    store: StoreOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """One label: state, product, open jobs, then its history (pairings, LED) and events."""
-    with connect(server, token) as client, api_errors():
+    with connect(server, token, store) as client, api_errors():
         try:
             item = find_label(client, mac)
         except ScanError as exc:
@@ -174,9 +177,9 @@ _GATEWAY_COLUMNS = (
 )
 
 
-def gateways(as_json: JsonOpt = False, server: ServerOpt = None, token: TokenOpt = None) -> None:
+def gateways(as_json: JsonOpt = False, server: ServerOpt = None, token: TokenOpt = None, store: StoreOpt = None) -> None:
     """Gateways: online or not, when last heard, how many labels each serves."""
-    with connect(server, token) as client, api_errors():
+    with connect(server, token, store) as client, api_errors():
         items = client.gateways()
     if as_json:
         print_json(items)
@@ -190,10 +193,11 @@ def find(
     wait: Annotated[float, typer.Option("--wait", min=0, metavar="SECONDS",
                                         help="Wait up to this long for the label to confirm (0: do not wait).")] = 30,
     server: ServerOpt = None,
+    store: StoreOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Flash a label's LED so it can be found on the shelf."""
-    with connect(server, token) as client, api_errors():
+    with connect(server, token, store) as client, api_errors():
         try:
             target = find_label(client, mac)
         except ScanError as exc:
@@ -231,6 +235,7 @@ def price(
     name: Annotated[Optional[str], typer.Option("--name", help="Product name (with --create, or to rename).")] = None,
     as_json: JsonOpt = False,
     server: ServerOpt = None,
+    store: StoreOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Change a product's price by hand (audited under the token's name); its labels redraw."""
@@ -241,7 +246,7 @@ def price(
         raise fail(f"PRICE: expected a number such as 4.99, got {new_price!r}", 2) from None
     if not amount.is_finite() or amount < 0:
         raise fail(f"PRICE: expected a price of 0 or more, got {new_price!r}", 2)
-    with connect(server, token) as client, api_errors():
+    with connect(server, token, store) as client, api_errors():
         try:
             product = tech_pair.find_product(client, sku)
         except ScanError as exc:

@@ -36,7 +36,7 @@ import typer
 from eslserver.client import DEFAULT_SERVER, ApiError, Client, ClientError
 
 __all__ = [
-    "ServerOpt", "TokenOpt", "JsonOpt", "Connection", "resolve_connection", "config_path", "connect", "fail",
+    "ServerOpt", "StoreOpt", "TokenOpt", "JsonOpt", "Connection", "resolve_connection", "config_path", "connect", "fail",
     "Column", "print_table", "print_json", "colour_state", "is_terminal", "api_errors", "BEL",
 ]
 
@@ -50,6 +50,9 @@ TokenOpt = Annotated[Optional[str], typer.Option(
     "--token", metavar="TOKEN", help="API token, role tech (default: $ESL_TOKEN, or token in "
                                      "~/.config/eslserver/cli.toml; $ESL_CLI_CONFIG names another file).",
     show_default=False)]
+StoreOpt = Annotated[Optional[str], typer.Option(
+    "--store", metavar="STORE", help="A store of the chain (default: store in ~/.config/eslserver/cli.toml, or the "
+                                     "server's own store).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (the API's own) instead of a table.")]
 
 
@@ -82,8 +85,8 @@ def _read_config(path: Path) -> dict[str, str]:
         raise ValueError(f"{path}: cannot be read as TOML: {exc}") from None
     out: dict[str, str] = {}
     for key, value in data.items():
-        if key not in ("server", "token"):
-            raise ValueError(f"{path}: unknown key {key!r} (expected server, token)")
+        if key not in ("server", "token", "store"):
+            raise ValueError(f"{path}: unknown key {key!r} (expected server, token, store)")
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{path}: {key}: expected text, got {value!r}")
         out[key] = value.strip()
@@ -120,17 +123,20 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def connect(server: str | None, token: str | None) -> Client:
-    """A client for the resolved connection, or exit 2 with the reason."""
+def connect(server: str | None, token: str | None, store: str | None = None) -> Client:
+    """A client for the resolved connection (for `store` of the chain, or the config file's
+    ``store``, or the server's own), or exit 2 with the reason."""
     try:
         conn = resolve_connection(server, token, os.environ)
+        if store is None:
+            store = _read_config(config_path(os.environ)).get("store")
     except ValueError as exc:
         raise fail(str(exc), 2) from None
     if conn.token is None:
         raise fail("no token: pass --token, set ESL_TOKEN, or put token = \"esl_…\" in "
                    f"{config_path(os.environ)} (create one with 'esl tokens create --role tech')", 2)
     try:
-        return Client(conn.server, conn.token)
+        return Client(conn.server, conn.token, store=store)
     except ClientError as exc:
         raise fail(f"{exc} (from {conn.server_from})", 2) from None
 

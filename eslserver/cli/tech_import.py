@@ -19,6 +19,7 @@ import typer
 from eslserver.cli.tech_common import (
     JsonOpt,
     ServerOpt,
+    StoreOpt,
     TokenOpt,
     api_errors,
     connect,
@@ -42,6 +43,7 @@ def import_(
         "--encoding", help="Force the file's encoding (default: UTF-8, else cp1250).")] = None,
     as_json: JsonOpt = False,
     server: ServerOpt = None,
+    store: StoreOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Import products and label bindings from a CSV file (re-running it changes nothing)."""
@@ -56,7 +58,7 @@ def import_(
     results: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = [e.to_json() for e in parsed.errors]
     rows = [r.to_json() for r in parsed.rows]
-    with connect(server, token) as client, api_errors(), _progress() as bar:
+    with connect(server, token, store) as client, api_errors(), _progress() as bar:
         task = bar.add_task(f"importing {path.name}", total=len(rows))
         for start in range(0, len(rows), CHUNK_ROWS):
             chunk = rows[start:start + CHUNK_ROWS]

@@ -32,6 +32,7 @@ import typer
 from eslserver.cli.tech_common import (
     BEL,
     ServerOpt,
+    StoreOpt,
     TokenOpt,
     api_errors,
     colour_state,
@@ -247,6 +248,7 @@ def pair(
     reset: Annotated[bool, typer.Option(
         "--reset", help="LABEL lost its key (reset): forget it and pair the label again with its factory key.")] = False,
     server: ServerOpt = None,
+    store: StoreOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Pair labels with products: interactively from a scanner (no arguments), or LABEL PRODUCT;
@@ -254,11 +256,11 @@ def pair(
     if reset:
         if label is None or product is not None:
             raise fail("--reset takes one LABEL and no product", 2)
-        _reset(label, wait, server, token)
+        _reset(label, wait, server, token, store)
         return
     if (label is None) != (product is None):
         raise fail("give both LABEL and PRODUCT, or neither to scan interactively", 2)
-    with connect(server, token) as client:
+    with connect(server, token, store) as client:
         if label is None or product is None:
             _interactive(client, template, model, wait)
             return
@@ -280,8 +282,8 @@ def pair(
                 typer.echo(f"label {after['mac']} shows it")
 
 
-def _reset(label: str, wait: float, server: str | None, token: str | None) -> None:
-    with connect(server, token) as client, api_errors():
+def _reset(label: str, wait: float, server: str | None, token: str | None, store: str | None) -> None:
+    with connect(server, token, store) as client, api_errors():
         try:
             target = find_label(client, label)
         except ScanError as exc:
@@ -298,10 +300,11 @@ def _reset(label: str, wait: float, server: str | None, token: str | None) -> No
 def unpair(
     label: Annotated[str, typer.Argument(metavar="LABEL", help="Label MAC or barcode.")],
     server: ServerOpt = None,
+    store: StoreOpt = None,
     token: TokenOpt = None,
 ) -> None:
     """Unbind a label from its product (it keeps its image until paired again)."""
-    with connect(server, token) as client, api_errors():
+    with connect(server, token, store) as client, api_errors():
         try:
             target = find_label(client, label)
         except ScanError as exc:

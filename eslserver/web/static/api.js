@@ -1,6 +1,10 @@
 // The HTTP API as the UI uses it: bearer token, JSON errors, images by hash, the live stream.
 
 const TOKEN_KEY = "eslserver.token";
+const STORE_KEY = "eslserver.store";
+// what belongs to the whole chain, never under /api/v1/stores/{store}/
+const CHAIN = ["/api/v1/me", "/api/v1/stores", "/api/v1/templates", "/api/v1/audit", "/api/v1/events/stream",
+               "/api/v1/images/"];
 
 export class ApiError extends Error {
   constructor(status, body) {
@@ -14,6 +18,19 @@ export class ApiError extends Error {
 export function token() { return sessionStorage.getItem(TOKEN_KEY); }
 export function setToken(value) {
   if (value) sessionStorage.setItem(TOKEN_KEY, value); else sessionStorage.removeItem(TOKEN_KEY);
+}
+
+/** The store of the chain the views show (null: the server's configured store, on the plain paths). */
+export function store() { return sessionStorage.getItem(STORE_KEY); }
+export function setStore(value) {
+  if (value) sessionStorage.setItem(STORE_KEY, value); else sessionStorage.removeItem(STORE_KEY);
+}
+
+/** `path` for the chosen store: /api/v1/stores/{store}/… for a store's routes. */
+export function scoped(path) {
+  const s = store();
+  if (!s || !path.startsWith("/api/v1/") || CHAIN.some((prefix) => path.startsWith(prefix))) return path;
+  return `/api/v1/stores/${encodeURIComponent(s)}/${path.slice("/api/v1/".length)}`;
 }
 
 function headers(extra) {
@@ -35,14 +52,14 @@ async function errorOf(response) {
 export async function api(method, path, { json, signal } = {}) {
   const init = { method, headers: headers(json === undefined ? {} : { "Content-Type": "application/json" }), signal };
   if (json !== undefined) init.body = JSON.stringify(json);
-  const response = await fetch(path, init);
+  const response = await fetch(scoped(path), init);
   if (!response.ok) throw await errorOf(response);
   return response.json();
 }
 
 /** A PNG (as an object URL the caller revokes) from a POST returning image/png. */
 export async function postForImage(path, json, signal) {
-  const response = await fetch(path, {
+  const response = await fetch(scoped(path), {
     method: "POST", signal, body: JSON.stringify(json),
     headers: headers({ "Content-Type": "application/json" }),
   });

@@ -1,5 +1,5 @@
 // The shell: sign-in, navigation between views (#/name), the live event stream.
-import { api, ApiError, forgetImages, liveEvents, setToken, token } from "./api.js";
+import { api, ApiError, forgetImages, liveEvents, setStore, setToken, store, token } from "./api.js";
 import { $, notice } from "./ui.js";
 import * as dashboard from "./dashboard.js";
 import * as shelf from "./shelf.js";
@@ -30,10 +30,11 @@ function signedOut(message) {
   live = null;
   session = null;
   setToken(null);
+  setStore(null);
   forgetImages();
   if (current) VIEWS[current].hide();
   current = null;
-  for (const id of ["nav", "who", "signout", "live"]) $(id).hidden = true;
+  for (const id of ["nav", "who", "signout", "live", "store-pick"]) $(id).hidden = true;
   $("signin-error").textContent = message || "";
   showOnly("view-signin");
   $("token").value = "";
@@ -66,6 +67,22 @@ function onEvent(name, data) {
   if (current) VIEWS[current].onChange(name, data);
 }
 
+/** A chain's stores to choose from (only when there is a choice); a restricted token's first one. */
+async function pickStore() {
+  const { items, default: configured } = await api("GET", "/api/v1/stores");
+  const ids = items.map((s) => s.id);
+  if (!ids.includes(store() || "")) setStore(ids.includes(configured) ? null : (ids[0] || null));
+  const select = $("store");
+  select.replaceChildren(...items.map((s) => {
+    const option = document.createElement("option");
+    option.value = s.id;
+    option.textContent = `${s.name} (${s.id})`;
+    return option;
+  }));
+  select.value = store() || configured;
+  $("store-pick").hidden = items.length < 2;
+}
+
 async function start() {
   try {
     const me = await api("GET", "/api/v1/me");
@@ -75,14 +92,19 @@ async function start() {
       ? "That token is not valid (unknown, revoked or mistyped)." : `Cannot reach the server: ${err.message}`);
     return;
   }
+  await pickStore();
   $("who").textContent = `${session.name} · ${session.role}${session.canEdit ? "" : " (read-only)"}`;
   for (const id of ["nav", "who", "signout", "live"]) $(id).hidden = false;
   notice(session.canEdit ? "" : `Signed in as ${session.role}: views are read-only.`);
   setLive(false);
-  live = liveEvents(onEvent, (on, err) => {
-    setLive(on);
-    if (err) signedOut("Your token is no longer valid; sign in again.");
-  });
+  if (session.stores === null) { // the live stream tells every store's changes: not for a token of some stores
+    live = liveEvents(onEvent, (on, err) => {
+      setLive(on);
+      if (err) signedOut("Your token is no longer valid; sign in again.");
+    });
+  } else {
+    $("live").hidden = true; // views refresh on their own timers
+  }
   route();
 }
 
@@ -95,6 +117,11 @@ document.addEventListener("DOMContentLoaded", () => {
     start();
   });
   $("signout").addEventListener("click", () => { notice(""); signedOut(""); });
+  $("store").addEventListener("change", (event) => {
+    setStore(event.target.value);
+    forgetImages();
+    if (current) VIEWS[current].show(session, location.hash);
+  });
   window.addEventListener("hashchange", route);
   document.querySelector(".skip").addEventListener("click", (event) => {
     event.preventDefault(); // the hash names views: move focus instead of following the link
