@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import zoneinfo
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -67,6 +68,16 @@ before a reduction, and a day for clocks and time zones. A reduction that has la
 reaches further back; `eslserver.retention` keeps what it reads whatever its age."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _check_timezone(name: object) -> None:
+    """`ConfigError` unless `name` is an IANA time zone this machine knows (``Europe/Warsaw``)."""
+    try:
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*", name):
+            raise ValueError
+        zoneinfo.ZoneInfo(name)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        raise ConfigError(f"timezone: expected an IANA time zone such as Europe/Warsaw, got {name!r:.60}") from None
 
 
 class ConfigError(ValueError):
@@ -132,6 +143,12 @@ class Settings:
     store: str = "demo"
     store_name: str = "Sklep demo"
     currency: str = "PLN"
+    language: str = "pl"
+    """The store's language (ISO 639-1), for the texts its labels and messages are in."""
+    country: str = "PL"
+    """The store's country (ISO 3166-1 alpha-2): the legal texts and price rules that differ."""
+    timezone: str = "Europe/Warsaw"
+    """The store's time zone (IANA), the local time its promotions and schedules are read in."""
     field_map: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """POS field name → canonical field (dotted for nested: ``promo.price``)."""
     valid_from_tolerance_s: int = 300
@@ -240,6 +257,11 @@ class Settings:
             raise ConfigError(f"topic_prefix: expected 1-32 letters, digits, '_' or '-', got {self.topic_prefix!r}")
         if not (len(self.currency) == 3 and self.currency.isalpha() and self.currency.isupper()):
             raise ConfigError(f"currency: expected an ISO 4217 code such as PLN, got {self.currency!r}")
+        if not (isinstance(self.language, str) and re.fullmatch(r"[a-z]{2}", self.language)):
+            raise ConfigError(f"language: expected an ISO 639-1 code such as pl or fr, got {self.language!r:.40}")
+        if not (isinstance(self.country, str) and re.fullmatch(r"[A-Z]{2}", self.country)):
+            raise ConfigError(f"country: expected an ISO 3166 code such as PL or FR, got {self.country!r:.40}")
+        _check_timezone(self.timezone)
         if self.database_url is not None and not re.match(r"^postgres(ql)?://", self.database_url):
             scheme, sep, _ = self.database_url.partition("://")
             shown = f"{scheme[:20]}://…" if sep else repr(self.database_url[:40])  # never a password

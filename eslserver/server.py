@@ -433,7 +433,8 @@ class Server:
     async def _ensure_store(self) -> None:
         s = self.settings
         async with self.db.transaction() as conn:
-            await stores.upsert(conn, s.store, s.store_name, s.currency, json.dumps(dict(s.field_map)), iso(utcnow()))
+            await stores.upsert(conn, s.store, s.store_name, s.currency, json.dumps(dict(s.field_map)), iso(utcnow()),
+                                language=s.language, country=s.country, timezone=s.timezone)
 
     async def _load_stores(self) -> list[StoreServices]:
         """Parts for every store of the ``stores`` table not served yet; the new ones. A store

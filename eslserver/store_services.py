@@ -5,7 +5,8 @@ data, added with ``esl stores add`` while the server runs, each with its own nam
 language, country, time zone and POS field map. For each, the server runs the same parts it
 always ran for its one store (`Ingest`, `Pipeline`, `Dispatcher`, `Labels`), made with that
 store's `Settings` (`settings_for`): the configured settings with the store's own values in
-place of ``store``, ``store_name``, ``currency`` and ``field_map``. The parts that are not a
+place of ``store``, ``store_name``, ``currency``, ``field_map``, ``language``, ``country`` and
+``timezone``. The parts that are not a
 store's (the database, the MQTT connection, the render processes, the key vault, templates,
 identities, retention) are the server's, shared by all.
 """
@@ -41,7 +42,8 @@ def settings_for(settings: Settings, row: Row | Mapping[str, Any]) -> Settings:
         if not isinstance(field_map, dict):
             raise ValueError(f"field_map: expected a JSON object, got {type(field_map).__name__}")
         return dataclasses.replace(settings, store=row["id"], store_name=row["name"], currency=row["currency"],
-                                   field_map=MappingProxyType({str(k): str(v) for k, v in field_map.items()}))
+                                   field_map=MappingProxyType({str(k): str(v) for k, v in field_map.items()}),
+                                   language=row["language"], country=row["country"], timezone=row["timezone"])
     except (ConfigError, ValueError) as exc:
         raise ConfigError(f"store {row['id']!r}: {exc}") from exc
 

@@ -27,24 +27,33 @@ class StoreError(ValueError):
 
 
 async def add_store(db: Database, settings: Settings, store: str, *, name: str, currency: str,
-                    field_map: Mapping[str, str] | None = None, actor: Who) -> dict[str, Any]:
-    """Add `store` (or change the name, currency and field map of an existing one); its row."""
-    row = {"id": store, "name": name, "currency": currency, "field_map": json.dumps(dict(field_map or {}))}
+                    field_map: Mapping[str, str] | None = None, language: str | None = None,
+                    country: str | None = None, timezone: str | None = None, actor: Who) -> dict[str, Any]:
+    """Add `store` (or change an existing one's name, currency, field map, language, country and
+    time zone; None: the configured store's); its row."""
+    row = {"id": store, "name": name, "currency": currency, "field_map": json.dumps(dict(field_map or {})),
+           "language": language or settings.language, "country": country or settings.country,
+           "timezone": timezone or settings.timezone}
     try:
         settings_for(settings, row)  # the server would refuse to serve it: refuse to write it
     except ConfigError as exc:
         raise StoreError(str(exc)) from None
     async with db.transaction() as conn:
         before = await store_rows.get(conn, store)
-        await store_rows.upsert(conn, store, name, currency, row["field_map"], iso(utcnow()))
-        after = {"name": name, "currency": currency, "field_map": dict(field_map or {})}
+        await store_rows.upsert(conn, store, name, currency, row["field_map"], iso(utcnow()),
+                                language=row["language"], country=row["country"], timezone=row["timezone"])
+        after = {**_public(row), "field_map": dict(field_map or {})}
         await record_audit(conn, actor, "store.add" if before is None else "store.change", f"store:{store}",
-                           None if before is None else {"name": before["name"], "currency": before["currency"],
-                                                        "field_map": json.loads(before["field_map"])}, after)
+                           None if before is None else _public(before), after)
     return {"id": store, **after}
 
 
 async def list_stores(db: Database) -> list[dict[str, Any]]:
-    """Every store: ``id, name, currency, field_map, created_at``, by id."""
-    return [{"id": r["id"], "name": r["name"], "currency": r["currency"], "field_map": json.loads(r["field_map"]),
-             "created_at": r["created_at"]} for r in await store_rows.listing(db)]
+    """Every store: ``id, name, currency, field_map, language, country, timezone, created_at``, by id."""
+    return [{"id": r["id"], **_public(r), "created_at": r["created_at"]} for r in await store_rows.listing(db)]
+
+
+def _public(row: Any) -> dict[str, Any]:
+    """What a store's row says, as the audit log and the listing show it."""
+    return {"name": row["name"], "currency": row["currency"], "field_map": json.loads(row["field_map"]),
+            "language": row["language"], "country": row["country"], "timezone": row["timezone"]}

@@ -113,7 +113,7 @@ async def test_metrics_and_health(api: ApiClient) -> None:
 async def test_me_names_the_token(api: ApiClient) -> None:
     for role in ("pos", "merchandiser", "tech", "admin"):
         reply = await api.call("GET", "/api/v1/me", role=role)
-        assert reply.status == 200 and reply.json == {"name": f"test-{role}", "role": role}
+        assert reply.status == 200 and reply.json == {"name": f"test-{role}", "role": role, "stores": None}
 
 
 async def test_health_reports_the_broker_connection(tmp_path: Path) -> None:

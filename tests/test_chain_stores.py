@@ -70,10 +70,12 @@ async def test_one_server_serves_two_stores_each_its_own_prices_and_labels(
             await pos.connected.wait()
             # the second store, added while the server runs: its own name, currency and POS field names
             await add_store(server.db, settings, "s2", name="Magasin 2", currency="EUR",
-                            field_map={"Code": "sku", "Prix": "price"}, actor=SYSTEM)
+                            field_map={"Code": "sku", "Prix": "price"}, language="fr", country="FR",
+                            timezone="Europe/Paris", actor=SYSTEM)
             await _until("store s2 served", lambda: asyncio.sleep(0, "s2" in server.stores), timeout=10)
             s2 = settings_for(settings, {"id": "s2", "name": "Magasin 2", "currency": "EUR",
-                                         "field_map": json.dumps({"Code": "sku", "Prix": "price"})})
+                                         "field_map": json.dumps({"Code": "sku", "Prix": "price"}),
+                                         "language": "fr", "country": "FR", "timezone": "Europe/Paris"})
             one = await stack.enter_async_context(_store_radio(stack, server, "s1", 1, url, tmp_path))
             two = await stack.enter_async_context(_store_radio(stack, server, "s2", 101, url, tmp_path))
 
@@ -117,9 +119,13 @@ async def _both(server: Server) -> bool:
 async def test_a_store_that_cannot_be_served_is_refused_naming_the_field(tmp_path: Path) -> None:
     settings = shop_settings(tmp_path / "data", None)
     async with Server(settings, mqtt=False, http=False, render_processes=False) as server:
-        for store, currency, error in (("s/2", "EUR", "store"), ("s2", "euro", "currency"), ("+", "EUR", "store")):
+        for store, currency, extra, error in (("s/2", "EUR", {}, "store"), ("s2", "euro", {}, "currency"),
+                                              ("+", "EUR", {}, "store"), ("s2", "EUR", {"language": "FR"}, "language"),
+                                              ("s2", "EUR", {"country": "france"}, "country"),
+                                              ("s2", "EUR", {"timezone": "../../etc/passwd"}, "timezone"),
+                                              ("s2", "EUR", {"timezone": "Europe/Atlantis"}, "timezone")):
             try:
-                await add_store(server.db, settings, store, name="X", currency=currency, actor=SYSTEM)
+                await add_store(server.db, settings, store, name="X", currency=currency, actor=SYSTEM, **extra)
             except StoreError as exc:
                 assert error in str(exc), exc
             else:

@@ -200,7 +200,7 @@ async def test_api_errors_carry_code_detail_status_and_field(api: ApiClient) -> 
             with pytest.raises(ApiError) as info:
                 client.flash("AA:BB:CC:DD:EE:01", 0)
             assert (info.value.code, info.value.status, info.value.field) == ("invalid_body", 400, "seconds")
-            assert client.me() == {"name": "test-tech", "role": "tech"}  # the same connection, still usable
+            assert client.me() == {"name": "test-tech", "role": "tech", "stores": None}  # the same connection, still usable
         with Client(api.base, api.tokens["pos"]) as client, pytest.raises(ApiError) as info:
             client.unbind("AA:BB:CC:DD:EE:01")
         assert (info.value.code, info.value.status) == ("forbidden", 403)

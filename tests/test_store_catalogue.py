@@ -21,7 +21,7 @@ T0 = "2026-01-01T00:00:00+00:00"
 @pytest.fixture
 async def db(engine_db: Database) -> AsyncIterator[Database]:
     async with engine_db.transaction() as conn:
-        await stores.upsert(conn, STORE, "Shop", "PLN", "{}", T0)
+        await stores.upsert(conn, STORE, "Shop", "PLN", "{}", T0, language="pl", country="PL", timezone="Europe/Warsaw")
     yield engine_db
 
 
@@ -164,7 +164,8 @@ async def test_audit_pages_newest_first_with_filters(db: Database) -> None:
 
 async def test_store_upsert_keeps_its_first_creation_time(db: Database) -> None:
     async with db.transaction() as conn:
-        await stores.upsert(conn, STORE, "Shop 2", "EUR", '{"Cena": "price"}', "2027-01-01T00:00:00+00:00")
-    row = await db.read_one("SELECT name, currency, field_map, created_at FROM stores WHERE id = ?", (STORE,))
-    assert row is not None and tuple(row) == ("Shop 2", "EUR", '{"Cena": "price"}', T0)
+        await stores.upsert(conn, STORE, "Shop 2", "EUR", '{"Cena": "price"}', "2027-01-01T00:00:00+00:00",
+                            language="fr", country="FR", timezone="Europe/Paris")
+    row = await stores.get(db, STORE)
+    assert row is not None and tuple(row) == (STORE, "Shop 2", "EUR", '{"Cena": "price"}', T0, "fr", "FR", "Europe/Paris")
     assert await stores.count(db) == 1

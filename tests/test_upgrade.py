@@ -216,7 +216,7 @@ async def test_the_server_serves_what_the_release_kept(release: Release) -> None
     settings = shop_settings(release.data, None, **exp["settings"])
     async with Server(settings, mqtt=False, render_processes=False) as server, _http(server) as get:
         for role, token in exp["tokens"].items():
-            assert await _ok(get, "/api/v1/me", token["token"]) == {"name": token["name"], "role": role}
+            assert await _ok(get, "/api/v1/me", token["token"]) == {"name": token["name"], "role": role, "stores": None}
         status, body = await get("/api/v1/me", exp["revoked_token"])
         assert (status, body["error"]) == (401, "invalid_token")
 
@@ -515,3 +515,12 @@ async def test_migration_0010_adds_token_stores_every_release_token_unrestricted
         scoped = conn.execute("SELECT COUNT(*) FROM tokens WHERE stores IS NOT NULL").fetchone()[0]
         total = conn.execute("SELECT COUNT(*) FROM tokens").fetchone()[0]
     assert scoped == 0 and total > 0
+
+
+async def test_migration_0011_gives_every_release_store_the_polish_locale(release: Release) -> None:
+    """0011 (a chain): a store's language, country and time zone. A release's store was the
+    Polish demo's: pl, PL, Europe/Warsaw."""
+    await _open(release.db)
+    with closing(sqlite3.connect(release.db)) as conn:
+        rows = conn.execute("SELECT language, country, timezone FROM stores").fetchall()
+    assert rows and set(rows) == {("pl", "PL", "Europe/Warsaw")}

@@ -118,8 +118,9 @@ async def list_stores(call: Call) -> web.StreamResponse:
     """The stores served (a token restricted to some sees those only): a client offers them
     to choose from and calls ``/api/v1/stores/{store}/…``."""
     who = call.who
-    items = [{"id": store, "name": services.settings.store_name, "currency": services.settings.currency}
-             for store, services in sorted(call.server.stores.items()) if who.may_store(store)]
+    items = [{"id": store, "name": s.store_name, "currency": s.currency, "language": s.language, "country": s.country,
+              "timezone": s.timezone}
+             for store, s in sorted((k, v.settings) for k, v in call.server.stores.items()) if who.may_store(store)]
     return json_response({"items": items, "default": call.server.settings.store})
 
 

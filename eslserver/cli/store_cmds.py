@@ -27,6 +27,12 @@ def add(store: Annotated[str, typer.Argument(help="Store id: its MQTT topics are
         currency: Annotated[str, typer.Option("--currency", help="ISO 4217 code, e.g. PLN, EUR.")],
         field_map: Annotated[Optional[str], typer.Option(
             "--field-map", help='The POS\'s own field names, JSON: {"Product_ID": "sku", "Cena": "price"}.')] = None,
+        language: Annotated[Optional[str], typer.Option("--language", help="ISO 639-1, e.g. pl, fr (default: "
+                                                                           "the configured store's).")] = None,
+        country: Annotated[Optional[str], typer.Option("--country", help="ISO 3166, e.g. PL, FR (default: the "
+                                                                         "configured store's).")] = None,
+        timezone: Annotated[Optional[str], typer.Option("--timezone", help="IANA time zone, e.g. Europe/Paris "
+                                                                           "(default: the configured store's).")] = None,
         data: DataOpt = None, config: ConfigOpt = None) -> None:
     """Add a store (or change its name, currency and field map); audited."""
     from eslserver.stores_admin import StoreError, add_store  # the server's parts: not in a gateway install
@@ -47,13 +53,15 @@ def add(store: Annotated[str, typer.Argument(help="Store id: its MQTT topics are
 
     async def action(db):  # type: ignore[no-untyped-def]
         try:
-            return await add_store(db, settings, store, name=name, currency=currency, field_map=mapping, actor=_CLI)
+            return await add_store(db, settings, store, name=name, currency=currency, field_map=mapping,
+                                   language=language, country=country, timezone=timezone, actor=_CLI)
         except StoreError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
 
     added = _run(path, action)
-    typer.echo(f"store {added['id']} ({added['name']}, {added['currency']}): served within seconds by the "
+    typer.echo(f"store {added['id']} ({added['name']}, {added['currency']}, {added['language']}-{added['country']}, "
+               f"{added['timezone']}): served within seconds by the "
                f"running server; its POS publishes on esl/{added['id']}/pos/prices", err=True)
 
 
@@ -66,7 +74,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="One JSON list.")
         typer.echo(json.dumps(found))
         return
     for s in found:
-        typer.echo(f"{s['id']:<16} {s['currency']:<4} {s['name']}")
+        typer.echo(f"{s['id']:<16} {s['currency']:<4} {s['language']}-{s['country']:<3} {s['timezone']:<20} {s['name']}")
 
 
 def register(app: typer.Typer) -> None:

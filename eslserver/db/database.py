@@ -17,9 +17,10 @@ transaction: `execute` (how many rows changed), `executemany`, `fetchall`, `fetc
 from __future__ import annotations
 
 import abc
+import contextlib
 import re
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -144,10 +145,27 @@ class Database(abc.ABC):
     def transaction(self) -> AbstractAsyncContextManager[Connection]:
         """A write transaction, committed when the block ends, rolled back if it raises."""
 
-    @abc.abstractmethod
-    def savepoint(self, conn: Connection) -> AbstractAsyncContextManager[None]:
+    @asynccontextmanager
+    async def savepoint(self, conn: Connection) -> AsyncIterator[None]:
         """A part of the open transaction that fails alone: if the block raises, its writes and
-        its `after_commit` callbacks are undone, and the exception goes on."""
+        its `after_commit` callbacks are undone, and the exception goes on. Some errors leave no
+        savepoint to go back to (SQLite rolls a whole transaction back by itself on a full disk
+        or an I/O error; a lost PostgreSQL connection took its transaction with it): then the
+        block's own exception goes on as it was (the caller sees ``conn.in_transaction`` false,
+        and that nothing of it will commit)."""
+        pending = self._pending()
+        mark = len(pending)
+        await conn.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(*self.errors):
+                    await conn.execute("ROLLBACK TO part")
+                    await conn.execute("RELEASE part")
+            del pending[mark:]
+            raise
+        await conn.execute("RELEASE part")
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call `callback` once the open transaction has committed, never if it rolls back:

@@ -319,22 +319,6 @@ class PostgresDatabase(Database):
         except Exception:  # noqa: BLE001 - a broken connection: the pool makes a new one
             _terminate(raw)
 
-    @asynccontextmanager
-    async def savepoint(self, conn: Connection) -> AsyncIterator[None]:
-        pending = self._pending()
-        mark = len(pending)
-        await conn.execute("SAVEPOINT part")
-        try:
-            yield
-        except BaseException:
-            # a lost connection cannot roll back to anything: the block's own error goes on
-            with contextlib.suppress(*self.errors):
-                await conn.execute("ROLLBACK TO SAVEPOINT part")
-                await conn.execute("RELEASE SAVEPOINT part")
-            del pending[mark:]
-            raise
-        await conn.execute("RELEASE SAVEPOINT part")
-
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:
             async with self.pool.acquire() as raw:

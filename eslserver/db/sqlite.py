@@ -262,26 +262,6 @@ class SqliteDatabase(Database):
                 self._after_commit = None
             self._committed(callbacks)
 
-    @asynccontextmanager
-    async def savepoint(self, conn: Connection) -> AsyncIterator[None]:
-        """A part of the open transaction that fails alone: if the block raises, its writes
-        and its `after_commit` callbacks are undone, and the exception goes on. Some errors
-        (a full disk, an I/O error) make SQLite roll back the whole transaction by itself:
-        then there is no savepoint left to undo, and the exception goes on as it was (the
-        caller sees ``conn.in_transaction`` false, and that nothing of it will commit)."""
-        pending = self._pending()
-        mark = len(pending)
-        await conn.execute("SAVEPOINT part")
-        try:
-            yield
-        except BaseException:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK TO part")
-                await conn.execute("RELEASE part")
-            del pending[mark:]
-            raise
-        await conn.execute("RELEASE part")
-
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """Rows from a query on the read connection (sees committed data only)."""
         if self._reader is None:
