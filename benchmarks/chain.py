@@ -69,6 +69,17 @@ def _store(n: int) -> str:
     return STORE if n == 0 else f"{STORE}{n + 1}"
 
 
+async def _wal_lsn(url: str) -> int:
+    """PostgreSQL's write-ahead log position in bytes (what the server has written to disk, all
+    databases: the benchmark's is the only busy one)."""
+    import asyncpg
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')"))
+    finally:
+        await conn.close()
+
+
 async def _seed(settings: Any, count: int, stores: int) -> dict[str, list[tuple[str, str]]]:
     """Per store: products and labels bound to them (label i ↔ product i; each store's labels
     numbered on from the last one's), written by the server's own code."""
@@ -171,6 +182,7 @@ async def run(labels: int, instances: int, database_url: str | None, stores: int
                      **{f"gateway {store}": g.popen.pid for store, g in gateways.items()},
                      **{f"simulator {store}": p.popen.pid for store, p in sims.items()}}
             backends = _postgres_backends() if database_url else []
+            wal0 = await _wal_lsn(database_url) if database_url else None
             cpu0 = {name: _cpu_s(pid) for name, pid in parts.items()}
             db0 = sum(_cpu_s(p) for p in backends)
             async with MqttConnection(MqttSettings.from_url(url), client_id="bench-pos", clean_session=False) as pos:
@@ -184,15 +196,18 @@ async def run(labels: int, instances: int, database_url: str | None, stores: int
                 elapsed = (time.perf_counter() - t0) + await _converged(settings, macs, before, timeout=1200)
             total = len(macs)
             cpu = {name: round(1000 * (_cpu_s(pid) - cpu0[name]) / total, 3) for name, pid in parts.items()}
+            wal_per_label = None
             if database_url:
                 cpu["postgresql"] = round(1000 * (sum(_cpu_s(p) for p in _postgres_backends()) - db0) / total, 3)
+                wal_per_label = round((await _wal_lsn(database_url) - (wal0 or 0)) / total)
         finally:
             for proc in reversed(procs):
                 proc.stop()
             await broker.stop()
     return {"engine": "postgresql" if database_url else "sqlite", "instances": instances, "stores": stores,
             "labels": len(macs), "initial_show_s": round(initial, 1), "seconds": round(elapsed, 2),
-            "labels_per_s": round(len(macs) / elapsed, 1), "cpu_ms_per_label": cpu}
+            "labels_per_s": round(len(macs) / elapsed, 1), "cpu_ms_per_label": cpu,
+            "postgresql_wal_bytes_per_label": wal_per_label}
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
