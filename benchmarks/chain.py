@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import tempfile
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -33,6 +34,14 @@ from typing import Any
 from benchmarks.pipeline import _SIMULATED_LABELS, GATEWAY, STORE, _children, _esl, _free_port, _Proc, _records
 
 _TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _drain(proc: _Proc) -> _Proc:
+    """Read what `proc` writes from now on, in a thread, so that a full pipe never stops it."""
+    out = proc.popen.stdout
+    if out is not None:
+        threading.Thread(target=lambda: [None for _ in out], daemon=True).start()
+    return proc
 
 
 def _cpu_s(pid: int) -> float:
@@ -111,29 +120,30 @@ async def _seed(settings: Any, count: int, stores: int) -> dict[str, list[tuple[
     return out
 
 
-async def _states(settings: Any) -> dict[str, tuple[str, str | None, str | None]]:
-    from eslserver.db.database import open_database
-    async with open_database(settings.database) as db:
-        return {r["mac"]: (r["state"], r["expected_hash"], r["displayed_hash"])
-                for r in await db.read("SELECT mac, state, expected_hash, displayed_hash FROM labels")}
+async def _states(db: Any) -> dict[str, tuple[str, str | None, str | None]]:
+    return {r["mac"]: (r["state"], r["expected_hash"], r["displayed_hash"])
+            for r in await db.read("SELECT mac, state, expected_hash, displayed_hash FROM labels")}
 
 
-async def _converged(settings: Any, macs: list[str], since: dict[str, str | None] | None, timeout: float) -> float:
+async def _converged(db: Any, macs: list[str], since: dict[str, str | None] | None, timeout: float) -> float:
+    """Seconds until every label shows its expected image (and, with `since`, a new one): the
+    observer reads the database twice a second on one connection (a small, steady cost)."""
     t0 = time.perf_counter()
     while True:
-        states = await _states(settings)
+        states = await _states(db)
         done = sum(1 for m in macs if (st := states.get(m)) and st[0] == "ok" and st[1] and st[1] == st[2]
                    and (since is None or st[2] != since.get(m)))
         if done == len(macs):
             return time.perf_counter() - t0
         if time.perf_counter() - t0 > timeout:
             raise RuntimeError(f"only {done}/{len(macs)} labels converged in {timeout} s")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
 
 
 async def run(labels: int, instances: int, database_url: str | None, stores: int) -> dict[str, Any]:
     """One configuration: seed, show once, reprice every label; its figures."""
     from eslserver.config import load_settings
+    from eslserver.db.database import open_database
     from eslserver.mqtt import MqttConnection, MqttSettings
     from eslserver.topics import Topics
     from tests.brokers import MosquittoBroker
@@ -141,7 +151,10 @@ async def run(labels: int, instances: int, database_url: str | None, stores: int
 
     with tempfile.TemporaryDirectory(prefix="esl-chain-") as tmp:
         data = Path(tmp) / "data"
+        # labels that check in once (always listening) must not be taken for offline while a big
+        # store is shown the first time: check-ins expected once an hour
         env = {"ESL_DATA_DIR": str(data), "ESL_STORE": STORE, "ESL_RENDER_WORKERS": "1", "ESL_MAX_IN_FLIGHT": "512",
+               "ESL_CHECKIN_INTERVAL_S": "3600",
                "ESL_LOG_LEVEL": "warning", "ESL_DEBOUNCE_MS": "10", "ESL_FACTORY_SECRET": _SIMULATED_LABELS,
                "ESL_HTTP_PORT": "0"}
         if database_url is not None:
@@ -153,6 +166,7 @@ async def run(labels: int, instances: int, database_url: str | None, stores: int
         await broker.start()
         env["ESL_BROKER_URL"] = url = f"mqtt://127.0.0.1:{broker.port}"
         procs: list[_Proc] = []
+        observer = None
         try:
             sims: dict[str, _Proc] = {}
             sim_ports: dict[str, int] = {}
@@ -163,21 +177,24 @@ async def run(labels: int, instances: int, database_url: str | None, stores: int
                                      "--summary-interval", "3600", "--first-label", str(n * labels + 1)])
                 procs.append(sims[store])
                 sims[store].line_with("listening on")
+                _drain(sims[store])
             servers = []
             for n in range(instances):
                 server = _Proc([*_esl(), "serve", "--instance", f"s{n + 1}"], env)
                 procs.append(server)
                 server.line_with("eslserver: http")
-                servers.append(server)
+                servers.append(_drain(server))
             gateways: dict[str, _Proc] = {}
             for store in seeded:
                 trust = await trust_gateway(data, data / f"gw-{store}", store, GATEWAY, database_url=database_url)
                 gateways[store] = _Proc([*_esl(), "gateway", "--broker", url, "--radio",
                                          f"sim://127.0.0.1:{sim_ports[store]}", "--store", store, "--id", GATEWAY,
                                          "--data", str(data / f"gw-{store}"), "--concurrency", "256", *trust])
-                procs.append(gateways[store])
-            initial = await _converged(settings, macs, None, timeout=1200)
-            before = {m: st[2] for m, st in (await _states(settings)).items()}
+                procs.append(_drain(gateways[store]))
+            observer = await open_database(settings.database).open()
+            procs_close = observer.close
+            initial = await _converged(observer, macs, None, timeout=1200)
+            before = {m: st[2] for m, st in (await _states(observer)).items()}
             parts = {**{f"server s{n + 1}": s.popen.pid for n, s in enumerate(servers)},
                      **{f"gateway {store}": g.popen.pid for store, g in gateways.items()},
                      **{f"simulator {store}": p.popen.pid for store, p in sims.items()}}
@@ -193,7 +210,7 @@ async def run(labels: int, instances: int, database_url: str | None, stores: int
                     batch = [{"sku": sku, "price": str(old[sku] + Decimal("0.01")), "seq": 2} for _, sku in pairs]
                     for i in range(0, len(batch), 1000):
                         await pos.publish(Topics("esl", store).pos_prices, json.dumps(batch[i:i + 1000]))
-                elapsed = (time.perf_counter() - t0) + await _converged(settings, macs, before, timeout=1200)
+                elapsed = (time.perf_counter() - t0) + await _converged(observer, macs, before, timeout=1200)
             total = len(macs)
             cpu = {name: round(1000 * (_cpu_s(pid) - cpu0[name]) / total, 3) for name, pid in parts.items()}
             wal_per_label = None
@@ -201,6 +218,8 @@ async def run(labels: int, instances: int, database_url: str | None, stores: int
                 cpu["postgresql"] = round(1000 * (sum(_cpu_s(p) for p in _postgres_backends()) - db0) / total, 3)
                 wal_per_label = round((await _wal_lsn(database_url) - (wal0 or 0)) / total)
         finally:
+            if observer is not None:
+                await procs_close()
             for proc in reversed(procs):
                 proc.stop()
             await broker.stop()

@@ -98,7 +98,9 @@ async def claimable(conn: Reader, store: str, now: str, limit: int) -> list[Row]
         "j.command, j.attempts, l.gateway, l.label_key, l.tx_counter, l.rx_highest, l.factory_counter, "
         "l.displayed_hash FROM jobs j JOIN labels l ON l.mac = j.mac "
         "WHERE j.store = ? AND j.state = 'queued' AND j.next_attempt_at <= ? AND l.state <> 'offline' "
-        "AND j.id = (SELECT MIN(k.id) FROM jobs k WHERE k.mac = j.mac AND k.state IN ('queued', 'sent')) "
+        # no older open job of the label (one index range of jobs_mac per candidate: an aggregate
+        # here let PostgreSQL's planner scan every open job once per queued one)
+        "AND NOT EXISTS (SELECT 1 FROM jobs k WHERE k.mac = j.mac AND k.id < j.id AND k.state IN ('queued', 'sent')) "
         f"ORDER BY j.id LIMIT ?{row_lock(conn, skip_locked=True, of='j, l')}", (store, now, limit))
 
 
