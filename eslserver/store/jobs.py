@@ -98,9 +98,12 @@ async def claimable(conn: Reader, store: str, now: str, limit: int) -> list[Row]
         "j.command, j.attempts, l.gateway, l.label_key, l.tx_counter, l.rx_highest, l.factory_counter, "
         "l.displayed_hash FROM jobs j JOIN labels l ON l.mac = j.mac "
         "WHERE j.store = ? AND j.state = 'queued' AND j.next_attempt_at <= ? AND l.state <> 'offline' "
-        # no older open job of the label (one index range of jobs_mac per candidate: an aggregate
-        # here let PostgreSQL's planner scan every open job once per queued one)
-        "AND NOT EXISTS (SELECT 1 FROM jobs k WHERE k.mac = j.mac AND k.id < j.id AND k.state IN ('queued', 'sent')) "
+        # no older open job of the label: one range of index jobs_mac (mac, id) per candidate. The
+        # state is tested as NOT IN the finished ones on purpose: written as IN ('queued', 'sent'),
+        # it matches the partial indexes of open jobs, and PostgreSQL, with statistics older than a
+        # repricing, ANDed a bitmap of every open job into each probe (1.4 s per claim at 3,000 jobs)
+        "AND NOT EXISTS (SELECT 1 FROM jobs k WHERE k.mac = j.mac AND k.id < j.id "
+        "AND k.state NOT IN ('done', 'failed', 'superseded')) "
         f"ORDER BY j.id LIMIT ?{row_lock(conn, skip_locked=True, of='j, l')}", (store, now, limit))
 
 
