@@ -7,8 +7,8 @@ sN``, ``mqtt_shared``) serving every store, on a fresh PostgreSQL database; the 
 same run is one instance on SQLite. For each: the labels of every store are seeded and shown
 once, then the POS of every store reprices all its labels in one batch, and the clock runs from
 the first publish to the last label reporting its new image. Printed: labels/s, the ratio to the SQLite baseline, and the CPU seconds per label
-of every process (each server with its render processes, the gateway, the simulator, the
-PostgreSQL backends), read from /proc before and after the repricing.
+of every process (each server with its render processes, each gateway and simulator, the
+PostgreSQL server with every backend, live or gone), read from /proc before and after the repricing.
 
 The machine has 2 cores: more instances cannot draw faster than 2 cores do, so what tells is
 the CPU per label of each part (what a bigger machine or more machines would scale).
@@ -60,18 +60,33 @@ def _cpu_s(pid: int) -> float:
     return total
 
 
-def _postgres_backends() -> list[int]:
-    """The PIDs of the PostgreSQL server's processes (its backends do the database's work)."""
-    out = []
+def _postgres_cpu_s() -> float:
+    """CPU seconds of the PostgreSQL server: its postmaster with every child it has reaped
+    (``cutime``/``cstime``: the backends of connections that closed) plus every live child (the
+    backends of open connections, the writers). A delta of this is the database's share of the
+    work whatever connections came and went meanwhile."""
+    total = 0.0
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm", encoding="ascii") as fh:
-                    if fh.read().strip() == "postgres":
-                        out.append(int(entry))
-            except OSError:
-                pass
-    return out
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm", encoding="ascii") as fh:
+                if fh.read().strip() != "postgres":
+                    continue
+            with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent = int(fields[1])
+        try:
+            with open(f"/proc/{parent}/comm", encoding="ascii") as fh:
+                child = fh.read().strip() == "postgres"
+        except OSError:
+            child = False
+        total += (int(fields[11]) + int(fields[12])) / _TICK  # its own time
+        if not child:  # the postmaster: what its finished children used
+            total += (int(fields[13]) + int(fields[14])) / _TICK
+    return total
 
 
 def _store(n: int) -> str:
@@ -198,10 +213,9 @@ async def run(labels: int, instances: int, database_url: str | None, stores: int
             parts = {**{f"server s{n + 1}": s.popen.pid for n, s in enumerate(servers)},
                      **{f"gateway {store}": g.popen.pid for store, g in gateways.items()},
                      **{f"simulator {store}": p.popen.pid for store, p in sims.items()}}
-            backends = _postgres_backends() if database_url else []
             wal0 = await _wal_lsn(database_url) if database_url else None
             cpu0 = {name: _cpu_s(pid) for name, pid in parts.items()}
-            db0 = sum(_cpu_s(p) for p in backends)
+            db0 = _postgres_cpu_s() if database_url else 0.0
             async with MqttConnection(MqttSettings.from_url(url), client_id="bench-pos", clean_session=False) as pos:
                 await pos.connected.wait()
                 old = {r["sku"]: Decimal(r["price"]) for r in _records(labels)}
@@ -215,7 +229,7 @@ async def run(labels: int, instances: int, database_url: str | None, stores: int
             cpu = {name: round(1000 * (_cpu_s(pid) - cpu0[name]) / total, 3) for name, pid in parts.items()}
             wal_per_label = None
             if database_url:
-                cpu["postgresql"] = round(1000 * (sum(_cpu_s(p) for p in _postgres_backends()) - db0) / total, 3)
+                cpu["postgresql"] = round(1000 * (_postgres_cpu_s() - db0) / total, 3)
                 wal_per_label = round((await _wal_lsn(database_url) - (wal0 or 0)) / total)
         finally:
             if observer is not None:
