@@ -1,7 +1,7 @@
 """POS price change over MQTT → the right picture on the (simulated) label, end to end.
 
 Real parts: Mosquitto (started by the test) and the embedded amqtt broker, the server with
-its SQLite file and render process, the gateway with its spool, the loopback radio over TCP
+its SQLite file (and, with Mosquitto, once more on a PostgreSQL database) and render process, the gateway with its spool, the loopback radio over TCP
 and simulated labels checking their frames. Nothing of ours is faked.
 """
 
@@ -9,19 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from eslserver.timeutil import utcnow
-from tests.brokers import broker_url  # noqa: F401  (fixture: mosquitto and amqtt)
-from tests.postgres import database_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
+from tests.brokers import embedded_broker, mosquitto
 from tests.pipeline_shop import collect, expected_hash_for, shop
+from tests.postgres import database_for
+
+
+@pytest.fixture(params=[("mosquitto", "sqlite"), ("amqtt", "sqlite"), ("mosquitto", "postgresql")],
+                ids=["mosquitto-sqlite", "amqtt-sqlite", "mosquitto-postgresql"])
+async def backends(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[str, str | None]]:
+    """(broker URL, database URL): each broker on SQLite, and PostgreSQL once (with Mosquitto)."""
+    broker, engine = request.param
+    async with (mosquitto() if broker == "mosquitto" else embedded_broker()) as url, \
+            database_for(engine, tmp_path) as database:
+        yield url, database
 
 MILK = {"sku": "100100", "name": "Mleko 3,2% 1 l", "price": "3.49", "seq": 1}
 BREAD = {"sku": "100200", "name": "Chleb żytni 500 g", "price": "5.99", "unit": {"size": 500, "measure": "g"}, "seq": 1}
 
 
-async def test_price_on_mqtt_reaches_the_label(tmp_path: Path, broker_url: str, database_url: str | None) -> None:  # noqa: F811
+async def test_price_on_mqtt_reaches_the_label(tmp_path: Path, backends: tuple[str, str | None]) -> None:
+    broker_url, database_url = backends
     async with shop(tmp_path, broker_url, labels=3, database_url=database_url) as s:
         await s.seed([MILK, BREAD])
         a, b, c = s.macs
@@ -47,7 +61,8 @@ async def test_price_on_mqtt_reaches_the_label(tmp_path: Path, broker_url: str, 
         assert snapshot.startswith(b"\x89PNG")
 
 
-async def test_bad_item_is_answered_and_the_rest_applied(tmp_path: Path, broker_url: str, database_url: str | None) -> None:  # noqa: F811
+async def test_bad_item_is_answered_and_the_rest_applied(tmp_path: Path, backends: tuple[str, str | None]) -> None:
+    broker_url, database_url = backends
     async with shop(tmp_path, broker_url, labels=1, database_url=database_url) as s:
         await s.seed([MILK])
         await s.bind({s.macs[0]: MILK["sku"]})
@@ -76,7 +91,8 @@ async def test_bad_item_is_answered_and_the_rest_applied(tmp_path: Path, broker_
         assert stale == 1
 
 
-async def test_promotion_starts_and_ends_on_time(tmp_path: Path, broker_url: str, database_url: str | None) -> None:  # noqa: F811
+async def test_promotion_starts_and_ends_on_time(tmp_path: Path, backends: tuple[str, str | None]) -> None:
+    broker_url, database_url = backends
     async with shop(tmp_path, broker_url, labels=1, database_url=database_url) as s:
         start = utcnow() + timedelta(seconds=2)
         end = start + timedelta(seconds=2)
