@@ -237,8 +237,11 @@ class PostgresDatabase(Database):
             held = await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", _LEAD_LOCKS, role)
         except self.errors:
             held = False
-        if not held:
-            await conn.close()
+        except BaseException:  # cancelled (the server stops): the connection must not outlive it
+            conn.terminate()
+            raise
+        if not held or self._pool is None:  # not ours, or the database closed meanwhile
+            conn.terminate()
             return False
         log.info("this instance now runs %s", role)
         self._leads[role] = conn
