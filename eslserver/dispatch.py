@@ -185,7 +185,7 @@ class Dispatcher:
         gateways = await gateway_rows.online(self.db, store, min_protocol=PROTOCOL_VERSION)
         if not gateways:
             return 0
-        busy = await job_rows.sent_per_gateway(self.db)
+        busy = await job_rows.sent_per_gateway(self.db, store)
         room = {gw: self.settings.max_in_flight - busy.get(gw, 0) for gw in gateways}
         if sum(max(0, r) for r in room.values()) <= 0:
             return 0

@@ -205,10 +205,11 @@ async def next_attempt_at(db: Database) -> str | None:
     return row[0] if row else None
 
 
-async def sent_per_gateway(db: Database) -> dict[str, int]:
-    """How many jobs each gateway has out (``sent``)."""
+async def sent_per_gateway(db: Database, store: str) -> dict[str, int]:
+    """How many jobs each gateway of `store` has out (``sent``): gateway ids are unique only
+    within a store, and each gateway has its own in-flight budget."""
     return {r["gateway"]: r["n"] for r in await db.read(
-        "SELECT gateway, COUNT(*) AS n FROM jobs WHERE state = 'sent' GROUP BY gateway")}
+        "SELECT gateway, COUNT(*) AS n FROM jobs WHERE state = 'sent' AND store = ? GROUP BY gateway", (store,))}
 
 
 async def open_by_kind(db: Database) -> dict[str, int]:
